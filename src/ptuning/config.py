@@ -1,0 +1,73 @@
+"""PromptConfig: how continuous prompts enter a frozen model, serializable next to the weights."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .errors import PtuningError
+
+METHODS = ("deep",)
+REPARAMS = (None, "mlp")
+
+
+@dataclass
+class PromptConfig:
+    """Settings of the prompt.
+
+    method: ``"deep"`` is P-Tuning v2: trainable key/value vectors prepended in the self-attention of
+        every layer in ``layers`` (``None`` = all layers).
+    length: number of prompt vectors per layer.
+    reparam: ``None`` trains the table directly; ``"mlp"`` produces it through
+        Embedding -> Linear -> Tanh -> Linear (paper's reparameterization), folded into a flat table on save.
+    reparam_hidden: width of the MLP's hidden layer.
+    dropout: dropout on the prompt vectors during training (the reference code uses 0.1).
+    shift_positions: ``True`` shifts the text's position ids by ``length`` as the reference code and PEFT
+        do (text may then only be ``max_position_embeddings - length`` long); ``False`` keeps them.
+    """
+
+    method: str = "deep"
+    length: int = 16
+    layers: list[int] | None = None
+    reparam: str | None = None
+    reparam_hidden: int = 512
+    dropout: float = 0.1
+    shift_positions: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise PtuningError(f"unknown prompt method {self.method!r}; supported: {', '.join(METHODS)}")
+        if self.reparam not in REPARAMS:
+            raise PtuningError(f"unknown reparam {self.reparam!r}; supported: None or 'mlp'")
+        if self.length < 1:
+            raise PtuningError(f"prompt length must be at least 1, got {self.length}")
+        if self.reparam_hidden < 1:
+            raise PtuningError(f"reparam_hidden must be at least 1, got {self.reparam_hidden}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise PtuningError(f"prompt dropout must be in [0, 1), got {self.dropout}")
+        if self.layers is not None:
+            if not self.layers:
+                raise PtuningError("layers must name at least one layer, or be None for every layer")
+            if any(layer < 0 for layer in self.layers) or len(set(self.layers)) != len(self.layers):
+                raise PtuningError(f"layers must be distinct non-negative indices, got {self.layers}")
+            self.layers = sorted(self.layers)
+
+    def prompted_layers(self, num_layers: int) -> list[int]:
+        """The layer indices that receive a prompt in a backbone of ``num_layers`` layers."""
+        if self.layers is None:
+            return list(range(num_layers))
+        too_deep = [layer for layer in self.layers if layer >= num_layers]
+        if too_deep:
+            raise PtuningError(f"prompt layers {too_deep} do not exist: the backbone has {num_layers} layers")
+        return list(self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PromptConfig:
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise PtuningError(f"unknown prompt settings {unknown}; known: {sorted(known)}")
+        return cls(**values)

@@ -1,0 +1,1 @@
+"""How continuous prompts enter a frozen model."""
