@@ -1,0 +1,224 @@
+"""Command line: ``ptuning train | eval | predict``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import DataError, PtuningError
+from .model import CONFIG_NAME, PromptedModel
+from .train import Recipe, read_examples, train
+
+DEFAULT_RECIPE = "conll2003-ner-minilm"
+
+
+def recipe_file(name_or_path: str) -> Path:
+    """A recipe by path, or by name among the packaged ones."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    packaged = resources.files("ptuning") / "recipes" / f"{name_or_path}.yaml"
+    if packaged.is_file():
+        return Path(str(packaged))
+    names = sorted(p.name.removesuffix(".yaml") for p in (resources.files("ptuning") / "recipes").iterdir())
+    raise PtuningError(f"recipe {name_or_path!r} is neither a file nor a packaged recipe ({', '.join(names)})")
+
+
+def load_recipe_values(name_or_path: str) -> dict[str, Any]:
+    path = recipe_file(name_or_path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise PtuningError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(values, dict):
+        raise PtuningError(f"{path}: a recipe is a mapping of settings, found {type(values).__name__}")
+    return values
+
+
+def _layers(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _none_or_str(text: str) -> str | None:
+    return None if text.lower() in ("none", "null", "") else text
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    suppress = argparse.SUPPRESS
+    add = parser.add_argument
+    add("--config", default=suppress, help="YAML recipe (path or packaged name); flags override its keys")
+    add("--dataset", default=suppress, help="packaged dataset: conll2003-ner, conll2003-pos, conll2003-chunk, "
+        "rotten-tomatoes")
+    add("--train", default=suppress, help="training file: CoNLL columns, or CSV/TSV/JSONL")
+    add("--validation", default=suppress, help="validation file (model selection each epoch)")
+    add("--test", default=suppress, help="test file (scored once with the best checkpoint)")
+    add("--task", default=suppress, choices=["sequence-classification", "token-classification"])
+    add("--tag-column", type=int, default=suppress, help="CoNLL column holding the tag (default: last)")
+    add("--text-column", default=suppress)
+    add("--pair-column", default=suppress)
+    add("--label-column", default=suppress)
+    add("--model", default=suppress, help="backbone: alias (minilm-l6), local folder, or hub name")
+    add("--method", default=suppress, choices=["deep"])
+    add("--prompt-length", type=int, default=suppress)
+    add("--prompt-layers", type=_layers, default=suppress, help="comma-separated layer indices (default: all)")
+    add("--reparam", type=_none_or_str, default=suppress, help="none or mlp")
+    add("--reparam-hidden", type=int, default=suppress)
+    add("--prompt-dropout", type=float, default=suppress)
+    add("--shift-positions", action="store_true", default=suppress, help="shift text positions by the prompt "
+        "length, as the reference code and PEFT do")
+    add("--pooling", default=suppress, choices=["cls", "mean"])
+    add("--lr", type=float, default=suppress)
+    add("--weight-decay", type=float, default=suppress)
+    add("--warmup-ratio", type=float, default=suppress)
+    add("--epochs", type=float, default=suppress)
+    add("--max-steps", type=int, default=suppress)
+    add("--batch-size", type=int, default=suppress)
+    add("--eval-batch-size", type=int, default=suppress)
+    add("--seed", type=int, default=suppress)
+    add("--max-length", type=int, default=suppress, help="truncate inputs to this many tokens (with a warning)")
+    add("--max-train-samples", type=int, default=suppress)
+    add("--max-eval-samples", type=int, default=suppress)
+    add("--output", default=suppress, help="run folder: checkpoint/, metrics.json, train.log, log.json")
+
+
+def build_recipe(flags: dict[str, Any]) -> Recipe:
+    """Recipe from --config (or the default recipe when no data is named), then flags on top."""
+    config = flags.pop("config", None)
+    if config is not None:
+        values = load_recipe_values(config)
+    elif "dataset" in flags or "train" in flags:
+        values = {}
+    else:
+        values = load_recipe_values(DEFAULT_RECIPE)
+    if "train" in flags:
+        values.pop("dataset", None)
+    values.update(flags)
+    return Recipe.from_dict(values, source=str(config or "flags"))
+
+
+def checkpoint_folder(path: str) -> Path:
+    """Accept a checkpoint folder or a run folder holding checkpoint/."""
+    folder = Path(path)
+    if not (folder / CONFIG_NAME).is_file() and (folder / "checkpoint" / CONFIG_NAME).is_file():
+        return folder / "checkpoint"
+    return folder
+
+
+def _load_for_inference(path: str):
+    from .tasks import make_task
+
+    model = PromptedModel.from_pretrained(checkpoint_folder(path))
+    max_length = min(model.extra.get("max_length") or model.max_text_length, model.max_text_length)
+    return model, make_task(model.task, model.tokenizer, model.labels, max_length)
+
+
+def command_train(args: argparse.Namespace) -> None:
+    flags = {key: value for key, value in vars(args).items() if key not in ("command", "handler")}
+    metrics = train(build_recipe(flags))
+    primary = metrics["primary_metric"]
+    scores = ", ".join(
+        f"{split} {primary} {metrics[split][primary]:.2f}" for split in ("validation", "test") if metrics[split]
+    )
+    print(
+        f"\n{metrics['task']} on {metrics['dataset']}: {scores}\n"
+        f"trainable {metrics['trainable_parameters']:,} of {metrics['total_parameters']:,} parameters "
+        f"({100 * metrics['trainable_share']:.3f}%), trained in {metrics['train_seconds'] / 60:.1f} min, "
+        f"{metrics['steps']} steps\n"
+        f"checkpoint ({metrics['checkpoint_bytes'] / 1024:.0f} KB): {metrics['checkpoint']}; "
+        f"metrics: {Path(metrics['checkpoint']).parent / 'metrics.json'}"
+    )
+
+
+def command_eval(args: argparse.Namespace) -> None:
+    from .data.packaged import load_packaged
+
+    model, task = _load_for_inference(args.checkpoint)
+    if args.test:
+        examples = read_examples(args.test, model.extra.get("reader") or {})
+    else:
+        dataset = args.dataset or model.extra.get("dataset")
+        if not dataset:
+            raise PtuningError("give --test FILE (or --dataset NAME for a packaged dataset)")
+        examples = getattr(load_packaged(dataset), args.split)
+    metrics = task.evaluate(model, examples, args.batch_size)
+    print(json.dumps(metrics, indent=2))
+
+
+def _read_inputs(task, stream, name: str) -> list[Any]:
+    examples = []
+    for number, line in enumerate(stream, start=1):
+        line = line.rstrip("\n")
+        if not line.strip():
+            continue
+        record = None
+        if line.lstrip().startswith("{"):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{name}:{number}: not a JSON object ({error.msg})") from error
+        examples.append(task.parse_input(line, record, f"{name}:{number}"))
+    return examples
+
+
+def command_predict(args: argparse.Namespace) -> None:
+    model, task = _load_for_inference(args.checkpoint)
+    if args.input:
+        path = Path(args.input)
+        if not path.is_file():
+            raise DataError(f"{path}: no such file")
+        with path.open(encoding="utf-8") as handle:
+            examples = _read_inputs(task, handle, str(path))
+    else:
+        examples = _read_inputs(task, sys.stdin, "<stdin>")
+    predictions = task.predict(model, examples, args.batch_size)
+    for example, prediction in zip(examples, predictions, strict=True):
+        print(json.dumps(task.format_prediction(example, prediction), ensure_ascii=False))
+
+
+def parser() -> argparse.ArgumentParser:
+    main_parser = argparse.ArgumentParser(prog="ptuning", description="P-Tuning v2: deep prompt tuning")
+    commands = main_parser.add_subparsers(dest="command", required=True)
+
+    train_parser = commands.add_parser("train", help="train a prompt (no arguments: the default NER recipe)")
+    add_train_arguments(train_parser)
+    train_parser.set_defaults(handler=command_train)
+
+    eval_parser = commands.add_parser("eval", help="score a checkpoint on labelled data; prints JSON")
+    eval_parser.add_argument("checkpoint", help="checkpoint folder (or the run folder holding checkpoint/)")
+    eval_parser.add_argument("--test", help="file in the format the checkpoint was trained on")
+    eval_parser.add_argument("--dataset", help="packaged dataset to score instead of a file")
+    eval_parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    eval_parser.add_argument("--batch-size", type=int, default=64)
+    eval_parser.set_defaults(handler=command_eval)
+
+    predict_parser = commands.add_parser("predict", help="predict text lines or JSON lines; writes JSON lines")
+    predict_parser.add_argument("checkpoint", help="checkpoint folder (or the run folder holding checkpoint/)")
+    predict_parser.add_argument("--input", help="input file (default: standard input)")
+    predict_parser.add_argument("--batch-size", type=int, default=64)
+    predict_parser.set_defaults(handler=command_predict)
+    return main_parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("ptuning: %(message)s"))
+    logging.getLogger("ptuning").addHandler(console)
+    logging.getLogger("ptuning").setLevel(logging.INFO)
+    try:
+        args.handler(args)
+    except PtuningError as error:
+        print(f"ptuning: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

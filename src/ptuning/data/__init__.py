@@ -1,0 +1,1 @@
+"""Readers for local files and the packaged datasets."""

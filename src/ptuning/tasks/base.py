@@ -1,0 +1,110 @@
+"""What every task shares: encoded features, the batched inference loop, and label checks."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from ..errors import DataError
+
+logger = logging.getLogger("ptuning")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class Encoded:
+    """Model inputs (one dict per example, ready for a collator) and what decoding needs besides them."""
+
+    inputs: list[dict[str, Any]]
+    word_ids: list[list[int | None]] = field(default_factory=list)
+    truncated: int = 0
+
+
+class Task:
+    """Base of the task families; subclasses turn examples into features and logits into predictions."""
+
+    name = ""
+    primary_metric = ""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, labels: list[str], max_length: int):
+        self.tokenizer = tokenizer
+        self.labels = list(labels)
+        self.label_to_id = {label: index for index, label in enumerate(self.labels)}
+        self.max_length = max_length
+
+    def check_labels(self, examples: list[Any]) -> None:
+        """Refuse gold labels the model has no output for, naming where they occur."""
+        for example in examples:
+            unknown = sorted(set(self.gold(example)) - set(self.label_to_id))
+            if unknown:
+                raise DataError(
+                    f"{example.source}: label(s) {unknown} unknown to the model; it knows {self.labels}"
+                )
+
+    def warn_truncated(self, encoded: Encoded) -> Encoded:
+        if encoded.truncated:
+            logger.warning(
+                "%d example(s) were longer than %d tokens and were truncated", encoded.truncated, self.max_length
+            )
+        return encoded
+
+    def gold(self, example: Any) -> list[str]:
+        raise NotImplementedError
+
+    def encode(self, examples: list[Any], with_labels: bool = True) -> Encoded:
+        raise NotImplementedError
+
+    def collator(self):
+        raise NotImplementedError
+
+    def decode(self, logits: list[np.ndarray], encoded: Encoded, examples: list[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def score(self, examples: list[Any], predictions: list[Any]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def format_prediction(self, example: Any, prediction: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def parse_input(self, line: str, record: dict[str, Any] | None, source: str) -> Any:
+        raise NotImplementedError
+
+    def predict(self, model: torch.nn.Module, examples: list[Any], batch_size: int = 64) -> list[Any]:
+        encoded = self.encode(examples, with_labels=False)
+        logits = run_model(model, encoded.inputs, self.collator(), batch_size, per_token=bool(encoded.word_ids))
+        return self.decode(logits, encoded, examples)
+
+    def evaluate(self, model: torch.nn.Module, examples: list[Any], batch_size: int = 64) -> dict[str, float]:
+        self.check_labels(examples)
+        return self.score(examples, self.predict(model, examples, batch_size))
+
+
+def run_model(
+    model: torch.nn.Module, inputs: list[dict[str, Any]], collator, batch_size: int, per_token: bool
+) -> list[np.ndarray]:
+    """Logits per example, in input order; batches are formed by length so little padding is computed."""
+    order = sorted(range(len(inputs)), key=lambda index: len(inputs[index]["input_ids"]))
+    results: list[np.ndarray] = [np.empty(0)] * len(inputs)
+    was_training = model.training
+    model.eval()
+    batches = range(0, len(order), batch_size)
+    with torch.inference_mode():
+        for start in tqdm(batches, desc="predict", unit="batch", leave=False, disable=len(batches) < 4):
+            indices = order[start : start + batch_size]
+            batch = collator([{k: v for k, v in inputs[i].items() if k in MODEL_INPUTS} for i in indices])
+            logits = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}).logits.float().numpy()
+            for row, index in enumerate(indices):
+                results[index] = logits[row, : len(inputs[index]["input_ids"])] if per_token else logits[row]
+    model.train(was_training)
+    return results
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)

@@ -1,0 +1,80 @@
+"""Sequence classification (one label per text or text pair), scored by accuracy and macro-F1."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score
+from transformers import DataCollatorWithPadding
+
+from ..data.readers import LabeledText
+from ..errors import DataError
+from .base import Encoded, Task, softmax
+
+
+class SequenceClassificationTask(Task):
+    name = "sequence-classification"
+    primary_metric = "accuracy"
+
+    def gold(self, example: LabeledText) -> list[str]:
+        return [] if example.label is None else [example.label]
+
+    def _tokenize(self, examples: list[LabeledText], truncation: bool):
+        texts = [example.text for example in examples]
+        pairs = [example.text_pair for example in examples]
+        has_pairs = any(pair is not None for pair in pairs)
+        return self.tokenizer(
+            texts,
+            [pair or "" for pair in pairs] if has_pairs else None,
+            truncation=truncation,
+            max_length=self.max_length if truncation else None,
+        )
+
+    def encode(self, examples: list[LabeledText], with_labels: bool = True) -> Encoded:
+        batch = self._tokenize(examples, truncation=False)
+        inputs = [{key: batch[key][index] for key in batch} for index in range(len(examples))]
+        too_long = [index for index, item in enumerate(inputs) if len(item["input_ids"]) > self.max_length]
+        if too_long:
+            shortened = self._tokenize([examples[index] for index in too_long], truncation=True)
+            for row, index in enumerate(too_long):
+                inputs[index] = {key: shortened[key][row] for key in shortened}
+        if with_labels:
+            for item, example in zip(inputs, examples, strict=True):
+                item["labels"] = self.label_to_id[example.label]
+        return self.warn_truncated(Encoded(inputs=inputs, truncated=len(too_long)))
+
+    def collator(self):
+        return DataCollatorWithPadding(self.tokenizer)
+
+    def decode(self, logits: list[np.ndarray], encoded: Encoded, examples: list[LabeledText]) -> list[np.ndarray]:
+        """Class probabilities per example."""
+        return [softmax(row) for row in logits]
+
+    def score(self, examples: list[LabeledText], predictions: list[np.ndarray]) -> dict[str, float]:
+        gold = [self.label_to_id[example.label] for example in examples]
+        predicted = [int(probabilities.argmax()) for probabilities in predictions]
+        return {
+            "accuracy": 100.0 * accuracy_score(gold, predicted),
+            "f1": 100.0 * f1_score(gold, predicted, average="macro", labels=list(range(len(self.labels)))),
+        }
+
+    def format_prediction(self, example: LabeledText, prediction: np.ndarray) -> dict[str, Any]:
+        best = int(prediction.argmax())
+        result: dict[str, Any] = {"text": example.text}
+        if example.text_pair is not None:
+            result["text_pair"] = example.text_pair
+        result.update(
+            label=self.labels[best],
+            probability=float(prediction[best]),
+            probabilities={label: float(p) for label, p in zip(self.labels, prediction, strict=True)},
+        )
+        return result
+
+    def parse_input(self, line: str, record: dict[str, Any] | None, source: str) -> LabeledText:
+        """Plain text is one text; JSON lines give ``{"text": ..., "text_pair": ...}``."""
+        if record is None:
+            return LabeledText(line, None, None, source)
+        if not isinstance(record.get("text"), str):
+            raise DataError(f'{source}: expected {{"text": "...", "text_pair": "..." (optional)}}')
+        return LabeledText(record["text"], record.get("text_pair"), None, source)

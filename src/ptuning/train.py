@@ -1,0 +1,248 @@
+"""Training and evaluation wiring: a recipe in, a checkpoint and metrics.json out.
+
+The transformers Trainer runs the optimization (progress bars, schedule, length-grouped batches);
+our callback evaluates on validation each epoch with the task's own word-level scorer and keeps the
+best trainable state, so checkpoints hold only the prompt and the head.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+
+from .config import PromptConfig
+from .data.packaged import Splits, load_packaged
+from .data.readers import label_set, read_conll, read_labeled_texts
+from .errors import PtuningError
+from .model import PromptedModel
+from .tasks import Task, make_task
+
+logger = logging.getLogger("ptuning")
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+
+
+@dataclass
+class Recipe:
+    """Everything a training run needs; YAML recipes and CLI flags fill it (flags win)."""
+
+    dataset: str | None = None
+    train: str | None = None
+    validation: str | None = None
+    test: str | None = None
+    task: str | None = None
+    tag_column: int = -1
+    text_column: str = "text"
+    pair_column: str | None = None
+    label_column: str = "label"
+    model: str = "minilm-l6"
+    method: str = "deep"
+    prompt_length: int = 16
+    prompt_layers: list[int] | None = None
+    reparam: str | None = None
+    reparam_hidden: int = 512
+    prompt_dropout: float = 0.1
+    shift_positions: bool = False
+    pooling: str = "cls"
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    epochs: float = 3.0
+    max_steps: int = -1
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    seed: int = 42
+    max_length: int | None = None
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    output: str = "runs/ptuning"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "recipe") -> Recipe:
+        values = {key.replace("-", "_"): value for key, value in values.items()}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise PtuningError(f"{source}: unknown keys {unknown}; known: {sorted(known - {'extra'})}")
+        return cls(**values)
+
+    def prompt_config(self) -> PromptConfig:
+        return PromptConfig(
+            method=self.method,
+            length=self.prompt_length,
+            layers=self.prompt_layers,
+            reparam=self.reparam,
+            reparam_hidden=self.reparam_hidden,
+            dropout=self.prompt_dropout,
+            shift_positions=self.shift_positions,
+        )
+
+
+def reader_for(task: str, recipe: Recipe) -> dict[str, Any]:
+    if task == "token-classification":
+        return {"format": "conll", "tag_column": recipe.tag_column}
+    return {
+        "format": "table",
+        "text_column": recipe.text_column,
+        "pair_column": recipe.pair_column,
+        "label_column": recipe.label_column,
+    }
+
+
+def read_examples(path: str | Path, reader: dict[str, Any]) -> list[Any]:
+    """Examples of one file, read the way the checkpoint's training data was read."""
+    if reader["format"] == "conll":
+        return read_conll(path, reader["tag_column"])
+    return read_labeled_texts(path, reader["text_column"], reader["pair_column"], reader["label_column"])
+
+
+def load_splits(recipe: Recipe) -> Splits:
+    if recipe.dataset:
+        return load_packaged(recipe.dataset)
+    if not recipe.train:
+        raise PtuningError("give --dataset NAME or --train FILE (with --validation/--test)")
+    task = recipe.task or ("sequence-classification" if Path(recipe.train).suffix.lower() in TABLE_SUFFIXES
+                           else "token-classification")
+    reader = reader_for(task, recipe)
+    parts = [read_examples(path, reader) if path else [] for path in (recipe.train, recipe.validation, recipe.test)]
+    return Splits(task, *parts, reader=reader)
+
+
+def _subsample(examples: list[Any], limit: int | None, seed: int) -> list[Any]:
+    if limit is None or len(examples) <= limit:
+        return examples
+    return random.Random(seed).sample(examples, limit)
+
+
+class EvaluateEachEpoch(TrainerCallback):
+    """Score validation at each epoch end (and at the last step), keeping the best trainable state."""
+
+    def __init__(self, model: PromptedModel, task: Task, examples: list[Any], batch_size: int):
+        self.model, self.task, self.examples, self.batch_size = model, task, examples, batch_size
+        self.best_metrics: dict[str, float] | None = None
+        self.best_state = model.trainable_state()
+        self.evaluated_step = -1
+
+    def _evaluate(self, state) -> None:
+        if not self.examples or self.evaluated_step == state.global_step:
+            return
+        self.evaluated_step = state.global_step
+        metrics = self.task.evaluate(self.model, self.examples, self.batch_size)
+        state.log_history.append({"step": state.global_step, "epoch": state.epoch, "validation": metrics})
+        key = self.task.primary_metric
+        improved = self.best_metrics is None or metrics[key] > self.best_metrics[key]
+        if improved:
+            self.best_metrics = metrics
+            self.best_state = self.model.trainable_state()
+        logger.info("step %d validation %s=%.2f%s", state.global_step, key, metrics[key], " (best)" if improved else "")
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._evaluate(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._evaluate(state)
+
+
+def _file_logging(output: Path) -> logging.Handler:
+    handler = logging.FileHandler(output / "train.log", mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return handler
+
+
+def train(recipe: Recipe) -> dict[str, Any]:
+    """Train a prompt for the recipe; write checkpoint, train.log, log.json and metrics.json to ``output``."""
+    output = Path(recipe.output)
+    output.mkdir(parents=True, exist_ok=True)
+    handler = _file_logging(output)
+    try:
+        return _train(recipe, output)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def _train(recipe: Recipe, output: Path) -> dict[str, Any]:
+    splits = load_splits(recipe)
+    task_name = recipe.task or splits.task
+    train_examples = _subsample(splits.train, recipe.max_train_samples, recipe.seed)
+    validation = _subsample(splits.validation, recipe.max_eval_samples, recipe.seed)
+    test = _subsample(splits.test, recipe.max_eval_samples, recipe.seed)
+    gather = (lambda e: e.tags) if task_name == "token-classification" else (lambda e: [e.label])
+    labels = label_set(label for example in train_examples for label in gather(example))
+
+    set_seed(recipe.seed)
+    model = PromptedModel.from_backbone(
+        recipe.model, task_name, labels=labels, prompt=recipe.prompt_config(), pooling=recipe.pooling
+    )
+    max_length = min(recipe.max_length or model.max_text_length, model.max_text_length)
+    task = make_task(task_name, model.tokenizer, labels, max_length)
+    for examples in (validation, test):
+        task.check_labels(examples)
+    features = task.encode(train_examples).inputs
+    logger.info(
+        "%s on %s: %d train / %d validation / %d test examples, %d labels; trainable %d of %d parameters (%.3f%%)",
+        task_name, recipe.dataset or recipe.train, len(train_examples), len(validation), len(test), len(labels),
+        model.trainable_parameters(), model.total_parameters(),
+        100 * model.trainable_parameters() / model.total_parameters(),
+    )
+
+    arguments = TrainingArguments(
+        output_dir=str(output / "trainer"),
+        per_device_train_batch_size=recipe.batch_size,
+        learning_rate=recipe.lr,
+        weight_decay=recipe.weight_decay,
+        warmup_steps=recipe.warmup_ratio,
+        num_train_epochs=recipe.epochs,
+        max_steps=recipe.max_steps,
+        lr_scheduler_type="linear",
+        logging_steps=50,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        seed=recipe.seed,
+        train_sampling_strategy="group_by_length",
+        use_cpu=True,
+        remove_unused_columns=False,
+        disable_tqdm=False,
+    )
+    callback = EvaluateEachEpoch(model, task, validation, recipe.eval_batch_size)
+    trainer = Trainer(
+        model=model, args=arguments, train_dataset=features, data_collator=task.collator(), callbacks=[callback]
+    )
+    started = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - started
+    model.restore_trainable_state(callback.best_state)
+
+    checkpoint = output / "checkpoint"
+    data_reader = splits.reader
+    model.save_pretrained(checkpoint, extra={"reader": data_reader, "dataset": recipe.dataset, "max_length": max_length})
+    test_metrics = task.evaluate(model, test, recipe.eval_batch_size) if test else {}
+    metrics = {
+        "task": task_name,
+        "dataset": recipe.dataset or recipe.train,
+        "primary_metric": task.primary_metric,
+        "validation": callback.best_metrics or {},
+        "test": test_metrics,
+        "trainable_parameters": model.trainable_parameters(),
+        "total_parameters": model.total_parameters(),
+        "trainable_share": model.trainable_parameters() / model.total_parameters(),
+        "train_seconds": round(train_seconds, 1),
+        "train_examples": len(train_examples),
+        "steps": trainer.state.global_step,
+        "checkpoint": str(checkpoint),
+        "checkpoint_bytes": sum(path.stat().st_size for path in checkpoint.iterdir()),
+        "recipe": asdict(recipe),
+    }
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (output / "log.json").write_text(json.dumps(trainer.state.log_history, indent=2) + "\n")
+    return metrics
