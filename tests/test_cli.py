@@ -1,0 +1,95 @@
+"""The command line: recipes and flags, and bad input answered by a message and exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_backbone
+
+from ptuning import PromptConfig, PromptedModel
+from ptuning.cli import build_recipe, main
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_default_recipe_and_flag_overrides(tmp_path):
+    default = build_recipe({})
+    assert (default.dataset, default.model, default.method) == ("conll2003-ner", "minilm-l6", "deep")
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text("dataset: rotten-tomatoes\nlr: 0.02\nprompt-length: 8\n")
+    recipe = build_recipe({"config": str(recipe_path), "lr": 0.005})
+    assert (recipe.dataset, recipe.lr, recipe.prompt_length) == ("rotten-tomatoes", 0.005, 8)
+    assert build_recipe({"train": "x.conll"}).dataset is None
+
+
+def test_unknown_recipe_key_is_refused(tmp_path, capsys):
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text("learning_rate: 0.1\n")
+    code, _, err = run_cli(capsys, "train", "--config", str(recipe_path))
+    assert code == 2 and "unknown keys ['learning_rate']" in err and "Traceback" not in err
+
+
+def test_malformed_training_file_gives_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "train.conll"
+    bad.write_text("EU NNP B-ORG\nrejects O\n")
+    code, _, err = run_cli(capsys, "train", "--train", str(bad), "--output", str(tmp_path / "run"))
+    assert code == 2 and f"{bad}:2: expected 3 columns" in err
+
+
+def test_empty_training_file(tmp_path, capsys):
+    empty = tmp_path / "train.csv"
+    empty.write_text("")
+    code, _, err = run_cli(capsys, "train", "--train", str(empty), "--output", str(tmp_path / "run"))
+    assert code == 2 and "the file is empty" in err
+
+
+@pytest.fixture
+def ner_checkpoint(tmp_path, monkeypatch):
+    """A checkpoint on a tiny BERT whose backbone reference resolves to a saved local folder."""
+    backbone_folder = tmp_path / "backbone"
+    tiny = tiny_backbone("bert", vocab_size=30522)
+    tiny.save_pretrained(backbone_folder)
+    from ptuning.backbones import load_tokenizer
+
+    load_tokenizer("minilm-l6").save_pretrained(backbone_folder)
+    torch.manual_seed(0)
+    model = PromptedModel.from_backbone(
+        str(backbone_folder), "token-classification", labels=["B-PER", "I-PER", "O"], prompt=PromptConfig(length=2)
+    )
+    folder = tmp_path / "run" / "checkpoint"
+    model.save_pretrained(folder, extra={"reader": {"format": "conll", "tag_column": -1}})
+    return tmp_path / "run"
+
+
+def test_eval_refuses_labels_unknown_to_checkpoint(ner_checkpoint, tmp_path, capsys):
+    test_file = tmp_path / "test.conll"
+    test_file.write_text("Paris B-LOC\n")
+    code, _, err = run_cli(capsys, "eval", str(ner_checkpoint), "--test", str(test_file))
+    assert code == 2 and f"{test_file}:1: label(s) ['B-LOC'] unknown to the model" in err
+
+
+def test_eval_and_predict_on_a_checkpoint(ner_checkpoint, tmp_path, capsys):
+    test_file = tmp_path / "test.conll"
+    test_file.write_text("Peter B-PER\nBlackburn I-PER\nruns O\n")
+    code, out, _ = run_cli(capsys, "eval", str(ner_checkpoint), "--test", str(test_file))
+    assert code == 0 and set(json.loads(out)) == {"accuracy", "precision", "recall", "f1"}
+    inputs = tmp_path / "in.txt"
+    inputs.write_text('Peter Blackburn runs\n\n{"words": ["Oslo", "calls"]}\n')
+    code, out, _ = run_cli(capsys, "predict", str(ner_checkpoint), "--input", str(inputs))
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [line["words"] for line in lines] == [["Peter", "Blackburn", "runs"], ["Oslo", "calls"]]
+    assert all(len(line["tags"]) == len(line["words"]) for line in lines)
+    inputs.write_text("{broken\n")
+    code, _, err = run_cli(capsys, "predict", str(ner_checkpoint), "--input", str(inputs))
+    assert code == 2 and "in.txt:1: not a JSON object" in err
+
+
+def test_not_a_checkpoint(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "predict", str(tmp_path), "--input", str(tmp_path / "x"))
+    assert code == 2 and "is not a ptuning checkpoint" in err

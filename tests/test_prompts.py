@@ -1,0 +1,189 @@
+"""The deep prompt: equivalence with transformers' cache route, padding, effect, freezing, reparam."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import PAD, random_batch, tiny_backbone
+from transformers import DistilBertConfig, DistilBertModel, DynamicCache, GPT2Config, GPT2Model
+
+from ptuning import PromptConfig, PromptedModel, UnsupportedModelError
+from ptuning.errors import PtuningError
+from ptuning.prompts.attention import PROMPT_KWARG, LayerPrompts
+
+
+def prompted(arch="bert", impl="sdpa", task="token-classification", **prompt_settings) -> PromptedModel:
+    settings = {"length": 5, "dropout": 0.0, **prompt_settings}
+    torch.manual_seed(0)
+    return PromptedModel.from_backbone(
+        tiny_backbone(arch, impl), task, num_labels=3, prompt=PromptConfig(**settings)
+    ).eval()
+
+
+def default_position_ids(backbone, input_ids):
+    embeddings = backbone.embeddings
+    if hasattr(embeddings, "create_position_ids_from_input_ids"):
+        return embeddings.create_position_ids_from_input_ids(input_ids, embeddings.padding_idx, 0)
+    return torch.arange(input_ids.shape[1]).expand_as(input_ids)
+
+
+@pytest.mark.parametrize("shift", [False, True], ids=["unshifted", "shifted"])
+def test_encode_equals_dynamic_cache_route(arch_impl, shift):
+    arch, impl = arch_impl
+    model = prompted(arch, impl, shift_positions=shift)
+    input_ids, attention_mask = random_batch()
+    with torch.no_grad():
+        ours = model.encode(input_ids, attention_mask)
+        cache = DynamicCache(config=model.backbone.config)
+        for layer, (key, value) in enumerate(model.prompt_key_values(len(input_ids))):
+            cache.update(key.clone(), value.clone(), layer)
+        mask_with_prompt = torch.cat([torch.ones(len(input_ids), 5, dtype=torch.long), attention_mask], dim=1)
+        # The cache route shifts positions by the cache length unless explicit (unshifted) ids are passed.
+        position_ids = None if shift else default_position_ids(model.backbone, input_ids)
+        reference = model.backbone(
+            input_ids=input_ids, attention_mask=mask_with_prompt, past_key_values=cache, position_ids=position_ids
+        ).last_hidden_state
+    real = attention_mask.bool()
+    assert (ours - reference)[real].abs().max().item() <= 1e-5
+
+
+def test_prompt_key_values_shapes():
+    model = prompted(layers=[0, 2])
+    pairs = model.prompt_key_values(batch_size=2)
+    assert len(pairs) == 3 and pairs[1] is None
+    for pair in (pairs[0], pairs[2]):
+        assert all(tensor.shape == (2, 4, 5, 8) for tensor in pair)
+
+
+def test_prompt_changes_output(arch_impl):
+    model = prompted(*arch_impl)
+    input_ids, attention_mask = random_batch()
+    with torch.no_grad():
+        with_prompt = model.encode(input_ids, attention_mask)
+        without = model.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    assert (with_prompt - without)[attention_mask.bool()].abs().max().item() > 1e-3
+
+
+def test_padding_does_not_change_real_tokens(arch_impl):
+    model = prompted(*arch_impl)
+    input_ids, attention_mask = random_batch(batch_size=3, length=9)
+    with torch.no_grad():
+        batched = model.encode(input_ids, attention_mask)
+        for row in range(3):
+            real = int(attention_mask[row].sum())
+            alone = model.encode(input_ids[row : row + 1, :real], attention_mask[row : row + 1, :real])
+            assert (batched[row, :real] - alone[0]).abs().max().item() <= 1e-5
+
+
+def test_only_selected_layers_are_prompted():
+    model = prompted(layers=[2])
+    input_ids, attention_mask = random_batch()
+    prompts = LayerPrompts(model.prompt_encoder(len(input_ids)))
+    with torch.no_grad():
+        plain = model.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        ours = model.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **{PROMPT_KWARG: prompts}
+        )
+    real = attention_mask.bool()
+    for below in range(3):  # embeddings and the outputs of layers 0 and 1: untouched
+        assert torch.equal(plain.hidden_states[below][real], ours.hidden_states[below][real])
+    assert (plain.hidden_states[3] - ours.hidden_states[3])[real].abs().max() > 1e-3
+    assert prompts.consumed == {2}
+    assert model.trainable_parameters() == 5 * 1 * 2 * 32 + (32 * 3 + 3)
+
+
+def test_trainable_parameter_count_matches_formula():
+    model = prompted(task="sequence-classification")
+    length, layers, hidden, labels = 5, 3, 32, 3
+    assert model.trainable_parameters() == length * layers * 2 * hidden + hidden * labels + labels
+
+
+def test_training_moves_only_prompt_and_head():
+    model = prompted(arch="roberta", task="sequence-classification", dropout=0.1)
+    frozen_before = {name: tensor.clone() for name, tensor in model.backbone.state_dict().items()}
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"prompt_encoder.table", "head.classifier.weight", "head.classifier.bias"}
+    prompt_before = model.prompt_encoder.table.detach().clone()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    input_ids, attention_mask = random_batch()
+    for _ in range(3):
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=torch.tensor([0, 1, 2])).loss
+        loss.backward()
+        assert model.prompt_encoder.table.grad.abs().sum() > 0
+        optimizer.step()
+        optimizer.zero_grad()
+    for name, tensor in model.backbone.state_dict().items():
+        assert torch.equal(tensor, frozen_before[name]), name
+    assert not torch.equal(model.prompt_encoder.table, prompt_before)
+
+
+def test_gradient_reaches_prompt_of_every_layer():
+    model = prompted()
+    input_ids, attention_mask = random_batch()
+    hidden = model.encode(input_ids, attention_mask)
+    projection = torch.randn(hidden.shape[-1], generator=torch.Generator().manual_seed(3))
+    (hidden @ projection).sum().backward()
+    grad = model.prompt_encoder.table.grad.view(5, 3, 2, 32)
+    assert (grad.abs().sum(dim=(0, 2, 3)) > 0).all()
+
+
+def test_mlp_reparam_folds_to_identical_outputs(tmp_path):
+    model = prompted(reparam="mlp", reparam_hidden=16)
+    assert not hasattr(model.prompt_encoder, "table")
+    input_ids, attention_mask = random_batch()
+    with torch.no_grad():
+        before = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    model.save_pretrained(tmp_path)
+    restored = PromptedModel.from_pretrained(tmp_path, backbone=model.backbone).eval()
+    assert restored.prompt_encoder.table.shape == (5, 3 * 2 * 32)
+    assert restored.trainable_parameters() == 5 * 3 * 2 * 32 + 32 * 3 + 3
+    with torch.no_grad():
+        after = restored(input_ids=input_ids, attention_mask=attention_mask).logits
+    assert (before - after).abs().max().item() <= 1e-6
+
+
+def test_eager_and_sdpa_agree():
+    input_ids, attention_mask = random_batch()
+    with torch.no_grad():
+        sdpa = prompted("bert", "sdpa").encode(input_ids, attention_mask)
+        eager = prompted("bert", "eager").encode(input_ids, attention_mask)
+    assert (sdpa - eager)[attention_mask.bool()].abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "backbone",
+    [
+        DistilBertModel(DistilBertConfig(vocab_size=50, dim=32, n_layers=1, n_heads=4, hidden_dim=48)),
+        GPT2Model(GPT2Config(vocab_size=50, n_embd=32, n_layer=1, n_head=4)),
+    ],
+    ids=["distilbert", "gpt2"],
+)
+def test_unsupported_architectures_are_refused_by_name(backbone):
+    with pytest.raises(UnsupportedModelError) as error:
+        PromptedModel.from_backbone(backbone, "sequence-classification", num_labels=2)
+    message = str(error.value)
+    assert backbone.config.model_type in message and "bert, roberta, xlm-roberta, electra" in message
+
+
+def test_bypassed_attention_is_detected_not_ignored():
+    model = prompted()
+    model.backbone.set_attn_implementation("sdpa")  # stock attention would drop the prompt
+    input_ids, attention_mask = random_batch()
+    with pytest.raises(UnsupportedModelError, match="silently ignored"):
+        model.encode(input_ids, attention_mask)
+
+
+def test_input_longer_than_position_table_is_refused():
+    model = prompted(shift_positions=True)
+    assert model.max_text_length == 64 - 5
+    too_long = torch.full((1, 60), 7)
+    with pytest.raises(PtuningError, match="longer than this backbone's position table"):
+        model.encode(too_long)
+    roberta = prompted("roberta")
+    assert roberta.max_text_length == 64 - (PAD + 1)
+
+
+def test_prompt_layers_must_exist():
+    with pytest.raises(PtuningError, match=r"layers \[7\] do not exist"):
+        prompted(layers=[0, 7])
