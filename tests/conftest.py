@@ -5,43 +5,101 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import (
+    AlbertConfig,
+    AlbertModel,
     BertConfig,
     BertModel,
+    DistilBertConfig,
+    DistilBertModel,
     ElectraConfig,
     ElectraModel,
+    GPT2Config,
+    GPT2Model,
+    LlamaConfig,
+    LlamaModel,
+    MistralConfig,
+    MistralModel,
+    ModernBertConfig,
+    ModernBertModel,
+    Qwen2Config,
+    Qwen2Model,
     RobertaConfig,
     RobertaModel,
     XLMRobertaConfig,
     XLMRobertaModel,
 )
 
-ARCHITECTURES = {
-    "bert": (BertConfig, BertModel),
-    "roberta": (RobertaConfig, RobertaModel),
-    "xlm-roberta": (XLMRobertaConfig, XLMRobertaModel),
-    "electra": (ElectraConfig, ElectraModel),
-}
 VOCAB = 120
 PAD = 1
+HIDDEN, LAYERS, HEADS = 32, 3, 4
+BERT_LIKE = dict(
+    vocab_size=VOCAB,
+    hidden_size=HIDDEN,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=HEADS,
+    intermediate_size=48,
+    max_position_embeddings=64,
+    pad_token_id=PAD,
+)
+LLAMA_LIKE = dict(
+    vocab_size=VOCAB,
+    hidden_size=HIDDEN,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=HEADS,
+    num_key_value_heads=2,
+    intermediate_size=48,
+    max_position_embeddings=64,
+    pad_token_id=PAD,
+)
+ARCHITECTURES = {
+    "bert": (BertConfig, BertModel, BERT_LIKE),
+    "roberta": (RobertaConfig, RobertaModel, BERT_LIKE),
+    "xlm-roberta": (XLMRobertaConfig, XLMRobertaModel, BERT_LIKE),
+    "electra": (ElectraConfig, ElectraModel, {**BERT_LIKE, "embedding_size": 24}),
+    "distilbert": (
+        DistilBertConfig,
+        DistilBertModel,
+        dict(
+            vocab_size=VOCAB,
+            dim=HIDDEN,
+            n_layers=LAYERS,
+            n_heads=HEADS,
+            hidden_dim=48,
+            max_position_embeddings=64,
+            pad_token_id=PAD,
+        ),
+    ),
+    "albert": (AlbertConfig, AlbertModel, {**BERT_LIKE, "embedding_size": 16}),
+    "modernbert": (
+        ModernBertConfig,
+        ModernBertModel,
+        {
+            **BERT_LIKE,
+            "global_attn_every_n_layers": 2,
+            "local_attention": 4,
+            "bos_token_id": 2,
+            "eos_token_id": 3,
+            "cls_token_id": 2,
+            "sep_token_id": 3,
+        },
+    ),
+    "gpt2": (
+        GPT2Config,
+        GPT2Model,
+        dict(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=64, pad_token_id=PAD),
+    ),
+    "llama": (LlamaConfig, LlamaModel, LLAMA_LIKE),
+    "mistral": (MistralConfig, MistralModel, LLAMA_LIKE),
+    "qwen2": (Qwen2Config, Qwen2Model, LLAMA_LIKE),
+}
+DECODERS = ("gpt2", "llama", "mistral", "qwen2")
 
 
 def tiny_backbone(model_type: str = "bert", attn_implementation: str = "sdpa", **overrides):
-    config_class, model_class = ARCHITECTURES[model_type]
-    settings = dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=48,
-        max_position_embeddings=64,
-        pad_token_id=PAD,
-        attn_implementation=attn_implementation,
-    )
-    if model_type == "electra":
-        settings["embedding_size"] = 24
-    settings.update(overrides)
+    config_class, model_class, settings = ARCHITECTURES[model_type]
     torch.manual_seed(0)
-    return model_class(config_class(**settings)).eval()
+    config = config_class(**{**settings, **overrides}, attn_implementation=attn_implementation)
+    return model_class(config).eval()
 
 
 def random_batch(batch_size: int = 3, length: int = 9, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,9 +114,21 @@ def random_batch(batch_size: int = 3, length: int = 9, seed: int = 1) -> tuple[t
     return input_ids, attention_mask
 
 
-@pytest.fixture(params=[(arch, impl) for arch in ARCHITECTURES for impl in ("sdpa", "eager")],
-                ids=lambda p: f"{p[0]}-{p[1]}")
+# transformers' own DynamicCache route honours past_key_values for these; the others ignore or reject it.
+CACHE_ROUTE = ("bert", "roberta", "xlm-roberta", "electra", "gpt2", "llama", "mistral", "qwen2")
+
+
+def _pairs(architectures) -> list:
+    return [pytest.param((arch, impl), id=f"{arch}-{impl}") for arch in architectures for impl in ("sdpa", "eager")]
+
+
+@pytest.fixture(params=_pairs(ARCHITECTURES))
 def arch_impl(request) -> tuple[str, str]:
+    return request.param
+
+
+@pytest.fixture(params=_pairs(CACHE_ROUTE))
+def cache_arch_impl(request) -> tuple[str, str]:
     return request.param
 
 

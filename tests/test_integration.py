@@ -27,8 +27,14 @@ def mean_loss(model: PromptedModel, task, examples) -> float:
 
 def test_training_lowers_loss_writes_metrics_and_predicts(tmp_path, capsys):
     recipe = Recipe(
-        dataset="conll2003-ner", max_train_samples=320, max_eval_samples=64, max_steps=30, batch_size=16,
-        lr=3e-2, prompt_length=8, output=str(tmp_path / "run"),
+        dataset="conll2003-ner",
+        max_train_samples=320,
+        max_eval_samples=64,
+        max_steps=30,
+        batch_size=16,
+        lr=3e-2,
+        prompt_length=8,
+        output=str(tmp_path / "run"),
     )
     metrics = train(recipe)
 
@@ -42,8 +48,9 @@ def test_training_lowers_loss_writes_metrics_and_predicts(tmp_path, capsys):
 
     trained = PromptedModel.from_pretrained(tmp_path / "run" / "checkpoint")
     set_seed(recipe.seed)
-    untrained = PromptedModel.from_backbone("minilm-l6", "token-classification", labels=trained.labels,
-                                            prompt=trained.prompt_config)
+    untrained = PromptedModel.from_backbone(
+        "minilm-l6", "token-classification", labels=trained.labels, prompt=trained.prompt_config
+    )
     task = make_task("token-classification", trained.tokenizer, trained.labels, 128)
     examples = load_packaged("conll2003-ner").train[:64]
     assert mean_loss(trained, task, examples) < 0.7 * mean_loss(untrained, task, examples)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import PAD, random_batch, tiny_backbone
-from transformers import DistilBertConfig, DistilBertModel, DynamicCache, GPT2Config, GPT2Model
+from transformers import DynamicCache, FunnelConfig, FunnelModel, XLNetConfig, XLNetModel
 
 from ptuning import PromptConfig, PromptedModel, UnsupportedModelError
 from ptuning.errors import PtuningError
-from ptuning.prompts.attention import PROMPT_KWARG, LayerPrompts
+from ptuning.prompts.attention import PROMPT_KWARG
 
 
 def prompted(arch="bert", impl="sdpa", task="token-classification", **prompt_settings) -> PromptedModel:
@@ -21,15 +21,15 @@ def prompted(arch="bert", impl="sdpa", task="token-classification", **prompt_set
 
 
 def default_position_ids(backbone, input_ids):
-    embeddings = backbone.embeddings
+    embeddings = getattr(backbone, "embeddings", None)
     if hasattr(embeddings, "create_position_ids_from_input_ids"):
         return embeddings.create_position_ids_from_input_ids(input_ids, embeddings.padding_idx, 0)
     return torch.arange(input_ids.shape[1]).expand_as(input_ids)
 
 
 @pytest.mark.parametrize("shift", [False, True], ids=["unshifted", "shifted"])
-def test_encode_equals_dynamic_cache_route(arch_impl, shift):
-    arch, impl = arch_impl
+def test_encode_equals_dynamic_cache_route(cache_arch_impl, shift):
+    arch, impl = cache_arch_impl
     model = prompted(arch, impl, shift_positions=shift)
     input_ids, attention_mask = random_batch()
     with torch.no_grad():
@@ -75,10 +75,11 @@ def test_padding_does_not_change_real_tokens(arch_impl):
             assert (batched[row, :real] - alone[0]).abs().max().item() <= 1e-5
 
 
-def test_only_selected_layers_are_prompted():
-    model = prompted(layers=[2])
+def test_only_selected_layers_are_prompted(arch_impl):
+    """Also proves that call-order numbering (DistilBERT, ALBERT's shared module) gives each layer its own prompt."""
+    model = prompted(*arch_impl, layers=[2])
     input_ids, attention_mask = random_batch()
-    prompts = LayerPrompts(model.prompt_encoder(len(input_ids)))
+    prompts = model.layer_prompts(len(input_ids))
     with torch.no_grad():
         plain = model.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         ours = model.backbone(
@@ -89,13 +90,15 @@ def test_only_selected_layers_are_prompted():
         assert torch.equal(plain.hidden_states[below][real], ours.hidden_states[below][real])
     assert (plain.hidden_states[3] - ours.hidden_states[3])[real].abs().max() > 1e-3
     assert prompts.consumed == {2}
-    assert model.trainable_parameters() == 5 * 1 * 2 * 32 + (32 * 3 + 3)
 
 
 def test_trainable_parameter_count_matches_formula():
     model = prompted(task="sequence-classification")
     length, layers, hidden, labels = 5, 3, 32, 3
     assert model.trainable_parameters() == length * layers * 2 * hidden + hidden * labels + labels
+    assert prompted(layers=[2]).trainable_parameters() == length * 1 * 2 * hidden + hidden * labels + labels
+    grouped = prompted("llama")  # grouped-query attention: 2 key/value heads of 8 dims
+    assert grouped.trainable_parameters() == length * layers * 2 * (2 * 8) + hidden * labels + labels
 
 
 def test_training_moves_only_prompt_and_head():
@@ -154,16 +157,16 @@ def test_eager_and_sdpa_agree():
 @pytest.mark.parametrize(
     "backbone",
     [
-        DistilBertModel(DistilBertConfig(vocab_size=50, dim=32, n_layers=1, n_heads=4, hidden_dim=48)),
-        GPT2Model(GPT2Config(vocab_size=50, n_embd=32, n_layer=1, n_head=4)),
+        XLNetModel(XLNetConfig(vocab_size=50, d_model=32, n_layer=1, n_head=4, d_inner=48)),
+        FunnelModel(FunnelConfig(vocab_size=50, d_model=32, block_sizes=[1], n_head=4, d_head=8, d_inner=48)),
     ],
-    ids=["distilbert", "gpt2"],
+    ids=["xlnet", "funnel"],
 )
 def test_unsupported_architectures_are_refused_by_name(backbone):
     with pytest.raises(UnsupportedModelError) as error:
         PromptedModel.from_backbone(backbone, "sequence-classification", num_labels=2)
     message = str(error.value)
-    assert backbone.config.model_type in message and "bert, roberta, xlm-roberta, electra" in message
+    assert backbone.config.model_type in message and "supported: bert, roberta" in message
 
 
 def test_bypassed_attention_is_detected_not_ignored():

@@ -1,10 +1,13 @@
-"""Which backbones can receive prompts, their attention geometry, and their position ids.
+"""Which backbones can receive prompts, how, and their position ids.
 
-An architecture is listed only once a test proves that its prompts change its output and match
-transformers' own cache route; everything else is refused by name.
+An architecture is listed only once tests prove that its prompts change its output, that padding
+does not leak, and (where transformers' cache route works) that it matches that route; everything
+else is refused by name.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -12,20 +15,47 @@ from transformers import PretrainedConfig
 
 from .errors import UnsupportedModelError
 
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra")
+
+@dataclass(frozen=True)
+class Architecture:
+    """decoder: causal self-attention (pool the last token, generation possible).
+    route: "interface" (transformers' AttentionInterface) or the name of our adapter module."""
+
+    decoder: bool = False
+    route: str = "interface"
 
 
-def check_supported(config: PretrainedConfig) -> None:
-    model_type = getattr(config, "model_type", None) or type(config).__name__
-    if model_type not in SUPPORTED_MODEL_TYPES:
+ARCHITECTURES: dict[str, Architecture] = {
+    "bert": Architecture(),
+    "roberta": Architecture(),
+    "xlm-roberta": Architecture(),
+    "electra": Architecture(),
+    "distilbert": Architecture(),
+    "albert": Architecture(),
+    "modernbert": Architecture(),
+    "gpt2": Architecture(decoder=True),
+    "llama": Architecture(decoder=True),
+    "mistral": Architecture(decoder=True),
+    "qwen2": Architecture(decoder=True),
+}
+
+
+def model_type_of(config: PretrainedConfig) -> str:
+    return getattr(config, "model_type", None) or type(config).__name__
+
+
+def architecture(config: PretrainedConfig) -> Architecture:
+    model_type = model_type_of(config)
+    if model_type not in ARCHITECTURES:
         raise UnsupportedModelError(
-            f"model type {model_type!r} is not supported for prompt injection; "
-            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            f"model type {model_type!r} is not supported for prompt injection; supported: {', '.join(ARCHITECTURES)}"
         )
-    if getattr(config, "is_decoder", False):
+    spec = ARCHITECTURES[model_type]
+    if getattr(config, "is_decoder", False) and not spec.decoder:
         raise UnsupportedModelError(
             f"{model_type!r} configured as a decoder (is_decoder=True) is not supported; use it as an encoder"
         )
+    return spec
 
 
 def attention_geometry(config: PretrainedConfig) -> tuple[int, int, int]:
@@ -38,20 +68,20 @@ def attention_geometry(config: PretrainedConfig) -> tuple[int, int, int]:
 
 def first_text_position(backbone: nn.Module) -> int:
     """Position id of the first text token: RoBERTa-style models start after their padding index."""
-    embeddings = backbone.embeddings
+    embeddings = getattr(backbone, "embeddings", None)
     if hasattr(embeddings, "create_position_ids_from_input_ids"):
         return embeddings.padding_idx + 1
     return 0
 
 
-def max_text_length(backbone: nn.Module, shift: int) -> int:
-    """How many tokens fit the position table when text positions are shifted by ``shift``."""
-    return backbone.config.max_position_embeddings - first_text_position(backbone) - shift
+def max_text_length(backbone: nn.Module, taken: int) -> int:
+    """How many tokens fit the position table when ``taken`` positions go to the prompt."""
+    return backbone.config.max_position_embeddings - first_text_position(backbone) - taken
 
 
 def shifted_position_ids(backbone: nn.Module, input_ids: torch.Tensor, shift: int) -> torch.Tensor:
     """The model's default position ids moved ``shift`` places on, as the reference code's prefix does."""
-    embeddings = backbone.embeddings
+    embeddings = getattr(backbone, "embeddings", None)
     if hasattr(embeddings, "create_position_ids_from_input_ids"):
         return embeddings.create_position_ids_from_input_ids(input_ids, embeddings.padding_idx, shift)
     length = input_ids.shape[1]

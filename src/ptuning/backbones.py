@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import PtuningError
 
@@ -42,8 +42,9 @@ def _load(loader: Callable, reference: str, what: str, **kwargs):
         ) from error
 
 
-def load_backbone(reference: str) -> PreTrainedModel:
-    return _load(AutoModel.from_pretrained, reference, "model")
+def load_backbone(reference: str, causal_lm: bool = False) -> PreTrainedModel:
+    """The base model, or with ``causal_lm`` the model with its language-modelling head."""
+    return _load((AutoModelForCausalLM if causal_lm else AutoModel).from_pretrained, reference, "model")
 
 
 def load_tokenizer(reference: str) -> PreTrainedTokenizerBase:

@@ -12,7 +12,9 @@ from typing import Any
 
 import yaml
 
+from .config import METHODS
 from .errors import DataError, PtuningError
+from .heads import POOLINGS
 from .model import CONFIG_NAME, PromptedModel
 from .train import Recipe, read_examples, train
 
@@ -54,8 +56,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     suppress = argparse.SUPPRESS
     add = parser.add_argument
     add("--config", default=suppress, help="YAML recipe (path or packaged name); flags override its keys")
-    add("--dataset", default=suppress, help="packaged dataset: conll2003-ner, conll2003-pos, conll2003-chunk, "
-        "rotten-tomatoes")
+    add(
+        "--dataset",
+        default=suppress,
+        help="packaged dataset: conll2003-ner, conll2003-pos, conll2003-chunk, rotten-tomatoes",
+    )
     add("--train", default=suppress, help="training file: CoNLL columns, or CSV/TSV/JSONL")
     add("--validation", default=suppress, help="validation file (model selection each epoch)")
     add("--test", default=suppress, help="test file (scored once with the best checkpoint)")
@@ -65,15 +70,30 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--pair-column", default=suppress)
     add("--label-column", default=suppress)
     add("--model", default=suppress, help="backbone: alias (minilm-l6), local folder, or hub name")
-    add("--method", default=suppress, choices=["deep"])
+    add(
+        "--method",
+        default=suppress,
+        choices=list(METHODS),
+        help="deep (P-Tuning v2, default), shallow, ptuning-v1, finetune, linear-probe",
+    )
     add("--prompt-length", type=int, default=suppress)
     add("--prompt-layers", type=_layers, default=suppress, help="comma-separated layer indices (default: all)")
-    add("--reparam", type=_none_or_str, default=suppress, help="none or mlp")
+    add("--reparam", type=_none_or_str, default=suppress, help="deep: none or mlp; ptuning-v1: lstm or mlp")
     add("--reparam-hidden", type=int, default=suppress)
+    add("--prompt-init", default=suppress, choices=["random", "vocab"], help="shallow: initial prompt embeddings")
     add("--prompt-dropout", type=float, default=suppress)
-    add("--shift-positions", action="store_true", default=suppress, help="shift text positions by the prompt "
-        "length, as the reference code and PEFT do")
-    add("--pooling", default=suppress, choices=["cls", "mean"])
+    add(
+        "--shift-positions",
+        action="store_true",
+        default=suppress,
+        help="shift text positions by the prompt length, as the reference code and PEFT do",
+    )
+    add(
+        "--pooling",
+        default=suppress,
+        choices=list(POOLINGS),
+        help="sequence classification: cls (encoders' default), mean, last (decoders' default), pooler",
+    )
     add("--lr", type=float, default=suppress)
     add("--weight-decay", type=float, default=suppress)
     add("--warmup-ratio", type=float, default=suppress)

@@ -7,8 +7,10 @@ from typing import Any
 
 from .errors import PtuningError
 
-METHODS = ("deep",)
-REPARAMS = (None, "mlp")
+METHODS = ("deep", "shallow", "ptuning-v1", "finetune", "linear-probe")
+PROMPTED_METHODS = ("deep", "shallow", "ptuning-v1")
+REPARAMS = {"deep": (None, "mlp"), "shallow": (None,), "ptuning-v1": ("lstm", "mlp")}
+INITS = ("random", "vocab")
 
 
 @dataclass
@@ -16,11 +18,17 @@ class PromptConfig:
     """Settings of the prompt.
 
     method: ``"deep"`` is P-Tuning v2: trainable key/value vectors prepended in the self-attention of
-        every layer in ``layers`` (``None`` = all layers).
-    length: number of prompt vectors per layer.
-    reparam: ``None`` trains the table directly; ``"mlp"`` produces it through
-        Embedding -> Linear -> Tanh -> Linear (paper's reparameterization), folded into a flat table on save.
-    reparam_hidden: width of the MLP's hidden layer.
+        every layer in ``layers`` (``None`` = all layers). ``"shallow"`` is prompt tuning (Lester et al.):
+        trainable embeddings prepended at the input only. ``"ptuning-v1"``: input prompts produced by a
+        prompt encoder. ``"finetune"``: no prompt, every backbone weight trains. ``"linear-probe"``: no
+        prompt, only the head trains.
+    length: number of prompt vectors (per layer for ``deep``).
+    reparam: how the prompt table is produced. ``deep``: ``None`` trains the table directly, ``"mlp"``
+        goes through Embedding -> Linear -> Tanh -> Linear (the paper's reparameterization).
+        ``ptuning-v1``: ``"lstm"`` (bidirectional LSTM + MLP, default) or ``"mlp"``. Folded into a flat
+        table on save either way.
+    reparam_hidden: width of the reparameterization's hidden layer.
+    init: ``shallow`` only: ``"random"`` or ``"vocab"`` (copies of random vocabulary embeddings).
     dropout: dropout on the prompt vectors during training (the reference code uses 0.1).
     shift_positions: ``True`` shifts the text's position ids by ``length`` as the reference code and PEFT
         do (text may then only be ``max_position_embeddings - length`` long); ``False`` keeps them.
@@ -31,14 +39,20 @@ class PromptConfig:
     layers: list[int] | None = None
     reparam: str | None = None
     reparam_hidden: int = 512
+    init: str = "random"
     dropout: float = 0.1
     shift_positions: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise PtuningError(f"unknown prompt method {self.method!r}; supported: {', '.join(METHODS)}")
-        if self.reparam not in REPARAMS:
-            raise PtuningError(f"unknown reparam {self.reparam!r}; supported: None or 'mlp'")
+        if self.method == "ptuning-v1" and self.reparam is None:
+            self.reparam = "lstm"
+        allowed = REPARAMS.get(self.method, (None,))
+        if self.reparam not in allowed:
+            raise PtuningError(f"reparam {self.reparam!r} does not apply to method {self.method!r}; allowed: {allowed}")
+        if self.init not in INITS:
+            raise PtuningError(f"unknown init {self.init!r}; supported: {', '.join(INITS)}")
         if self.length < 1:
             raise PtuningError(f"prompt length must be at least 1, got {self.length}")
         if self.reparam_hidden < 1:
@@ -51,6 +65,15 @@ class PromptConfig:
             if any(layer < 0 for layer in self.layers) or len(set(self.layers)) != len(self.layers):
                 raise PtuningError(f"layers must be distinct non-negative indices, got {self.layers}")
             self.layers = sorted(self.layers)
+
+    @property
+    def has_prompt(self) -> bool:
+        return self.method in PROMPTED_METHODS
+
+    @property
+    def input_level(self) -> bool:
+        """Whether the prompt is a sequence of input embeddings (shallow, P-tuning v1) rather than per-layer."""
+        return self.method in ("shallow", "ptuning-v1")
 
     def prompted_layers(self, num_layers: int) -> list[int]:
         """The layer indices that receive a prompt in a backbone of ``num_layers`` layers."""

@@ -1,4 +1,4 @@
-"""Task heads: randomly initialized linear layers on the backbone's token representations."""
+"""Task heads (randomly initialized linear layers) and how a text becomes one vector."""
 
 from __future__ import annotations
 
@@ -7,45 +7,40 @@ from torch import nn
 
 from .errors import PtuningError
 
-TASKS = ("sequence-classification", "token-classification")
-POOLINGS = ("cls", "mean")
+TASKS = ("sequence-classification", "token-classification", "causal-lm")
+POOLINGS = ("cls", "mean", "last", "pooler")
 
 
-class SequenceClassificationHead(nn.Module):
-    """One label per text, from the first token ("cls") or the mean of the real tokens ("mean")."""
-
-    def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls"):
-        super().__init__()
-        self.pooling = pooling
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden_size, num_labels)
-
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            weights = torch.ones_like(hidden[..., 0]) if attention_mask is None else attention_mask.to(hidden.dtype)
-            pooled = (hidden * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp(min=1.0)
-        return self.classifier(self.dropout(pooled))
-
-
-class TokenClassificationHead(nn.Module):
-    """One label per token, as in BERT fine-tuning for NER."""
+class LinearHead(nn.Module):
+    """Dropout and a linear layer, on a pooled vector (one label per text) or on every token."""
 
     def __init__(self, hidden_size: int, num_labels: int, dropout: float):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden_size, num_labels)
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        return self.classifier(self.dropout(hidden))
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(features))
 
 
-def make_head(task: str, hidden_size: int, num_labels: int, dropout: float, pooling: str) -> nn.Module:
-    if task == "sequence-classification":
-        if pooling not in POOLINGS:
-            raise PtuningError(f"unknown pooling {pooling!r}; supported: {', '.join(POOLINGS)}")
-        return SequenceClassificationHead(hidden_size, num_labels, dropout, pooling)
-    if task == "token-classification":
-        return TokenClassificationHead(hidden_size, num_labels, dropout)
-    raise PtuningError(f"unknown task {task!r}; supported: {', '.join(TASKS)}")
+def check_pooling(pooling: str, backbone: nn.Module) -> None:
+    if pooling not in POOLINGS:
+        raise PtuningError(f"unknown pooling {pooling!r}; supported: {', '.join(POOLINGS)}")
+    if pooling == "pooler" and getattr(backbone, "pooler", None) is None:
+        raise PtuningError(f"pooling 'pooler' needs a backbone with a pooler; {type(backbone).__name__} has none")
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str, backbone: nn.Module) -> torch.Tensor:
+    """One vector per text: first token, mean of real tokens, last real token (decoders), or the backbone's pooler."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "pooler":
+        return backbone.pooler(hidden)
+    if attention_mask is None:
+        attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+    if pooling == "mean":
+        weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    positions = torch.arange(hidden.shape[1], device=hidden.device)
+    last = (attention_mask.to(torch.long) * positions).argmax(1)  # last real token, left or right padding
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]

@@ -11,18 +11,19 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
+from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput, TokenClassifierOutput
 
 from . import architectures
 from .backbones import load_backbone, load_tokenizer
 from .config import PromptConfig
 from .errors import CheckpointError, PtuningError, UnsupportedModelError
-from .heads import make_head
-from .prompts.attention import PROMPT_KWARG, LayerPrompts, prompted_implementation
-from .prompts.encoder import DeepPromptEncoder
+from .heads import TASKS, LinearHead, check_pooling, pool
+from .prompts.attention import PROMPT_KWARG, LayerPrompts, active_prompts, prompted_implementation
+from .prompts.encoder import PromptEncoder, split_key_values
 
 CONFIG_NAME = "ptuning_config.json"
 WEIGHTS_NAME = "ptuning_model.safetensors"
+FINETUNED_BACKBONE = "backbone"
 FORMAT_VERSION = 1
 SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
@@ -38,9 +39,11 @@ def _backbone_fingerprint(backbone: nn.Module) -> float:
 
 
 class PromptedModel(nn.Module):
-    """Frozen transformers encoder + deep prompt + task head.
+    """Transformers backbone + prompt + task head, composed: any method x any supported backbone x any head.
 
-    Only the prompt encoder and the head have ``requires_grad``; the backbone's weights never change.
+    For every method but ``finetune`` the backbone is frozen and only ``prompt_encoder`` and ``head``
+    have ``requires_grad``. For ``task="causal-lm"`` the backbone keeps its language-modelling head
+    (frozen) and there is no task head: that is prefix-tuning for generation.
     """
 
     def __init__(
@@ -50,32 +53,67 @@ class PromptedModel(nn.Module):
         labels: list[str],
         prompt: PromptConfig | None = None,
         backbone_reference: str | None = None,
-        pooling: str = "cls",
+        pooling: str | None = None,
         folded: bool = False,
     ):
         super().__init__()
-        backbone = getattr(backbone, "base_model", backbone)
-        architectures.check_supported(backbone.config)
-        if not type(backbone)._can_set_attn_implementation():
-            raise UnsupportedModelError(
-                f"{type(backbone).__name__} does not route attention through transformers' AttentionInterface"
-            )
-        backbone.set_attn_implementation(prompted_implementation(backbone.config._attn_implementation))
-        backbone.requires_grad_(False)
-        self.backbone = backbone
+        if task not in TASKS:
+            raise PtuningError(f"unknown task {task!r}; supported: {', '.join(TASKS)}")
         self.task = task
-        self.labels = [str(label) for label in labels]
-        if len(set(self.labels)) != len(self.labels) or not self.labels:
-            raise PtuningError(f"labels must be distinct and non-empty, got {self.labels}")
         self.prompt_config = prompt or PromptConfig()
+        method = self.prompt_config.method
+        if task == "causal-lm":
+            if not hasattr(backbone, "generate") or backbone.base_model is backbone:
+                raise PtuningError(
+                    "task 'causal-lm' needs a model with its language-modelling head (AutoModelForCausalLM)"
+                )
+            if method != "deep":
+                raise PtuningError(f"task 'causal-lm' supports method 'deep' (prefix-tuning), not {method!r}")
+        else:
+            backbone = backbone.base_model
+        self.transformer = backbone
+        self.spec = architectures.architecture(self.backbone.config)
+        if method == "deep":
+            if not type(self.backbone)._can_set_attn_implementation():
+                raise UnsupportedModelError(
+                    f"{type(self.backbone).__name__} does not route attention through transformers' AttentionInterface"
+                )
+            self.transformer.set_attn_implementation(prompted_implementation(self.backbone.config._attn_implementation))
+        self.transformer.requires_grad_(method == "finetune")
+        self.labels = [str(label) for label in labels]
+        if len(set(self.labels)) != len(self.labels) or (task != "causal-lm" and not self.labels):
+            raise PtuningError(f"labels must be distinct and non-empty, got {self.labels}")
         self.backbone_reference = backbone_reference
-        self.pooling = pooling
-        num_layers, kv_heads, head_dim = architectures.attention_geometry(backbone.config)
-        self.prompt_encoder = DeepPromptEncoder(self.prompt_config, num_layers, kv_heads, head_dim, folded=folded)
-        dropout = getattr(backbone.config, "hidden_dropout_prob", 0.1)
-        self.head = make_head(task, backbone.config.hidden_size, len(self.labels), dropout, pooling)
+        self.pooling = pooling or ("last" if self.spec.decoder else "cls")
+        self.prompt_encoder = self._build_prompt_encoder(folded) if self.prompt_config.has_prompt else None
+        self.head = None
+        if task != "causal-lm":
+            check_pooling(self.pooling, self.backbone)
+            dropout = getattr(self.backbone.config, "hidden_dropout_prob", 0.1)
+            self.head = LinearHead(self.backbone.config.hidden_size, len(self.labels), dropout)
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self.extra: dict[str, Any] = {}
+
+    def _build_prompt_encoder(self, folded: bool) -> PromptEncoder:
+        config = self.prompt_config
+        if config.method == "deep":
+            num_layers, kv_heads, head_dim = architectures.attention_geometry(self.backbone.config)
+            self.prompted_layers = config.prompted_layers(num_layers)
+            width = len(self.prompted_layers) * 2 * kv_heads * head_dim
+            return PromptEncoder(config, width, kv_heads * head_dim, folded=folded)
+        embeddings = self.backbone.get_input_embeddings().weight
+        initial = None
+        if config.method == "shallow":
+            if config.init == "vocab":
+                initial = embeddings[torch.randint(embeddings.shape[0], (config.length,))].detach()
+            else:
+                initial = torch.randn(config.length, embeddings.shape[1]) * embeddings.detach().std()
+        return PromptEncoder(config, embeddings.shape[1], embeddings.shape[1], initial=initial, folded=folded)
+
+    @property
+    def backbone(self) -> PreTrainedModel:
+        """The transformer body (without any language-modelling head)."""
+        return self.transformer.base_model
 
     # construction -------------------------------------------------------------------------------
 
@@ -87,21 +125,22 @@ class PromptedModel(nn.Module):
         num_labels: int | None = None,
         labels: list[str] | None = None,
         prompt: PromptConfig | None = None,
-        pooling: str = "cls",
+        pooling: str | None = None,
     ) -> PromptedModel:
         """Wrap ``backbone`` (alias, local path, hub name, or a built transformers model) for ``task``.
 
-        Give ``labels`` (names) or ``num_labels`` (names become "0", "1", ...).
+        Give ``labels`` (names) or ``num_labels`` (names become "0", "1", ...); none for ``causal-lm``.
         """
         if labels is None:
-            if num_labels is None:
+            if num_labels is None and task != "causal-lm":
                 raise PtuningError("give labels or num_labels")
-            labels = [str(index) for index in range(num_labels)]
+            labels = [str(index) for index in range(num_labels or 0)]
         elif num_labels is not None and num_labels != len(labels):
             raise PtuningError(f"num_labels={num_labels} but {len(labels)} labels were given")
         reference = backbone if isinstance(backbone, str) else None
-        model = load_backbone(backbone) if isinstance(backbone, str) else backbone
-        return cls(model, task, labels, prompt, backbone_reference=reference, pooling=pooling)
+        if isinstance(backbone, str):
+            backbone = load_backbone(backbone, causal_lm=task == "causal-lm")
+        return cls(backbone, task, labels, prompt, backbone_reference=reference, pooling=pooling)
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -119,13 +158,57 @@ class PromptedModel(nn.Module):
 
     @property
     def max_text_length(self) -> int:
-        shift = self.prompt_config.length if self.prompt_config.shift_positions else 0
-        return architectures.max_text_length(self.backbone, shift)
+        """Longest input the position table allows: input-level prompts and shifted positions take places."""
+        config = self.prompt_config
+        taken = config.length if config.input_level or (config.method == "deep" and config.shift_positions) else 0
+        return architectures.max_text_length(self.backbone, taken)
 
     def prompt_key_values(self, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
         """Per layer, the prompt's (key, value), each (batch, heads, length, head_dim); None for unprompted layers."""
-        by_layer = self.prompt_encoder(batch_size)
+        by_layer = self.layer_prompts(batch_size).key_values
         return [by_layer.get(layer) for layer in range(self.backbone.config.num_hidden_layers)]
+
+    def layer_prompts(self, batch_size: int) -> LayerPrompts:
+        """The deep prompt of one forward call, as the attention function receives it."""
+        if self.prompt_config.method != "deep":
+            raise PtuningError(f"method {self.prompt_config.method!r} has no per-layer prompt")
+        _, kv_heads, head_dim = architectures.attention_geometry(self.backbone.config)
+        table = self.prompt_encoder()
+        return LayerPrompts(split_key_values(table, self.prompted_layers, kv_heads, head_dim, batch_size))
+
+    def _check_length(self, length: int) -> None:
+        if length > self.max_text_length:
+            raise PtuningError(
+                f"input of {length} tokens is longer than this backbone's position table allows "
+                f"({self.max_text_length} tokens with this prompt); truncate it"
+            )
+
+    def _backbone_inputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None
+    ) -> dict[str, Any]:
+        """Keyword arguments for the transformer: the text, and the prompt as the method puts it in."""
+        self._check_length(input_ids.shape[1])
+        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        config = self.prompt_config
+        if config.method == "deep" and config.shift_positions:
+            inputs["position_ids"] = architectures.shifted_position_ids(self.backbone, input_ids, config.length)
+        if config.input_level:
+            batch_size = input_ids.shape[0]
+            prompt = self.prompt_encoder().unsqueeze(0).expand(batch_size, -1, -1)
+            text = self.backbone.get_input_embeddings()(inputs.pop("input_ids"))
+            inputs["inputs_embeds"] = torch.cat([prompt.to(text.dtype), text], dim=1)
+            if attention_mask is None:
+                attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
+            inputs["attention_mask"] = torch.cat(
+                [attention_mask.new_ones(batch_size, config.length), attention_mask], 1
+            )
+            if token_type_ids is not None:
+                inputs["token_type_ids"] = torch.cat(
+                    [token_type_ids.new_zeros(batch_size, config.length), token_type_ids], 1
+                )
+        return inputs
 
     def encode(
         self,
@@ -133,26 +216,15 @@ class PromptedModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The backbone's last hidden state (batch, length, hidden) with the prompt in every prompted layer."""
-        batch_size, length = input_ids.shape
-        if length > self.max_text_length:
-            raise PtuningError(
-                f"input of {length} tokens is longer than this backbone's position table allows "
-                f"({self.max_text_length} tokens with this prompt); truncate it"
-            )
-        prompts = LayerPrompts(self.prompt_encoder(batch_size))
-        position_ids = None
-        if self.prompt_config.shift_positions:
-            position_ids = architectures.shifted_position_ids(self.backbone, input_ids, self.prompt_config.length)
-        output = self.backbone(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            **{PROMPT_KWARG: prompts},
-        )
-        prompts.check_all_consumed(self.backbone.config.model_type)
-        return output.last_hidden_state
+        """The backbone's last hidden state (batch, length, hidden) of the text tokens under the prompt."""
+        inputs = self._backbone_inputs(input_ids, attention_mask, token_type_ids)
+        if self.prompt_config.method != "deep":
+            hidden = self.backbone(**inputs).last_hidden_state
+            return hidden[:, self.prompt_config.length :] if self.prompt_config.input_level else hidden
+        prompts = self.layer_prompts(input_ids.shape[0])
+        hidden = self.backbone(**inputs, **{PROMPT_KWARG: prompts}).last_hidden_state
+        prompts.check_all_consumed(architectures.model_type_of(self.backbone.config))
+        return hidden
 
     def forward(
         self,
@@ -160,14 +232,34 @@ class PromptedModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-    ) -> SequenceClassifierOutput | TokenClassifierOutput:
+    ) -> SequenceClassifierOutput | TokenClassifierOutput | CausalLMOutputWithPast:
+        if self.task == "causal-lm":
+            inputs = self._backbone_inputs(input_ids, attention_mask, token_type_ids)
+            with active_prompts(self.layer_prompts(input_ids.shape[0])) as prompts:
+                output = self.transformer(**inputs, labels=labels, use_cache=False)
+            prompts.check_all_consumed(architectures.model_type_of(self.backbone.config))
+            return output
         hidden = self.encode(input_ids, attention_mask, token_type_ids)
-        logits = self.head(hidden, attention_mask)
+        if self.task == "sequence-classification":
+            logits = self.head(pool(hidden, attention_mask, self.pooling, self.backbone))
+            output_class = SequenceClassifierOutput
+        else:
+            logits = self.head(hidden)
+            output_class = TokenClassifierOutput
         loss = None
         if labels is not None:
-            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-        output_class = SequenceClassifierOutput if self.task == "sequence-classification" else TokenClassifierOutput
+            loss = nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+            )
         return output_class(loss=loss, logits=logits)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """``transformers`` generation with the prefix in every layer at every step (task ``causal-lm``)."""
+        if self.task != "causal-lm":
+            raise PtuningError("generate() needs task 'causal-lm'")
+        with active_prompts(self.layer_prompts(input_ids.shape[0])):
+            return self.transformer.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     # parameters ---------------------------------------------------------------------------------
 
@@ -192,14 +284,22 @@ class PromptedModel(nn.Module):
     def save_pretrained(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write the trainable part (the prompt folded into a flat table, and the head) and a JSON config.
 
+        ``finetune`` checkpoints also hold the whole tuned backbone (with its tokenizer) in ``backbone/``.
         ``extra`` is stored under ``"extra"`` (the CLI keeps how its data was read there).
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        tensors = {}
         with torch.no_grad():
-            tensors = {"prompt_encoder.table": self.prompt_encoder.folded_table().detach().contiguous()}
-            tensors.update({f"head.{name}": t.detach().contiguous() for name, t in self.head.state_dict().items()})
+            if self.prompt_encoder is not None:
+                tensors["prompt_encoder.table"] = self.prompt_encoder.folded_table().detach().contiguous()
+            if self.head is not None:
+                tensors.update({f"head.{name}": t.detach().contiguous() for name, t in self.head.state_dict().items()})
         save_file(tensors, str(directory / WEIGHTS_NAME))
+        if self.prompt_config.method == "finetune":  # the tuned backbone is part of the result
+            self.backbone.save_pretrained(directory / FINETUNED_BACKBONE)
+            if self._tokenizer is not None or self.backbone_reference is not None:
+                self.tokenizer.save_pretrained(directory / FINETUNED_BACKBONE)
         config = {
             "ptuning_format": FORMAT_VERSION,
             "backbone": self.backbone_reference,
@@ -232,6 +332,9 @@ class PromptedModel(nn.Module):
     def from_pretrained(cls, directory: str | Path, backbone: str | PreTrainedModel | None = None) -> PromptedModel:
         """Restore a saved prompt and head onto ``backbone`` (default: the backbone named in the checkpoint)."""
         config = cls.read_config(directory)
+        finetuned = Path(directory) / FINETUNED_BACKBONE
+        if backbone is None and finetuned.is_dir():
+            backbone = str(finetuned)
         if backbone is None:
             if config["backbone"] is None:
                 raise CheckpointError(
@@ -239,12 +342,15 @@ class PromptedModel(nn.Module):
                 )
             backbone = config["backbone"]
         reference = backbone if isinstance(backbone, str) else config["backbone"]
-        model_backbone = load_backbone(backbone) if isinstance(backbone, str) else backbone
-        model_backbone = getattr(model_backbone, "base_model", model_backbone)
+        causal_lm = config["task"] == "causal-lm"
+        model_backbone = load_backbone(backbone, causal_lm=causal_lm) if isinstance(backbone, str) else backbone
         actual = _backbone_shape(model_backbone.config)
         expected = config["backbone_shape"]
-        differences = [f"{key}: checkpoint {expected.get(key)}, backbone {actual[key]}" for key in SHAPE_KEYS
-                       if expected.get(key) != actual[key]]
+        differences = [
+            f"{key}: checkpoint {expected.get(key)}, backbone {actual[key]}"
+            for key in SHAPE_KEYS
+            if expected.get(key) != actual[key]
+        ]
         if differences:
             raise CheckpointError(
                 f"checkpoint {directory} was trained for another backbone shape ({'; '.join(differences)})"
@@ -255,10 +361,10 @@ class PromptedModel(nn.Module):
             config["labels"],
             PromptConfig.from_dict(config["prompt"]),
             backbone_reference=reference,
-            pooling=config.get("pooling", "cls"),
+            pooling=config.get("pooling"),
             folded=True,
         )
-        if config.get("backbone_fingerprint") not in (None, _backbone_fingerprint(model_backbone)):
+        if config.get("backbone_fingerprint") not in (None, _backbone_fingerprint(model.backbone)):
             warnings.warn(
                 f"checkpoint {directory} was trained on a backbone with other embedding weights than "
                 f"{reference!r}; its predictions may be wrong",
@@ -269,10 +375,13 @@ class PromptedModel(nn.Module):
             raise CheckpointError(f"{directory} lacks {WEIGHTS_NAME}")
         state = load_file(str(weights_path))
         own = model.state_dict()
-        expected_keys = {name for name, p in model.named_parameters() if p.requires_grad}
+        expected_keys = {name for name in own if name.startswith(("prompt_encoder.", "head."))}
         problems = sorted(expected_keys ^ set(state))
-        problems += [f"{name} {tuple(state[name].shape)} != {tuple(own[name].shape)}"
-                     for name in expected_keys & set(state) if state[name].shape != own[name].shape]
+        problems += [
+            f"{name} {tuple(state[name].shape)} != {tuple(own[name].shape)}"
+            for name in expected_keys & set(state)
+            if state[name].shape != own[name].shape
+        ]
         if problems:
             raise CheckpointError(f"{weights_path} does not match its config: {problems}")
         model.load_state_dict(state, strict=False)

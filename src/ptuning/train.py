@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -47,9 +48,10 @@ class Recipe:
     prompt_layers: list[int] | None = None
     reparam: str | None = None
     reparam_hidden: int = 512
+    prompt_init: str = "random"
     prompt_dropout: float = 0.1
     shift_positions: bool = False
-    pooling: str = "cls"
+    pooling: str | None = None
     lr: float = 1e-2
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
@@ -80,6 +82,7 @@ class Recipe:
             layers=self.prompt_layers,
             reparam=self.reparam,
             reparam_hidden=self.reparam_hidden,
+            init=self.prompt_init,
             dropout=self.prompt_dropout,
             shift_positions=self.shift_positions,
         )
@@ -108,8 +111,9 @@ def load_splits(recipe: Recipe) -> Splits:
         return load_packaged(recipe.dataset)
     if not recipe.train:
         raise PtuningError("give --dataset NAME or --train FILE (with --validation/--test)")
-    task = recipe.task or ("sequence-classification" if Path(recipe.train).suffix.lower() in TABLE_SUFFIXES
-                           else "token-classification")
+    task = recipe.task or (
+        "sequence-classification" if Path(recipe.train).suffix.lower() in TABLE_SUFFIXES else "token-classification"
+    )
     reader = reader_for(task, recipe)
     parts = [read_examples(path, reader) if path else [] for path in (recipe.train, recipe.validation, recipe.test)]
     return Splits(task, *parts, reader=reader)
@@ -190,8 +194,14 @@ def _train(recipe: Recipe, output: Path) -> dict[str, Any]:
     features = task.encode(train_examples).inputs
     logger.info(
         "%s on %s: %d train / %d validation / %d test examples, %d labels; trainable %d of %d parameters (%.3f%%)",
-        task_name, recipe.dataset or recipe.train, len(train_examples), len(validation), len(test), len(labels),
-        model.trainable_parameters(), model.total_parameters(),
+        task_name,
+        recipe.dataset or recipe.train,
+        len(train_examples),
+        len(validation),
+        len(test),
+        len(labels),
+        model.trainable_parameters(),
+        model.total_parameters(),
         100 * model.trainable_parameters() / model.total_parameters(),
     )
 
@@ -221,11 +231,14 @@ def _train(recipe: Recipe, output: Path) -> dict[str, Any]:
     started = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - started
+    shutil.rmtree(output / "trainer", ignore_errors=True)  # save_strategy="no": nothing of ours is in there
     model.restore_trainable_state(callback.best_state)
 
     checkpoint = output / "checkpoint"
     data_reader = splits.reader
-    model.save_pretrained(checkpoint, extra={"reader": data_reader, "dataset": recipe.dataset, "max_length": max_length})
+    model.save_pretrained(
+        checkpoint, extra={"reader": data_reader, "dataset": recipe.dataset, "max_length": max_length}
+    )
     test_metrics = task.evaluate(model, test, recipe.eval_batch_size) if test else {}
     metrics = {
         "task": task_name,
@@ -240,7 +253,7 @@ def _train(recipe: Recipe, output: Path) -> dict[str, Any]:
         "train_examples": len(train_examples),
         "steps": trainer.state.global_step,
         "checkpoint": str(checkpoint),
-        "checkpoint_bytes": sum(path.stat().st_size for path in checkpoint.iterdir()),
+        "checkpoint_bytes": sum(path.stat().st_size for path in checkpoint.rglob("*") if path.is_file()),
         "recipe": asdict(recipe),
     }
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PtuningError
-from .readers import LabeledText, TaggedSentence, read_conll
+from .readers import LabeledText, read_conll
 
 CONLL_TAG_COLUMNS = {"conll2003-ner": 3, "conll2003-pos": 1, "conll2003-chunk": 2}
 ROTTEN_TOMATOES_SEED = 13

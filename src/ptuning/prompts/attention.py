@@ -9,7 +9,9 @@ forward, which transformers passes down to the attention function unchanged.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import nn
@@ -27,22 +29,30 @@ EAGER = "ptuning_eager"
 class LayerPrompts:
     """The prompt keys/values of one forward call, by layer index, and which layers consumed them.
 
-    Keeping track of consumption lets the caller prove that no prompted layer was bypassed.
+    Keeping track of consumption lets the caller prove that no prompted layer was bypassed. Modules
+    without ``layer_idx`` (DistilBERT; ALBERT, whose one module serves every layer) are numbered by
+    the order of their calls within the forward.
     """
 
     def __init__(self, key_values: dict[int, tuple[torch.Tensor, torch.Tensor]]):
         self.key_values = key_values
         self.consumed: set[int] = set()
+        self.calls = 0
 
-    def take(self, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def take(self, module: nn.Module, batch_size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         layer = getattr(module, "layer_idx", None)
         if layer is None:
-            raise UnsupportedModelError(
-                f"{type(module).__name__} has no layer_idx, so its prompt cannot be chosen"
-            )
+            layer = self.calls
+            self.calls += 1
         pair = self.key_values.get(layer)
-        if pair is not None:
-            self.consumed.add(layer)
+        if pair is None:
+            return None
+        self.consumed.add(layer)
+        prompt_batch = pair[0].shape[0]
+        if prompt_batch != batch_size:  # generate() with beams or several samples repeats each example
+            if batch_size % prompt_batch:
+                raise ValueError(f"prompt batch {prompt_batch} does not divide the attention batch {batch_size}")
+            pair = tuple(t.repeat_interleave(batch_size // prompt_batch, dim=0) for t in pair)
         return pair
 
     def check_all_consumed(self, model_type: str) -> None:
@@ -54,6 +64,19 @@ class LayerPrompts:
             )
 
 
+_ACTIVE_PROMPTS: ContextVar[LayerPrompts | None] = ContextVar("ptuning_active_prompts", default=None)
+
+
+@contextmanager
+def active_prompts(prompts: LayerPrompts) -> Iterator[LayerPrompts]:
+    """Hand prompts to the attention without a forward keyword (``generate()`` rejects unknown ones)."""
+    token = _ACTIVE_PROMPTS.set(prompts)
+    try:
+        yield prompts
+    finally:
+        _ACTIVE_PROMPTS.reset(token)
+
+
 def _extend_mask(mask: torch.Tensor | None, prompt_length: int) -> torch.Tensor | None:
     """Add ``prompt_length`` always-visible key columns in front of a boolean or additive mask."""
     if mask is None:
@@ -61,6 +84,19 @@ def _extend_mask(mask: torch.Tensor | None, prompt_length: int) -> torch.Tensor 
     visible = torch.ones if mask.dtype == torch.bool else torch.zeros
     prefix = visible(*mask.shape[:-1], prompt_length, dtype=mask.dtype, device=mask.device)
     return torch.cat([prefix, mask], dim=-1)
+
+
+def _causal_mask(query: torch.Tensor, key_length: int, additive: bool) -> torch.Tensor:
+    """The causal mask sdpa would have applied by itself (it cannot once prompt keys lengthen the keys)."""
+    query_length = query.shape[2]
+    rows = torch.arange(query_length, device=query.device).unsqueeze(1) + (key_length - query_length)
+    allowed = torch.arange(key_length, device=query.device).unsqueeze(0) <= rows
+    allowed = allowed[None, None]
+    if not additive:
+        return allowed
+    return torch.zeros(allowed.shape, dtype=query.dtype, device=query.device).masked_fill(
+        ~allowed, torch.finfo(query.dtype).min
+    )
 
 
 def _model_eager_attention(module: nn.Module) -> Callable:
@@ -71,16 +107,17 @@ def _model_eager_attention(module: nn.Module) -> Callable:
     return function
 
 
-def _prompted(base: Callable[[nn.Module], Callable]) -> Callable:
+def _prompted(base: Callable[[nn.Module], Callable], additive_mask: bool) -> Callable:
     def attention(module, query, key, value, attention_mask, **kwargs):
-        prompts: LayerPrompts | None = kwargs.pop(PROMPT_KWARG, None)
-        if prompts is not None:
-            pair = prompts.take(module)
-            if pair is not None:
-                prompt_key, prompt_value = pair
-                key = torch.cat([prompt_key.to(key.dtype), key], dim=2)
-                value = torch.cat([prompt_value.to(value.dtype), value], dim=2)
-                attention_mask = _extend_mask(attention_mask, prompt_key.shape[2])
+        prompts: LayerPrompts | None = kwargs.pop(PROMPT_KWARG, None) or _ACTIVE_PROMPTS.get()
+        pair = prompts.take(module, query.shape[0]) if prompts is not None else None
+        if pair is not None:
+            prompt_key, prompt_value = pair
+            if attention_mask is None and getattr(module, "is_causal", False) and query.shape[2] > 1:
+                attention_mask = _causal_mask(query, key.shape[2], additive_mask)
+            key = torch.cat([prompt_key.to(key.dtype), key], dim=2)
+            value = torch.cat([prompt_value.to(value.dtype), value], dim=2)
+            attention_mask = _extend_mask(attention_mask, prompt_key.shape[2])
         return base(module)(module, query, key, value, attention_mask, **kwargs)
 
     return attention
@@ -88,8 +125,8 @@ def _prompted(base: Callable[[nn.Module], Callable]) -> Callable:
 
 def register() -> None:
     """Register the prompt-aware attention and mask functions under our names (idempotent)."""
-    AttentionInterface.register(SDPA, _prompted(lambda module: ALL_ATTENTION_FUNCTIONS["sdpa"]))
-    AttentionInterface.register(EAGER, _prompted(_model_eager_attention))
+    AttentionInterface.register(SDPA, _prompted(lambda module: ALL_ATTENTION_FUNCTIONS["sdpa"], additive_mask=False))
+    AttentionInterface.register(EAGER, _prompted(_model_eager_attention, additive_mask=True))
     AttentionMaskInterface.register(SDPA, sdpa_mask)
     AttentionMaskInterface.register(EAGER, eager_mask)
 

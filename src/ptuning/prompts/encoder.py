@@ -1,4 +1,8 @@
-"""The prompt table: flat or MLP-reparameterized, turned into per-layer (key, value) pairs."""
+"""The prompt table: trained directly or produced by a reparameterization, folded for inference.
+
+One table serves every prompted method: ``deep`` reads it as per-layer keys/values, ``shallow`` and
+``ptuning-v1`` as input embeddings.
+"""
 
 from __future__ import annotations
 
@@ -8,47 +12,65 @@ from torch import nn
 from ..config import PromptConfig
 
 
-class DeepPromptEncoder(nn.Module):
-    """Produces, for each prompted layer, key and value tensors of shape (batch, kv_heads, length, head_dim).
+class PromptEncoder(nn.Module):
+    """A ``(length, width)`` table of prompt vectors.
 
-    The flat form is a ``(length, layers * 2 * kv_heads * head_dim)`` table initialized N(0, 1) like the
-    reference code's ``nn.Embedding``. The MLP form (``reparam="mlp"``) computes that same table from a
-    ``(length, hidden)`` embedding; :meth:`folded_table` evaluates it once for saving and inference.
+    Flat: an ``nn.Parameter`` (N(0, 1) like the reference code's ``nn.Embedding``, unless ``initial`` is
+    given). ``reparam="mlp"`` (deep): Embedding -> Linear -> Tanh -> Linear, as in P-Tuning v2.
+    ``reparam="lstm"`` / ``"mlp"`` (ptuning-v1): Embedding -> [bidirectional 2-layer LSTM] -> Linear ->
+    ReLU -> Linear, as in P-tuning v1. ``folded=True`` builds the flat form a saved checkpoint holds.
     """
 
     def __init__(
-        self, config: PromptConfig, num_layers: int, num_kv_heads: int, head_dim: int, folded: bool = False
+        self,
+        config: PromptConfig,
+        width: int,
+        embedding_dim: int,
+        initial: torch.Tensor | None = None,
+        folded: bool = False,
     ):
         super().__init__()
-        self.config = config
-        self.layers = config.prompted_layers(num_layers)
-        self.num_kv_heads = num_kv_heads
-        self.head_dim = head_dim
-        width = len(self.layers) * 2 * num_kv_heads * head_dim
-        self.uses_mlp = config.reparam == "mlp" and not folded
-        if self.uses_mlp:
-            hidden = num_kv_heads * head_dim
-            self.embedding = nn.Embedding(config.length, hidden)
-            self.mlp = nn.Sequential(
-                nn.Linear(hidden, config.reparam_hidden), nn.Tanh(), nn.Linear(config.reparam_hidden, width)
-            )
+        self.reparam = None if folded else config.reparam
+        hidden = config.reparam_hidden
+        if self.reparam is None:
+            self.table = nn.Parameter(initial.clone() if initial is not None else torch.randn(config.length, width))
         else:
-            self.table = nn.Parameter(torch.randn(config.length, width))
+            self.embedding = nn.Embedding(config.length, embedding_dim)
+            if config.method == "deep":
+                self.mlp = nn.Sequential(nn.Linear(embedding_dim, hidden), nn.Tanh(), nn.Linear(hidden, width))
+            else:
+                mlp_input = embedding_dim
+                if self.reparam == "lstm":
+                    self.lstm = nn.LSTM(embedding_dim, hidden // 2, num_layers=2, bidirectional=True, batch_first=True)
+                    mlp_input = 2 * (hidden // 2)
+                self.mlp = nn.Sequential(nn.Linear(mlp_input, hidden), nn.ReLU(), nn.Linear(hidden, width))
         self.dropout = nn.Dropout(config.dropout)
 
     def folded_table(self) -> torch.Tensor:
-        """The flat table this encoder represents, ``(length, layers * 2 * kv_heads * head_dim)``."""
-        if self.uses_mlp:
-            return self.mlp(self.embedding.weight)
-        return self.table
+        """The flat table this encoder represents, ``(length, width)``."""
+        if self.reparam is None:
+            return self.table
+        vectors = self.embedding.weight
+        if self.reparam == "lstm":
+            vectors = self.lstm(vectors.unsqueeze(0))[0].squeeze(0)
+        return self.mlp(vectors)
 
-    def forward(self, batch_size: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        table = self.dropout(self.folded_table())
-        length = table.shape[0]
-        # (length, layers, 2, heads, head_dim) -> (layers, 2, heads, length, head_dim)
-        per_layer = table.view(length, len(self.layers), 2, self.num_kv_heads, self.head_dim).permute(1, 2, 3, 0, 4)
-        shape = (batch_size, self.num_kv_heads, length, self.head_dim)
-        return {
-            layer: (per_layer[i, 0].unsqueeze(0).expand(shape), per_layer[i, 1].unsqueeze(0).expand(shape))
-            for i, layer in enumerate(self.layers)
-        }
+    def forward(self) -> torch.Tensor:
+        return self.dropout(self.folded_table())
+
+
+def split_key_values(
+    table: torch.Tensor, layers: list[int], kv_heads: int, head_dim: int, batch_size: int
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Read a ``(length, layers * 2 * kv_heads * head_dim)`` table as per-layer (key, value) pairs.
+
+    Column order is layer, then key/value, then head, then head dim (PEFT's prefix-tuning order too).
+    Each tensor is ``(batch, kv_heads, length, head_dim)``, a broadcast view: no copy per example.
+    """
+    length = table.shape[0]
+    per_layer = table.view(length, len(layers), 2, kv_heads, head_dim).permute(1, 2, 3, 0, 4)
+    shape = (batch_size, kv_heads, length, head_dim)
+    return {
+        layer: (per_layer[i, 0].unsqueeze(0).expand(shape), per_layer[i, 1].unsqueeze(0).expand(shape))
+        for i, layer in enumerate(layers)
+    }

@@ -43,9 +43,7 @@ class Task:
         for example in examples:
             unknown = sorted(set(self.gold(example)) - set(self.label_to_id))
             if unknown:
-                raise DataError(
-                    f"{example.source}: label(s) {unknown} unknown to the model; it knows {self.labels}"
-                )
+                raise DataError(f"{example.source}: label(s) {unknown} unknown to the model; it knows {self.labels}")
 
     def warn_truncated(self, encoded: Encoded) -> Encoded:
         if encoded.truncated:
