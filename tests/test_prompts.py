@@ -9,7 +9,7 @@ from transformers import DynamicCache, FunnelConfig, FunnelModel, XLNetConfig, X
 
 from ptuning import PromptConfig, PromptedModel, UnsupportedModelError
 from ptuning.errors import PtuningError
-from ptuning.prompts.attention import PROMPT_KWARG
+from ptuning.prompts.attention import active_prompts
 
 
 def prompted(arch="bert", impl="sdpa", task="token-classification", **prompt_settings) -> PromptedModel:
@@ -82,9 +82,8 @@ def test_only_selected_layers_are_prompted(arch_impl):
     prompts = model.layer_prompts(len(input_ids))
     with torch.no_grad():
         plain = model.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        ours = model.backbone(
-            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **{PROMPT_KWARG: prompts}
-        )
+        with active_prompts(prompts):
+            ours = model.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
     real = attention_mask.bool()
     for below in range(3):  # embeddings and the outputs of layers 0 and 1: untouched
         assert torch.equal(plain.hidden_states[below][real], ours.hidden_states[below][real])

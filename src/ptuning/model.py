@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import warnings
 from pathlib import Path
@@ -18,7 +19,7 @@ from .backbones import load_backbone, load_tokenizer
 from .config import PromptConfig
 from .errors import CheckpointError, PtuningError, UnsupportedModelError
 from .heads import TASKS, LinearHead, check_pooling, pool
-from .prompts.attention import PROMPT_KWARG, LayerPrompts, active_prompts, prompted_implementation
+from .prompts.attention import LayerPrompts, active_prompts, prompted_implementation
 from .prompts.encoder import PromptEncoder, split_key_values
 
 CONFIG_NAME = "ptuning_config.json"
@@ -73,7 +74,9 @@ class PromptedModel(nn.Module):
             backbone = backbone.base_model
         self.transformer = backbone
         self.spec = architectures.architecture(self.backbone.config)
-        if method == "deep":
+        if method == "deep" and self.spec.route != "interface":
+            importlib.import_module(f".prompts.{self.spec.route}", __package__).install(self.backbone)
+        elif method == "deep":
             if not type(self.backbone)._can_set_attn_implementation():
                 raise UnsupportedModelError(
                     f"{type(self.backbone).__name__} does not route attention through transformers' AttentionInterface"
@@ -221,8 +224,8 @@ class PromptedModel(nn.Module):
         if self.prompt_config.method != "deep":
             hidden = self.backbone(**inputs).last_hidden_state
             return hidden[:, self.prompt_config.length :] if self.prompt_config.input_level else hidden
-        prompts = self.layer_prompts(input_ids.shape[0])
-        hidden = self.backbone(**inputs, **{PROMPT_KWARG: prompts}).last_hidden_state
+        with active_prompts(self.layer_prompts(input_ids.shape[0])) as prompts:
+            hidden = self.backbone(**inputs).last_hidden_state
         prompts.check_all_consumed(architectures.model_type_of(self.backbone.config))
         return hidden
 

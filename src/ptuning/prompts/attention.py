@@ -2,8 +2,10 @@
 
 Models that route attention through ``transformers.AttentionInterface`` call our function with the
 layer's own query/key/value; we prepend the prompt's keys and values for that layer and hand over to
-the stock sdpa or eager implementation. The prompt travels as a keyword argument of the model's
-forward, which transformers passes down to the attention function unchanged.
+the stock sdpa or eager implementation. The prompt of the current call is set with
+:func:`active_prompts` (a context variable) rather than a forward keyword, because ``generate()``
+rejects unknown keywords and the adapters for models that bypass the interface (DeBERTa, MPNet) have
+no keyword path either: one route serves all.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..errors import UnsupportedModelError
 
-PROMPT_KWARG = "ptuning_prompt"
 SDPA = "ptuning_sdpa"
 EAGER = "ptuning_eager"
 
@@ -67,6 +68,11 @@ class LayerPrompts:
 _ACTIVE_PROMPTS: ContextVar[LayerPrompts | None] = ContextVar("ptuning_active_prompts", default=None)
 
 
+def current_prompts() -> LayerPrompts | None:
+    """The prompts of the forward call in progress, if any (for attention adapters)."""
+    return _ACTIVE_PROMPTS.get()
+
+
 @contextmanager
 def active_prompts(prompts: LayerPrompts) -> Iterator[LayerPrompts]:
     """Hand prompts to the attention without a forward keyword (``generate()`` rejects unknown ones)."""
@@ -109,7 +115,7 @@ def _model_eager_attention(module: nn.Module) -> Callable:
 
 def _prompted(base: Callable[[nn.Module], Callable], additive_mask: bool) -> Callable:
     def attention(module, query, key, value, attention_mask, **kwargs):
-        prompts: LayerPrompts | None = kwargs.pop(PROMPT_KWARG, None) or _ACTIVE_PROMPTS.get()
+        prompts = _ACTIVE_PROMPTS.get()
         pair = prompts.take(module, query.shape[0]) if prompts is not None else None
         if pair is not None:
             prompt_key, prompt_value = pair
