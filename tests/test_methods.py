@@ -1,0 +1,149 @@
+"""Every method through the same model, heads and checkpoints: what trains, how much, and the round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import HIDDEN, LAYERS, random_batch, tiny_backbone
+
+from ptuning import PromptConfig, PromptedModel
+from ptuning.errors import PtuningError
+
+LENGTH, LABELS = 4, 3
+HEAD = HIDDEN * LABELS + LABELS
+
+
+def build(method: str, arch: str = "bert", **settings) -> PromptedModel:
+    torch.manual_seed(0)
+    prompt = PromptConfig(method=method, length=LENGTH, dropout=0.0, **settings)
+    return PromptedModel.from_backbone(tiny_backbone(arch), "sequence-classification", num_labels=LABELS, prompt=prompt)
+
+
+def lstm_parameters(embedding: int, hidden: int) -> int:
+    """Bidirectional 2-layer LSTM with hidden//2 units per direction."""
+    units = hidden // 2
+    first = 2 * 4 * units * (embedding + units + 2)
+    second = 2 * 4 * units * (2 * units + units + 2)
+    return first + second
+
+
+# method -> (settings, documented trainable count for the tiny BERT: hidden 32, 3 layers, embedding 32)
+FORMULAS = {
+    "deep": ({}, LENGTH * LAYERS * 2 * HIDDEN + HEAD),
+    "deep-mlp": (
+        {"reparam": "mlp", "reparam_hidden": 16},
+        LENGTH * HIDDEN + (HIDDEN * 16 + 16) + (16 * LAYERS * 2 * HIDDEN + LAYERS * 2 * HIDDEN) + HEAD,
+    ),
+    "shallow": ({}, LENGTH * HIDDEN + HEAD),
+    "ptuning-v1": (
+        {"reparam_hidden": 16},
+        LENGTH * HIDDEN + lstm_parameters(HIDDEN, 16) + (16 * 16 + 16) + (16 * HIDDEN + HIDDEN) + HEAD,
+    ),
+    "ptuning-v1-mlp": (
+        {"reparam": "mlp", "reparam_hidden": 16},
+        LENGTH * HIDDEN + (HIDDEN * 16 + 16) + (16 * HIDDEN + HIDDEN) + HEAD,
+    ),
+    "linear-probe": ({}, HEAD),
+}
+
+
+@pytest.mark.parametrize("variant", list(FORMULAS) + ["finetune"])
+def test_each_method_trains_and_counts_as_documented(variant):
+    method = variant.removesuffix("-mlp")
+    settings, expected = FORMULAS.get(variant, ({}, None))
+    model = build(method, **settings)
+    backbone_total = sum(p.numel() for p in model.backbone.parameters())
+    if method == "finetune":
+        expected = backbone_total + HEAD
+    assert model.trainable_parameters() == expected
+    frozen = {n: t.clone() for n, t in model.backbone.state_dict().items()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    input_ids, attention_mask = random_batch()
+    labels = torch.tensor([0, 1, 2])
+    model.train()
+    losses = []
+    for _ in range(8):
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    backbone_changed = any(not torch.equal(t, frozen[n]) for n, t in model.backbone.state_dict().items())
+    assert backbone_changed == (method == "finetune")
+
+
+@pytest.mark.parametrize("method", ["shallow", "ptuning-v1"])
+def test_input_prompts_change_text_states_and_respect_padding(method):
+    model = build(method).eval()
+    input_ids, attention_mask = random_batch()
+    real = attention_mask.bool()
+    with torch.no_grad():
+        prompted_states = model.encode(input_ids, attention_mask)
+        plain = model.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        alone = model.encode(input_ids[2:3, :7], attention_mask[2:3, :7])
+    assert prompted_states.shape == plain.shape  # prompt positions are stripped
+    assert (prompted_states - plain)[real].abs().max() > 1e-3
+    assert (prompted_states[2, :7] - alone[0]).abs().max() <= 1e-5
+    # The reference computation: the prompt embeddings in front of the text's, positions 0.. for the prompt.
+    with torch.no_grad():
+        text = model.backbone.get_input_embeddings()(input_ids)
+        prompt = model.prompt_encoder.folded_table().unsqueeze(0).expand(3, -1, -1)
+        mask = torch.cat([torch.ones(3, LENGTH, dtype=torch.long), attention_mask], 1)
+        reference = model.backbone(inputs_embeds=torch.cat([prompt, text], 1), attention_mask=mask).last_hidden_state
+    assert (prompted_states - reference[:, LENGTH:])[real].abs().max() <= 1e-6
+    assert model.max_text_length == 64 - LENGTH
+
+
+def test_shallow_vocab_initialization_copies_vocabulary_embeddings():
+    model = build("shallow", init="vocab")
+    table = model.prompt_encoder.table.detach()
+    vocabulary = model.backbone.get_input_embeddings().weight.detach()
+    assert all(((vocabulary - row).abs().sum(1) == 0).any() for row in table)
+
+
+@pytest.mark.parametrize("method,settings", [("ptuning-v1", {}), ("deep", {"reparam": "mlp"}), ("finetune", {})])
+def test_checkpoints_of_every_method_round_trip(tmp_path, method, settings):
+    model = build(method, **settings).eval()
+    with torch.no_grad():
+        model.head.classifier.bias.add_(0.5)
+        if method == "finetune":
+            model.backbone.encoder.layer[0].attention.self.query.weight.mul_(1.1)
+    input_ids, attention_mask = random_batch()
+    with torch.no_grad():
+        before = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    model.save_pretrained(tmp_path)
+    backbone = None if method == "finetune" else tiny_backbone("bert")
+    restored = PromptedModel.from_pretrained(tmp_path, backbone=backbone).eval()
+    with torch.no_grad():
+        after = restored(input_ids=input_ids, attention_mask=attention_mask).logits
+    assert (before - after).abs().max() <= 1e-5
+    assert (tmp_path / "backbone").is_dir() == (method == "finetune")
+
+
+def test_method_settings_are_validated():
+    with pytest.raises(PtuningError, match="reparam 'lstm' does not apply to method 'deep'"):
+        PromptConfig(method="deep", reparam="lstm")
+    with pytest.raises(PtuningError, match="unknown prompt method 'prefix'"):
+        PromptConfig(method="prefix")
+    assert PromptConfig(method="ptuning-v1").reparam == "lstm"
+
+
+def test_lower_layers_keep_no_graph_when_only_top_layers_are_prompted():
+    model = build("deep", layers=[2])
+    input_ids, attention_mask = random_batch()
+    states = {}
+    hooks = [
+        layer.register_forward_hook(lambda module, args, output, i=i: states.__setitem__(i, output))
+        for i, layer in enumerate(model.backbone.encoder.layer)
+    ]
+    model.train()
+    model(input_ids=input_ids, attention_mask=attention_mask, labels=torch.tensor([0, 1, 2])).loss.backward()
+    for hook in hooks:
+        hook.remove()
+
+    def requires_grad(output) -> bool:
+        return (output[0] if isinstance(output, tuple) else output).requires_grad
+
+    assert not requires_grad(states[0]) and not requires_grad(states[1])  # nothing below layer 2 is recorded
+    assert requires_grad(states[2])
