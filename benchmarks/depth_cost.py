@@ -84,7 +84,8 @@ def main() -> None:
             }
         )
         print(
-            f"{name:>13}: saved for backward {memory[name] / 2**20:7.1f} MB ({rows[-1]['saved_activation_ratio']:.2f}x), "
+            f"{name:>13}: saved for backward {memory[name] / 2**20:7.1f} MB "
+            f"({rows[-1]['saved_activation_ratio']:.2f}x), "
             f"step {median * 1000:6.0f} ms ({rows[-1]['step_time_ratio']:.2f}x)"
         )
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
