@@ -33,6 +33,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     "distilbert": Architecture(),
     "albert": Architecture(),
     "modernbert": Architecture(),
+    "deberta": Architecture(route="deberta"),
+    "deberta-v2": Architecture(route="deberta"),
+    "mpnet": Architecture(route="mpnet"),
     "gpt2": Architecture(decoder=True),
     "llama": Architecture(decoder=True),
     "mistral": Architecture(decoder=True),
@@ -66,10 +69,15 @@ def attention_geometry(config: PretrainedConfig) -> tuple[int, int, int]:
     return config.num_hidden_layers, kv_heads, head_dim
 
 
+def _counts_from_padding(embeddings: nn.Module | None) -> bool:
+    """RoBERTa-style position ids (RoBERTa, XLM-R, MPNet): they start after the padding index, which pads keep."""
+    return hasattr(embeddings, "create_position_ids_from_inputs_embeds")
+
+
 def first_text_position(backbone: nn.Module) -> int:
     """Position id of the first text token: RoBERTa-style models start after their padding index."""
     embeddings = getattr(backbone, "embeddings", None)
-    if hasattr(embeddings, "create_position_ids_from_input_ids"):
+    if _counts_from_padding(embeddings):
         return embeddings.padding_idx + 1
     return 0
 
@@ -82,7 +90,8 @@ def max_text_length(backbone: nn.Module, taken: int) -> int:
 def shifted_position_ids(backbone: nn.Module, input_ids: torch.Tensor, shift: int) -> torch.Tensor:
     """The model's default position ids moved ``shift`` places on, as the reference code's prefix does."""
     embeddings = getattr(backbone, "embeddings", None)
-    if hasattr(embeddings, "create_position_ids_from_input_ids"):
-        return embeddings.create_position_ids_from_input_ids(input_ids, embeddings.padding_idx, shift)
+    if _counts_from_padding(embeddings):  # as RoBERTa's create_position_ids_from_input_ids (MPNet's has no shift)
+        real = input_ids.ne(embeddings.padding_idx).long()
+        return (torch.cumsum(real, dim=1) + shift) * real + embeddings.padding_idx
     length = input_ids.shape[1]
     return torch.arange(shift, shift + length, device=input_ids.device).expand(input_ids.shape[0], length)

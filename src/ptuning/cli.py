@@ -143,6 +143,7 @@ def command_train(args: argparse.Namespace) -> None:
     flags = {key: value for key, value in vars(args).items() if key not in ("command", "handler")}
     metrics = train(build_recipe(flags))
     primary = metrics["primary_metric"]
+    whole = ", the whole fine-tuned backbone included" if metrics["recipe"]["method"] == "finetune" else ""
     scores = ", ".join(
         f"{split} {primary} {metrics[split][primary]:.2f}" for split in ("validation", "test") if metrics[split]
     )
@@ -151,7 +152,7 @@ def command_train(args: argparse.Namespace) -> None:
         f"trainable {metrics['trainable_parameters']:,} of {metrics['total_parameters']:,} parameters "
         f"({100 * metrics['trainable_share']:.3f}%), trained in {metrics['train_seconds'] / 60:.1f} min, "
         f"{metrics['steps']} steps\n"
-        f"checkpoint ({metrics['checkpoint_bytes'] / 1024:.0f} KB): {metrics['checkpoint']}; "
+        f"checkpoint ({metrics['checkpoint_bytes'] / 1024:.0f} KB{whole}): {metrics['checkpoint']}; "
         f"metrics: {Path(metrics['checkpoint']).parent / 'metrics.json'}"
     )
 

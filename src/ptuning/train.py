@@ -27,6 +27,7 @@ from .tasks import Task, make_task
 
 logger = logging.getLogger("ptuning")
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+DEFAULT_LEARNING_RATES = {"finetune": 5e-5, "linear-probe": 5e-3}
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Recipe:
     prompt_dropout: float = 0.1
     shift_positions: bool = False
     pooling: str | None = None
-    lr: float = 1e-2
+    lr: float | None = None
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
     epochs: float = 3.0
@@ -74,6 +75,12 @@ class Recipe:
         if unknown:
             raise PtuningError(f"{source}: unknown keys {unknown}; known: {sorted(known - {'extra'})}")
         return cls(**values)
+
+    def learning_rate(self) -> float:
+        """The given lr, else the method's usual one: prompts want ~1e-2, full fine-tuning ~5e-5."""
+        if self.lr is not None:
+            return self.lr
+        return DEFAULT_LEARNING_RATES.get(self.method, 1e-2)
 
     def prompt_config(self) -> PromptConfig:
         return PromptConfig(
@@ -208,7 +215,7 @@ def _train(recipe: Recipe, output: Path) -> dict[str, Any]:
     arguments = TrainingArguments(
         output_dir=str(output / "trainer"),
         per_device_train_batch_size=recipe.batch_size,
-        learning_rate=recipe.lr,
+        learning_rate=recipe.learning_rate(),
         weight_decay=recipe.weight_decay,
         warmup_steps=recipe.warmup_ratio,
         num_train_epochs=recipe.epochs,

@@ -1,0 +1,358 @@
+"""Exchange deep-prompt checkpoints with PEFT prefix-tuning adapters (sequence classification).
+
+``export_peft`` writes a ptuning checkpoint (method ``deep``, every layer prompted, task
+``sequence-classification``, a BERT, RoBERTa or XLM-RoBERTa backbone, pooling ``pooler``) as an adapter that
+``peft.PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(backbone), adapter)``
+loads; ``import_peft`` reads such an adapter back into a ptuning checkpoint. The prompt table maps one to one:
+PEFT's ``prompt_embeddings`` is ``(num_virtual_tokens, num_layers * 2 * hidden)`` with columns ordered layer,
+key/value, head, head dim, exactly like ``prompt_encoder.table``. The heads map exactly as follows. BERT's
+``BertForSequenceClassification`` is pooler -> dropout -> ``classifier``, i.e. our ``pooler`` pooling with
+``head.classifier``. RoBERTa's ``classifier`` is dense -> tanh -> ``out_proj`` on the first token, which equals
+our ``pooler`` pooling (the backbone's frozen pooler is dense -> tanh on the first token) when ``classifier.dense``
+holds the pooler's weights, so only such heads convert (other poolings, or a PEFT head whose trained
+``classifier.dense`` differs from the pooler, are refused).
+
+Position semantics: PEFT hands the prefix to the model as ``past_key_values``, so transformers numbers the
+text's positions from the prefix length on, which ptuning reproduces only with ``shift_positions=True``. A
+checkpoint trained with ``shift_positions=False`` (our default) is exported anyway with a warning, because
+under PEFT its text gets other position embeddings and its logits differ; imported adapters always get
+``shift_positions=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
+
+from .backbones import _load, resolve
+from .config import PromptConfig
+from .errors import CheckpointError, PtuningError
+from .model import PromptedModel
+
+MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
+TASK = "sequence-classification"
+PEFT_TASK = "SEQ_CLS"
+PEFT_TYPE = "PREFIX_TUNING"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_WEIGHTS_BIN = "adapter_model.bin"
+TABLE_KEY = "prompt_embeddings"
+ROBERTA_HEAD = ("roberta", "xlm-roberta")  # classifier = dense -> tanh -> out_proj
+EXACT = 1e-4  # largest logit difference the export's self-check accepts
+
+
+def _supported(what: str) -> str:
+    return (
+        f"{what}; PEFT export/import supports method 'deep' on every layer, task {TASK!r}, pooling 'pooler', "
+        f"backbones {', '.join(MODEL_TYPES)}"
+    )
+
+
+def check_exportable(config: dict[str, Any]) -> None:
+    """Raise ``CheckpointError`` unless a checkpoint config maps exactly onto a PEFT prefix-tuning SEQ_CLS adapter."""
+    prompt = config.get("prompt") or {}
+    method = prompt.get("method", "deep")
+    if method != "deep":
+        raise CheckpointError(_supported(f"checkpoint method {method!r} has no PEFT prefix-tuning equivalent"))
+    if config.get("task") != TASK:
+        raise CheckpointError(_supported(f"checkpoint task {config.get('task')!r} is not exported"))
+    shape = config.get("backbone_shape") or {}
+    model_type = shape.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise CheckpointError(_supported(f"backbone model type {model_type!r} is not exported"))
+    layers = prompt.get("layers")
+    num_layers = shape.get("num_hidden_layers")
+    if layers is not None and sorted(layers) != list(range(num_layers or 0)):
+        raise CheckpointError(
+            _supported(f"the prompt covers layers {layers} of {num_layers}; PEFT prefix tuning prompts every layer")
+        )
+    pooling = config.get("pooling")
+    if pooling != "pooler":
+        head = (
+            "BertForSequenceClassification classifies the pooler output"
+            if model_type == "bert"
+            else "RobertaForSequenceClassification's head (dense -> tanh -> out_proj on the first token) equals "
+            "the backbone's pooler followed by a linear layer, nothing else"
+        )
+        raise CheckpointError(
+            f"checkpoint pooling is {pooling!r}, but {head}: only a checkpoint trained with --pooling pooler "
+            "(PromptedModel(..., pooling='pooler')) exports exactly"
+        )
+
+
+def _base_reference(reference: str) -> str:
+    """What PEFT's ``base_model_name_or_path`` gets: an absolute local folder or a hub name (aliases resolved)."""
+    location = resolve(reference)
+    return str(Path(location).resolve()) if os.path.isdir(location) else location
+
+
+def _load_backbone_with_pooler(reference: str) -> PreTrainedModel:
+    """The base model of ``reference``; refused if its pooler is not in the saved weights (it would be random)."""
+    backbone, info = _load(AutoModel.from_pretrained, reference, "model", output_loading_info=True)
+    missing = sorted(key for key in info.get("missing_keys", ()) if "pooler." in key)
+    if missing:
+        raise CheckpointError(
+            f"backbone {reference!r} has no trained pooler weights ({', '.join(missing)} missing), so pooling "
+            "'pooler' and the transformers classification head are freshly random on every load: neither side "
+            "can be reproduced"
+        )
+    return backbone.eval()
+
+
+def _peft_classes():
+    try:
+        import peft
+    except ImportError as error:
+        raise PtuningError("PEFT export needs the peft package: pip install 'ptuning[peft]'") from error
+    return peft
+
+
+def _probe_batch(model: PromptedModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two texts, the second padded, short enough for the position table."""
+    config = model.backbone.config
+    length = max(2, min(8, model.max_text_length))
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(min(3, config.vocab_size - 1), config.vocab_size, (2, length), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    input_ids[1, length // 2 :] = pad
+    attention_mask[1, length // 2 :] = 0
+    return input_ids, attention_mask
+
+
+def export_peft(checkpoint_dir: str | Path, out_dir: str | Path, backbone: str | None = None) -> Path:
+    """Write the ptuning checkpoint ``checkpoint_dir`` as a PEFT prefix-tuning SEQ_CLS adapter in ``out_dir``.
+
+    ``backbone`` overrides the backbone named in the checkpoint (needed when it was trained on a model object).
+    The adapter is written by PEFT itself (``get_peft_model`` + ``save_pretrained``) and checked: with
+    ``shift_positions=True`` its logits must equal the checkpoint's within 1e-4 on a probe batch, or nothing is
+    kept. Warns when positions differ (``shift_positions=False``) and when the base model must be loaded with
+    another ``num_labels`` than its config has.
+    """
+    config = PromptedModel.read_config(checkpoint_dir)
+    check_exportable(config)
+    reference = backbone or config["backbone"]
+    if reference is None:
+        raise CheckpointError(f"{checkpoint_dir} was trained on a backbone object, not a named one: pass backbone=...")
+    peft = _peft_classes()
+    model = PromptedModel.from_pretrained(checkpoint_dir, backbone=_load_backbone_with_pooler(reference)).eval()
+    prompt = model.prompt_config
+    if not prompt.shift_positions:
+        warnings.warn(
+            f"{checkpoint_dir} was trained with shift_positions=False (text positions start at the model's first "
+            f"position), but PEFT prefix tuning numbers the text's positions from the prefix length "
+            f"({prompt.length}) on: the exported adapter gives other logits than this checkpoint. Train with "
+            "--shift-positions for an exact export.",
+            UserWarning,
+            stacklevel=2,
+        )
+    backbone_config = model.backbone.config
+    labels = model.labels
+    if backbone_config.num_labels != len(labels):
+        warnings.warn(
+            f"the backbone's config has num_labels={backbone_config.num_labels} but this checkpoint has "
+            f"{len(labels)} labels {labels}: load the base model with "
+            f"AutoModelForSequenceClassification.from_pretrained(..., num_labels={len(labels)}) before "
+            "PeftModel.from_pretrained",
+            UserWarning,
+            stacklevel=2,
+        )
+    classifier_model = _load(
+        AutoModelForSequenceClassification.from_pretrained,
+        reference,
+        "model",
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: index for index, label in enumerate(labels)},
+    ).eval()
+    peft_config = peft.PrefixTuningConfig(
+        task_type=PEFT_TASK,
+        num_virtual_tokens=prompt.length,
+        token_dim=backbone_config.hidden_size,
+        num_attention_heads=backbone_config.num_attention_heads,
+        num_layers=backbone_config.num_hidden_layers,
+        prefix_projection=False,
+    )
+    peft_model = peft.get_peft_model(classifier_model, peft_config)
+    adapter_config = peft_model.peft_config["default"]
+    adapter_config.base_model_name_or_path = _base_reference(reference)
+    # PEFT's SEQ_CLS adds ["classifier", "score"] in get_peft_model and again in the model: keep one copy.
+    adapter_config.modules_to_save = list(dict.fromkeys(adapter_config.modules_to_save or []))
+    head = peft_model.base_model.classifier.modules_to_save["default"]
+    with torch.no_grad():
+        peft_model.prompt_encoder["default"].embedding.weight.copy_(model.prompt_encoder.folded_table())
+        if backbone_config.model_type in ROBERTA_HEAD:
+            head.dense.load_state_dict(model.backbone.pooler.dense.state_dict())
+            head.out_proj.load_state_dict(model.head.classifier.state_dict())
+        else:
+            head.load_state_dict(model.head.classifier.state_dict())
+    peft_model.eval()
+    if prompt.shift_positions:
+        input_ids, attention_mask = _probe_batch(model)
+        with torch.no_grad():
+            ours = model(input_ids=input_ids, attention_mask=attention_mask).logits
+            theirs = peft_model(input_ids=input_ids, attention_mask=attention_mask).logits
+        difference = float((ours - theirs).abs().max())
+        if not difference <= EXACT:
+            raise PtuningError(
+                f"the PEFT adapter's logits differ from the checkpoint's by {difference:.3g} (> {EXACT}) with this "
+                "peft/transformers version; not written"
+            )
+    out_dir = Path(out_dir)
+    peft_model.save_pretrained(str(out_dir))
+    return out_dir
+
+
+# import -------------------------------------------------------------------------------------------------------
+
+
+def read_adapter(adapter_dir: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The adapter's config (JSON) and weights (safetensors, else PEFT's older ``adapter_model.bin``)."""
+    adapter_dir = Path(adapter_dir)
+    config_path = adapter_dir / ADAPTER_CONFIG
+    if not config_path.is_file():
+        raise CheckpointError(f"{adapter_dir} is not a PEFT adapter: {ADAPTER_CONFIG} is missing")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{config_path} is not valid JSON: {error}") from error
+    if (adapter_dir / ADAPTER_WEIGHTS).is_file():
+        weights = load_file(str(adapter_dir / ADAPTER_WEIGHTS))
+    elif (adapter_dir / ADAPTER_WEIGHTS_BIN).is_file():
+        weights = torch.load(adapter_dir / ADAPTER_WEIGHTS_BIN, map_location="cpu", weights_only=True)
+    else:
+        raise CheckpointError(f"{adapter_dir} lacks {ADAPTER_WEIGHTS}")
+    return config, weights
+
+
+def check_importable(config: dict[str, Any]) -> None:
+    """Raise ``CheckpointError`` unless an adapter config is a PEFT prefix-tuning SEQ_CLS adapter we can read."""
+    peft_type = config.get("peft_type")
+    if peft_type != PEFT_TYPE:
+        raise CheckpointError(
+            f"the adapter is a {peft_type!r} adapter; only {PEFT_TYPE} adapters (PEFT prefix tuning) map onto "
+            "ptuning's deep prompts"
+        )
+    if config.get("task_type") != PEFT_TASK:
+        raise CheckpointError(
+            f"the adapter's task_type is {config.get('task_type')!r}; only {PEFT_TASK} (sequence classification) "
+            "adapters are imported"
+        )
+    if (config.get("num_transformer_submodules") or 1) != 1:
+        raise CheckpointError("the adapter prompts an encoder-decoder (num_transformer_submodules=2); not imported")
+
+
+def _classifier(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The saved head (PEFT's ``modules_to_save`` copy of ``classifier``) by its name inside the classifier."""
+    head = {}
+    for key, tensor in weights.items():
+        prefix, found, name = key.partition("classifier.")
+        if found and prefix in ("", "base_model.", "base_model.model."):
+            head[name] = tensor
+    return head
+
+
+def _labels(backbone: PreTrainedModel, count: int) -> list[str]:
+    """Label names from the base config's ``id2label`` when it names ``count`` labels, else "0".."n-1"."""
+    id2label = getattr(backbone.config, "id2label", None) or {}
+    names = [str(id2label.get(index, id2label.get(str(index), ""))) for index in range(count)]
+    generic = all(name == f"LABEL_{index}" for index, name in enumerate(names))
+    if len(id2label) == count and all(names) and not generic and len(set(names)) == count:
+        return names
+    return [str(index) for index in range(count)]
+
+
+def import_peft(adapter_dir: str | Path, out_dir: str | Path, backbone: str | PreTrainedModel | None = None) -> Path:
+    """Read a PEFT prefix-tuning SEQ_CLS adapter into a ptuning checkpoint in ``out_dir``.
+
+    ``backbone`` (a reference or a model object) defaults to the adapter's ``base_model_name_or_path``. The
+    result has pooling ``pooler``, ``shift_positions=True`` and prompt dropout 0 (PEFT has none), labels from
+    the base config's ``id2label`` when it names as many labels as the classifier has, else "0".."n-1".
+    ``prefix_projection`` adapters are accepted: PEFT saves their projected (folded) table.
+    """
+    config, weights = read_adapter(adapter_dir)
+    check_importable(config)
+    reference = backbone if backbone is not None else config.get("base_model_name_or_path")
+    if reference is None:
+        raise CheckpointError(f"{adapter_dir} names no base model (base_model_name_or_path): pass backbone=...")
+    if isinstance(reference, str):
+        model_backbone = _load_backbone_with_pooler(reference)
+    else:
+        model_backbone = reference.base_model.eval()
+    backbone_config = model_backbone.config
+    model_type = backbone_config.model_type
+    if model_type not in MODEL_TYPES:
+        raise CheckpointError(_supported(f"backbone model type {model_type!r} is not imported"))
+    expected = {
+        "num_layers": backbone_config.num_hidden_layers,
+        "num_attention_heads": backbone_config.num_attention_heads,
+        "token_dim": backbone_config.hidden_size,
+    }
+    differences = [
+        f"{key}: adapter {config.get(key)}, backbone {value}"
+        for key, value in expected.items()
+        if config.get(key) not in (None, value)
+    ]
+    if differences:
+        raise CheckpointError(f"adapter {adapter_dir} was made for another backbone shape ({'; '.join(differences)})")
+    if TABLE_KEY not in weights:
+        raise CheckpointError(f"{adapter_dir} holds no {TABLE_KEY!r}; keys: {sorted(weights)}")
+    table = weights[TABLE_KEY].float()
+    length = config.get("num_virtual_tokens") or table.shape[0]
+    width = backbone_config.num_hidden_layers * 2 * backbone_config.hidden_size
+    if tuple(table.shape) != (length, width):
+        projection = " (a prefix_projection adapter saved without its projected table)" * bool(
+            config.get("prefix_projection")
+        )
+        raise CheckpointError(
+            f"{TABLE_KEY} has shape {tuple(table.shape)}, expected ({length}, {width}) = "
+            f"(num_virtual_tokens, num_layers * 2 * hidden){projection}"
+        )
+    head = _classifier(weights)
+    if model_type in ROBERTA_HEAD:
+        needed = ("dense.weight", "dense.bias", "out_proj.weight", "out_proj.bias")
+    else:
+        needed = ("weight", "bias")
+    if any(name not in head for name in needed):
+        raise CheckpointError(
+            f"{adapter_dir} does not hold the {model_type} classification head (classifier.{', classifier.'.join(needed)}"
+            f" in modules_to_save); found {sorted(head)}"
+        )
+    if model_type in ROBERTA_HEAD:
+        pooler = model_backbone.pooler.dense
+        same = torch.allclose(head["dense.weight"].float(), pooler.weight, rtol=0, atol=1e-6) and torch.allclose(
+            head["dense.bias"].float(), pooler.bias, rtol=0, atol=1e-6
+        )
+        if not same:
+            raise CheckpointError(
+                f"the adapter trained {model_type}'s classifier.dense, which differs from the backbone's pooler: "
+                "ptuning's head is the frozen pooler (dense -> tanh) + one linear layer, so only adapters whose "
+                "classifier.dense equals the pooler (as export_peft writes them) import exactly"
+            )
+        linear = {"weight": head["out_proj.weight"], "bias": head["out_proj.bias"]}
+    else:
+        linear = {"weight": head["weight"], "bias": head["bias"]}
+    labels = _labels(model_backbone, linear["weight"].shape[0])
+    model = PromptedModel(
+        model_backbone,
+        TASK,
+        labels,
+        PromptConfig(method="deep", length=length, dropout=0.0, shift_positions=True),
+        backbone_reference=reference if isinstance(reference, str) else None,
+        pooling="pooler",
+        folded=True,
+    )
+    with torch.no_grad():
+        model.prompt_encoder.table.copy_(table)
+        model.head.classifier.load_state_dict({name: tensor.float() for name, tensor in linear.items()})
+    extra = {
+        "imported_from": {"peft_adapter": str(Path(adapter_dir).resolve()), "peft_version": config.get("peft_version")}
+    }
+    return model.save_pretrained(out_dir, extra=extra)

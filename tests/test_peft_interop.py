@@ -1,0 +1,234 @@
+"""Export to and import from PEFT prefix-tuning adapters: PEFT itself loads and runs what we write."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import BERT_LIKE, random_batch
+from safetensors.torch import load_file, save_file
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    RobertaConfig,
+    RobertaModel,
+    XLMRobertaConfig,
+    XLMRobertaModel,
+)
+
+from ptuning import CheckpointError, PromptConfig, PromptedModel
+from ptuning.peft_interop import check_exportable, export_peft, import_peft
+
+peft = pytest.importorskip("peft")
+
+TASK = "sequence-classification"
+LABELS = ["neg", "neu", "pos"]
+SETTINGS = {**BERT_LIKE, "num_hidden_layers": 2, "id2label": dict(enumerate(LABELS))}
+TOLERANCE = 1e-4
+
+
+def save_backbone(folder, model_type="bert", pooler=True, **overrides):
+    """A tiny random backbone saved the way a user has it: BERT with its classifier, RoBERTa as a base model."""
+    torch.manual_seed(0)
+    settings = {**SETTINGS, **overrides}
+    if model_type == "bert" and pooler:
+        model = BertForSequenceClassification(BertConfig(**settings))
+    elif model_type == "bert":
+        model = BertModel(BertConfig(**settings), add_pooling_layer=False)
+    elif model_type == "roberta":
+        model = RobertaModel(RobertaConfig(**settings), add_pooling_layer=pooler)
+    else:
+        model = XLMRobertaModel(XLMRobertaConfig(**settings), add_pooling_layer=pooler)
+    model.save_pretrained(folder)
+    return folder
+
+
+def save_checkpoint(folder, backbone, shift_positions=True, pooling="pooler", labels=LABELS, **prompt):
+    """A 'trained' deep-prompt checkpoint: random prompt table and head on the saved backbone."""
+    torch.manual_seed(1)
+    settings = {"length": 4, "dropout": 0.0, "shift_positions": shift_positions, **prompt}
+    model = PromptedModel.from_backbone(
+        str(backbone), TASK, labels=labels, prompt=PromptConfig(**settings), pooling=pooling
+    )
+    with torch.no_grad():
+        if model.prompt_encoder is not None:
+            model.prompt_encoder.table.normal_()
+        model.head.classifier.weight.normal_()
+        model.head.classifier.bias.normal_()
+    model.save_pretrained(folder)
+    return folder
+
+
+def ptuning_logits(checkpoint, input_ids, attention_mask):
+    model = PromptedModel.from_pretrained(checkpoint).eval()
+    with torch.no_grad():
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def peft_logits(backbone, adapter, input_ids, attention_mask, **base_kwargs):
+    base = AutoModelForSequenceClassification.from_pretrained(backbone, **base_kwargs)
+    model = peft.PeftModel.from_pretrained(base, adapter).eval()
+    with torch.no_grad():
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "xlm-roberta"])
+def test_export_loads_in_peft_with_the_same_logits(tmp_path, model_type):
+    backbone = save_backbone(tmp_path / "backbone", model_type)
+    checkpoint = save_checkpoint(tmp_path / "checkpoint", backbone)
+    adapter = export_peft(checkpoint, tmp_path / "adapter")
+
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["peft_type"] == "PREFIX_TUNING" and config["task_type"] == "SEQ_CLS"
+    assert config["num_virtual_tokens"] == 4 and config["prefix_projection"] is False
+    assert (config["num_layers"], config["num_attention_heads"], config["token_dim"]) == (2, 4, 32)
+    assert config["base_model_name_or_path"] == str(backbone.resolve())
+    assert config["modules_to_save"] == ["classifier", "score"]
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    assert torch.equal(
+        weights["prompt_embeddings"], load_file(str(checkpoint / "ptuning_model.safetensors"))["prompt_encoder.table"]
+    )
+
+    input_ids, attention_mask = random_batch(batch_size=3, length=9)
+    ours = ptuning_logits(checkpoint, input_ids, attention_mask)
+    theirs = peft_logits(backbone, adapter, input_ids, attention_mask)
+    assert (ours - theirs).abs().max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+def test_export_then_import_gives_the_original_logits(tmp_path, model_type):
+    backbone = save_backbone(tmp_path / "backbone", model_type)
+    checkpoint = save_checkpoint(tmp_path / "checkpoint", backbone)
+    adapter = export_peft(checkpoint, tmp_path / "adapter")
+    imported = import_peft(adapter, tmp_path / "imported")
+
+    config = PromptedModel.read_config(imported)
+    assert (
+        config["labels"] == LABELS and config["pooling"] == "pooler" and config["backbone"] == str(backbone.resolve())
+    )
+    assert config["prompt"]["shift_positions"] is True and config["prompt"]["length"] == 4
+    input_ids, attention_mask = random_batch(batch_size=3, length=9)
+    original = ptuning_logits(checkpoint, input_ids, attention_mask)
+    assert (ptuning_logits(imported, input_ids, attention_mask) - original).abs().max() <= TOLERANCE
+
+
+def test_import_of_an_adapter_trained_by_peft(tmp_path):
+    """An adapter PEFT made itself, with prefix_projection (PEFT saves the projected table) and default labels."""
+    backbone = save_backbone(tmp_path / "backbone", id2label=None, num_labels=2)
+    base = AutoModelForSequenceClassification.from_pretrained(backbone)
+    config = peft.PrefixTuningConfig(
+        task_type="SEQ_CLS", num_virtual_tokens=3, prefix_projection=True, encoder_hidden_size=16
+    )
+    model = peft.get_peft_model(base, config)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.normal_()
+    model.eval().save_pretrained(tmp_path / "adapter")
+    imported = import_peft(tmp_path / "adapter", tmp_path / "imported")
+
+    assert PromptedModel.read_config(imported)["labels"] == ["0", "1"]
+    input_ids, attention_mask = random_batch(batch_size=3, length=9)
+    with torch.no_grad():
+        theirs = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    assert (ptuning_logits(imported, input_ids, attention_mask) - theirs).abs().max() <= TOLERANCE
+
+
+def test_unshifted_positions_export_with_a_warning_and_differ(tmp_path):
+    backbone = save_backbone(tmp_path / "backbone")
+    checkpoint = save_checkpoint(tmp_path / "checkpoint", backbone, shift_positions=False)
+    with pytest.warns(UserWarning, match="shift_positions=False.*positions from the prefix length"):
+        adapter = export_peft(checkpoint, tmp_path / "adapter")
+    input_ids, attention_mask = random_batch(batch_size=3, length=9)
+    ours = ptuning_logits(checkpoint, input_ids, attention_mask)
+    theirs = peft_logits(backbone, adapter, input_ids, attention_mask)
+    assert (ours - theirs).abs().max() > TOLERANCE  # the documented difference, not a silent match
+
+
+def test_other_label_count_warns_and_loads_with_num_labels(tmp_path):
+    backbone = save_backbone(tmp_path / "backbone", id2label=None, num_labels=2)
+    checkpoint = save_checkpoint(tmp_path / "checkpoint", backbone, labels=["a", "b", "c", "d"])
+    with pytest.warns(UserWarning, match="num_labels=4"):
+        adapter = export_peft(checkpoint, tmp_path / "adapter")
+    input_ids, attention_mask = random_batch()
+    ours = ptuning_logits(checkpoint, input_ids, attention_mask)
+    assert (ours - peft_logits(backbone, adapter, input_ids, attention_mask, num_labels=4)).abs().max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+def test_pooling_other_than_pooler_is_refused(tmp_path, model_type):
+    backbone = save_backbone(tmp_path / "backbone", model_type)
+    checkpoint = save_checkpoint(tmp_path / "checkpoint", backbone, pooling="cls")
+    with pytest.raises(CheckpointError, match="--pooling pooler"):
+        export_peft(checkpoint, tmp_path / "adapter")
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_methods_other_than_deep_are_refused(tmp_path):
+    backbone = save_backbone(tmp_path / "backbone")
+    checkpoint = save_checkpoint(tmp_path / "checkpoint", backbone, method="shallow")
+    with pytest.raises(CheckpointError, match="method 'shallow' has no PEFT prefix-tuning equivalent"):
+        export_peft(checkpoint, tmp_path / "adapter")
+
+
+def test_backbone_without_trained_pooler_is_refused(tmp_path):
+    backbone = save_backbone(tmp_path / "backbone", pooler=False)
+    checkpoint = save_checkpoint(tmp_path / "checkpoint", backbone)
+    with pytest.raises(CheckpointError, match="no trained pooler weights"):
+        export_peft(checkpoint, tmp_path / "adapter")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"task": "token-classification"}, "task 'token-classification'"),
+        ({"backbone_shape": {"model_type": "electra", "num_hidden_layers": 2}}, "model type 'electra'"),
+        ({"prompt": {"method": "deep", "layers": [1]}}, r"layers \[1\] of 2"),
+        ({"prompt": {"method": "finetune"}}, "method 'finetune'"),
+    ],
+)
+def test_unsupported_checkpoints_are_refused(change, message):
+    config = {
+        "task": TASK,
+        "pooling": "pooler",
+        "prompt": {"method": "deep", "layers": None},
+        "backbone_shape": {"model_type": "bert", "num_hidden_layers": 2},
+    }
+    check_exportable(config)
+    check_exportable({**config, "prompt": {"method": "deep", "layers": [1, 0]}})  # all layers, listed
+    with pytest.raises(CheckpointError, match=message):
+        check_exportable({**config, **change})
+
+
+def test_non_prefix_adapters_are_refused(tmp_path):
+    backbone = save_backbone(tmp_path / "backbone")
+    base = AutoModelForSequenceClassification.from_pretrained(backbone)
+    peft.get_peft_model(base, peft.LoraConfig(task_type="SEQ_CLS", target_modules=["query"])).save_pretrained(
+        tmp_path / "lora"
+    )
+    with pytest.raises(CheckpointError, match="'LORA' adapter; only PREFIX_TUNING"):
+        import_peft(tmp_path / "lora", tmp_path / "imported")
+
+    checkpoint = save_checkpoint(tmp_path / "checkpoint", backbone)
+    adapter = export_peft(checkpoint, tmp_path / "adapter")
+    config_path = adapter / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "task_type": "CAUSAL_LM"}))
+    with pytest.raises(CheckpointError, match="task_type is 'CAUSAL_LM'"):
+        import_peft(adapter, tmp_path / "imported")
+    with pytest.raises(CheckpointError, match="adapter_config.json is missing"):
+        import_peft(checkpoint, tmp_path / "imported")
+
+
+def test_roberta_adapter_with_a_trained_dense_layer_is_refused(tmp_path):
+    backbone = save_backbone(tmp_path / "backbone", "roberta")
+    adapter = export_peft(save_checkpoint(tmp_path / "checkpoint", backbone), tmp_path / "adapter")
+    weights_path = adapter / "adapter_model.safetensors"
+    weights = load_file(str(weights_path))
+    weights["base_model.classifier.dense.bias"] = weights["base_model.classifier.dense.bias"] + 0.1
+    save_file(weights, str(weights_path))
+    with pytest.raises(CheckpointError, match="differs from the backbone's pooler"):
+        import_peft(adapter, tmp_path / "imported")
