@@ -329,7 +329,7 @@ def test_position_ids_of_the_text():
     assert shifted_position_ids(deberta_model, input_ids, LENGTH).tolist() == [list(range(LENGTH, LENGTH + 4))] * 2
 
 
-def test_shifted_positions_run(variant):
+def test_shifted_positions_move_only_absolute_embeddings(variant):
     model = prompted(variant, shift_positions=True)
     input_ids, attention_mask = random_batch()
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Command line: ``ptuning train | eval | predict``."""
+"""Command line: ``ptuning train | eval | predict | export-peft | import-peft``."""
 
 from __future__ import annotations
 
@@ -203,6 +203,20 @@ def command_predict(args: argparse.Namespace) -> None:
         print(json.dumps(task.format_prediction(example, prediction), ensure_ascii=False))
 
 
+def command_export_peft(args: argparse.Namespace) -> None:
+    from .peft_interop import export_peft
+
+    out = export_peft(checkpoint_folder(args.checkpoint), args.out, backbone=args.backbone)
+    print(f"wrote PEFT prefix-tuning adapter to {out}")
+
+
+def command_import_peft(args: argparse.Namespace) -> None:
+    from .peft_interop import import_peft
+
+    out = import_peft(args.adapter, args.out, backbone=args.backbone)
+    print(f"wrote ptuning checkpoint to {out}")
+
+
 def parser() -> argparse.ArgumentParser:
     main_parser = argparse.ArgumentParser(prog="ptuning", description="P-Tuning v2: deep prompt tuning")
     commands = main_parser.add_subparsers(dest="command", required=True)
@@ -224,6 +238,18 @@ def parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("--input", help="input file (default: standard input)")
     predict_parser.add_argument("--batch-size", type=int, default=64)
     predict_parser.set_defaults(handler=command_predict)
+
+    export_parser = commands.add_parser("export-peft", help="write a deep-prompt checkpoint as a PEFT prefix adapter")
+    export_parser.add_argument("checkpoint", help="checkpoint folder (or the run folder holding checkpoint/)")
+    export_parser.add_argument("out", help="adapter folder to write")
+    export_parser.add_argument("--backbone", help="backbone folder or name, if the checkpoint names none")
+    export_parser.set_defaults(handler=command_export_peft)
+
+    import_parser = commands.add_parser("import-peft", help="read a PEFT prefix-tuning adapter into a checkpoint")
+    import_parser.add_argument("adapter", help="PEFT adapter folder (adapter_config.json + weights)")
+    import_parser.add_argument("out", help="ptuning checkpoint folder to write")
+    import_parser.add_argument("--backbone", help="backbone folder or name (default: the adapter's base model)")
+    import_parser.set_defaults(handler=command_import_peft)
     return main_parser
 
 

@@ -159,8 +159,8 @@ def export_peft(checkpoint_dir: str | Path, out_dir: str | Path, backbone: str |
         warnings.warn(
             f"the backbone's config has num_labels={backbone_config.num_labels} but this checkpoint has "
             f"{len(labels)} labels {labels}: load the base model with "
-            f"AutoModelForSequenceClassification.from_pretrained(..., num_labels={len(labels)}) before "
-            "PeftModel.from_pretrained",
+            f"AutoModelForSequenceClassification.from_pretrained(..., num_labels={len(labels)}) (with "
+            "ignore_mismatched_sizes=True if its folder holds a classifier) before PeftModel.from_pretrained",
             UserWarning,
             stacklevel=2,
         )
@@ -168,6 +168,7 @@ def export_peft(checkpoint_dir: str | Path, out_dir: str | Path, backbone: str |
         AutoModelForSequenceClassification.from_pretrained,
         reference,
         "model",
+        ignore_mismatched_sizes=True,  # a saved classifier of another label count: PEFT's copy replaces it
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: index for index, label in enumerate(labels)},
@@ -322,8 +323,8 @@ def import_peft(adapter_dir: str | Path, out_dir: str | Path, backbone: str | Pr
         needed = ("weight", "bias")
     if any(name not in head for name in needed):
         raise CheckpointError(
-            f"{adapter_dir} does not hold the {model_type} classification head (classifier.{', classifier.'.join(needed)}"
-            f" in modules_to_save); found {sorted(head)}"
+            f"{adapter_dir} does not hold the {model_type} classification head (classifier."
+            f"{', classifier.'.join(needed)} in modules_to_save); found {sorted(head)}"
         )
     if model_type in ROBERTA_HEAD:
         pooler = model_backbone.pooler.dense
