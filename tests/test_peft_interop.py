@@ -180,9 +180,8 @@ def test_methods_other_than_deep_are_refused(tmp_path):
 
 def test_backbone_without_trained_pooler_is_refused(tmp_path):
     backbone = save_backbone(tmp_path / "backbone", pooler=False)
-    checkpoint = save_checkpoint(tmp_path / "checkpoint", backbone)
-    with pytest.raises(CheckpointError, match="no trained pooler weights"):
-        export_peft(checkpoint, tmp_path / "adapter")
+    with pytest.raises(PtuningError, match="no trained pooler weights"):
+        save_checkpoint(tmp_path / "checkpoint", backbone)
 
 
 @pytest.mark.parametrize(

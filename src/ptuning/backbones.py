@@ -43,8 +43,15 @@ def _load(loader: Callable, reference: str, what: str, **kwargs):
 
 
 def load_backbone(reference: str, causal_lm: bool = False) -> PreTrainedModel:
-    """The base model, or with ``causal_lm`` the model with its language-modelling head."""
-    return _load((AutoModelForCausalLM if causal_lm else AutoModel).from_pretrained, reference, "model")
+    """The base model, or with ``causal_lm`` the model with its language-modelling head.
+
+    ``untrained_keys`` on the result lists the weights the checkpoint lacked (randomly initialized on
+    every load), so that a head relying on them (the pooler) can be refused.
+    """
+    loader = (AutoModelForCausalLM if causal_lm else AutoModel).from_pretrained
+    model, info = _load(loader, reference, "model", output_loading_info=True)
+    model.untrained_keys = list(info.get("missing_keys", ()))
+    return model
 
 
 def load_tokenizer(reference: str) -> PreTrainedTokenizerBase:

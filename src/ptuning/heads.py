@@ -28,6 +28,12 @@ def check_pooling(pooling: str, backbone: nn.Module) -> None:
         raise PtuningError(f"unknown pooling {pooling!r}; supported: {', '.join(POOLINGS)}")
     if pooling == "pooler" and getattr(backbone, "pooler", None) is None:
         raise PtuningError(f"pooling 'pooler' needs a backbone with a pooler; {type(backbone).__name__} has none")
+    untrained = sorted(key for key in getattr(backbone, "untrained_keys", ()) if "pooler." in key)
+    if pooling == "pooler" and untrained:
+        raise PtuningError(
+            f"the backbone has no trained pooler weights ({', '.join(untrained)} missing), so pooling 'pooler' "
+            "would be freshly random on every load; use pooling 'cls' or 'mean'"
+        )
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str, backbone: nn.Module) -> torch.Tensor:

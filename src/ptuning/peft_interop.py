@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from .backbones import _load, resolve
+from .backbones import _load, load_backbone, resolve
 from .config import PromptConfig
 from .errors import CheckpointError, PtuningError
 from .model import PromptedModel
@@ -93,19 +93,6 @@ def _base_reference(reference: str) -> str:
     return str(Path(location).resolve()) if os.path.isdir(location) else location
 
 
-def _load_backbone_with_pooler(reference: str) -> PreTrainedModel:
-    """The base model of ``reference``; refused if its pooler is not in the saved weights (it would be random)."""
-    backbone, info = _load(AutoModel.from_pretrained, reference, "model", output_loading_info=True)
-    missing = sorted(key for key in info.get("missing_keys", ()) if "pooler." in key)
-    if missing:
-        raise CheckpointError(
-            f"backbone {reference!r} has no trained pooler weights ({', '.join(missing)} missing), so pooling "
-            "'pooler' and the transformers classification head are freshly random on every load: neither side "
-            "can be reproduced"
-        )
-    return backbone.eval()
-
-
 def _peft_classes():
     try:
         import peft
@@ -142,7 +129,7 @@ def export_peft(checkpoint_dir: str | Path, out_dir: str | Path, backbone: str |
     if reference is None:
         raise CheckpointError(f"{checkpoint_dir} was trained on a backbone object, not a named one: pass backbone=...")
     peft = _peft_classes()
-    model = PromptedModel.from_pretrained(checkpoint_dir, backbone=_load_backbone_with_pooler(reference)).eval()
+    model = PromptedModel.from_pretrained(checkpoint_dir, backbone=load_backbone(reference)).eval()
     prompt = model.prompt_config
     if not prompt.shift_positions:
         warnings.warn(
@@ -283,10 +270,7 @@ def import_peft(adapter_dir: str | Path, out_dir: str | Path, backbone: str | Pr
     reference = backbone if backbone is not None else config.get("base_model_name_or_path")
     if reference is None:
         raise CheckpointError(f"{adapter_dir} names no base model (base_model_name_or_path): pass backbone=...")
-    if isinstance(reference, str):
-        model_backbone = _load_backbone_with_pooler(reference)
-    else:
-        model_backbone = reference.base_model.eval()
+    model_backbone = load_backbone(reference) if isinstance(reference, str) else reference.base_model.eval()
     backbone_config = model_backbone.config
     model_type = backbone_config.model_type
     if model_type not in MODEL_TYPES:
