@@ -147,3 +147,32 @@ def test_lower_layers_keep_no_graph_when_only_top_layers_are_prompted():
 
     assert not requires_grad(states[0]) and not requires_grad(states[1])  # nothing below layer 2 is recorded
     assert requires_grad(states[2])
+
+
+def test_span_head_scores_start_and_end_of_every_token():
+    torch.manual_seed(0)
+    model = PromptedModel.from_backbone(tiny_backbone("bert"), "question-answering", prompt=PromptConfig(length=4))
+    input_ids, attention_mask = random_batch()
+    output = model(input_ids=input_ids, attention_mask=attention_mask, labels=torch.tensor([[2, 3], [0, 0], [1, 4]]))
+    assert output.logits.shape == (3, 9, 2)
+    expected = (
+        torch.nn.functional.cross_entropy(output.logits[..., 0], torch.tensor([2, 0, 1]))
+        + torch.nn.functional.cross_entropy(output.logits[..., 1], torch.tensor([3, 0, 4]))
+    ) / 2
+    assert torch.allclose(output.loss, expected)
+    assert model.trainable_parameters() == LENGTH * LAYERS * 2 * HIDDEN + HIDDEN * 2 + 2
+
+
+def test_multiple_choice_scores_each_pair_like_a_single_text():
+    torch.manual_seed(0)
+    model = PromptedModel.from_backbone(
+        tiny_backbone("roberta"), "multiple-choice", prompt=PromptConfig(length=4, dropout=0.0)
+    ).eval()
+    input_ids, attention_mask = random_batch(batch_size=4, length=9)
+    choices_ids, choices_mask = input_ids.view(2, 2, 9), attention_mask.view(2, 2, 9)
+    with torch.no_grad():
+        output = model(input_ids=choices_ids, attention_mask=choices_mask, labels=torch.tensor([1, 0]))
+        single = model.head(model.encode(input_ids[3:4, :6], attention_mask[3:4, :6])[:, 0])
+    assert output.logits.shape == (2, 2)
+    assert torch.allclose(output.logits[1, 1], single[0, 0], atol=1e-5)
+    assert torch.allclose(output.loss, torch.nn.functional.cross_entropy(output.logits, torch.tensor([1, 0])))

@@ -7,7 +7,9 @@ from torch import nn
 
 from .errors import PtuningError
 
-TASKS = ("sequence-classification", "token-classification", "causal-lm")
+TASKS = ("sequence-classification", "token-classification", "question-answering", "multiple-choice", "causal-lm")
+# Tasks whose head outputs a fixed number of scores rather than one per label name.
+HEAD_WIDTH = {"question-answering": 2, "multiple-choice": 1}
 POOLINGS = ("cls", "mean", "last", "pooler")
 
 

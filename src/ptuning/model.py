@@ -12,19 +12,25 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput, TokenClassifierOutput
+from transformers.modeling_outputs import (
+    CausalLMOutputWithPast,
+    MultipleChoiceModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
 
 from . import architectures
 from .backbones import load_backbone, load_tokenizer
 from .config import PromptConfig
 from .errors import CheckpointError, PtuningError, UnsupportedModelError
-from .heads import TASKS, LinearHead, check_pooling, pool
+from .heads import HEAD_WIDTH, TASKS, LinearHead, check_pooling, pool
 from .prompts.attention import LayerPrompts, active_prompts, prompted_implementation
 from .prompts.encoder import PromptEncoder, split_key_values
 
 CONFIG_NAME = "ptuning_config.json"
 WEIGHTS_NAME = "ptuning_model.safetensors"
 FINETUNED_BACKBONE = "backbone"
+LABELLED_TASKS = ("sequence-classification", "token-classification")
 FORMAT_VERSION = 1
 SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
@@ -84,7 +90,7 @@ class PromptedModel(nn.Module):
             self.transformer.set_attn_implementation(prompted_implementation(self.backbone.config._attn_implementation))
         self.transformer.requires_grad_(method == "finetune")
         self.labels = [str(label) for label in labels]
-        if len(set(self.labels)) != len(self.labels) or (task != "causal-lm" and not self.labels):
+        if len(set(self.labels)) != len(self.labels) or (task in LABELLED_TASKS and not self.labels):
             raise PtuningError(f"labels must be distinct and non-empty, got {self.labels}")
         self.backbone_reference = backbone_reference
         self.pooling = pooling or ("last" if self.spec.decoder else "cls")
@@ -93,7 +99,8 @@ class PromptedModel(nn.Module):
         if task != "causal-lm":
             check_pooling(self.pooling, self.backbone)
             dropout = getattr(self.backbone.config, "hidden_dropout_prob", 0.1)
-            self.head = LinearHead(self.backbone.config.hidden_size, len(self.labels), dropout)
+            width = HEAD_WIDTH.get(task, len(self.labels))
+            self.head = LinearHead(self.backbone.config.hidden_size, width, dropout)
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self.extra: dict[str, Any] = {}
 
@@ -132,10 +139,10 @@ class PromptedModel(nn.Module):
     ) -> PromptedModel:
         """Wrap ``backbone`` (alias, local path, hub name, or a built transformers model) for ``task``.
 
-        Give ``labels`` (names) or ``num_labels`` (names become "0", "1", ...); none for ``causal-lm``.
+        Give ``labels`` (names) or ``num_labels`` (names become "0", "1", ...); none for ``causal-lm``, ``question-answering`` and ``multiple-choice``.
         """
         if labels is None:
-            if num_labels is None and task != "causal-lm":
+            if num_labels is None and task in LABELLED_TASKS:
                 raise PtuningError("give labels or num_labels")
             labels = [str(index) for index in range(num_labels or 0)]
         elif num_labels is not None and num_labels != len(labels):
@@ -242,6 +249,8 @@ class PromptedModel(nn.Module):
                 output = self.transformer(**inputs, labels=labels, use_cache=False)
             prompts.check_all_consumed(architectures.model_type_of(self.backbone.config))
             return output
+        if self.task == "multiple-choice":
+            return self._multiple_choice(input_ids, attention_mask, token_type_ids, labels)
         hidden = self.encode(input_ids, attention_mask, token_type_ids)
         if self.task == "sequence-classification":
             logits = self.head(pool(hidden, attention_mask, self.pooling, self.backbone))
@@ -250,11 +259,29 @@ class PromptedModel(nn.Module):
             logits = self.head(hidden)
             output_class = TokenClassifierOutput
         loss = None
-        if labels is not None:
+        if labels is not None and self.task == "question-answering":
+            # labels (batch, 2): start and end token of the answer (0, the first token, when there is none)
+            loss = (
+                nn.functional.cross_entropy(logits[..., 0], labels[:, 0])
+                + nn.functional.cross_entropy(logits[..., 1], labels[:, 1])
+            ) / 2
+        elif labels is not None:
             loss = nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
             )
         return output_class(loss=loss, logits=logits)
+
+    def _multiple_choice(self, input_ids, attention_mask, token_type_ids, labels) -> MultipleChoiceModelOutput:
+        """Inputs (batch, choices, length): each (context, choice) pair is scored, the scores compete."""
+        batch_size, choices, length = input_ids.shape
+
+        def flat(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.reshape(batch_size * choices, length)
+
+        hidden = self.encode(flat(input_ids), flat(attention_mask), flat(token_type_ids))
+        logits = self.head(pool(hidden, flat(attention_mask), self.pooling, self.backbone)).view(batch_size, choices)
+        loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
+        return MultipleChoiceModelOutput(loss=loss, logits=logits)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:

@@ -19,10 +19,14 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 @dataclass
 class Encoded:
-    """Model inputs (one dict per example, ready for a collator) and what decoding needs besides them."""
+    """Model inputs (one dict per feature, ready for a collator) and what decoding needs besides them.
+
+    ``meta`` holds one entry per feature for the task's decoder (token tasks: word ids; QA: the example a
+    window belongs to and its character offsets).
+    """
 
     inputs: list[dict[str, Any]]
-    word_ids: list[list[int | None]] = field(default_factory=list)
+    meta: list[Any] = field(default_factory=list)
     truncated: int = 0
 
 
@@ -31,6 +35,7 @@ class Task:
 
     name = ""
     primary_metric = ""
+    per_token = False  # whether the model's logits are per token (kept per feature up to its length)
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, labels: list[str], max_length: int):
         self.tokenizer = tokenizer
@@ -53,7 +58,8 @@ class Task:
         return encoded
 
     def gold(self, example: Any) -> list[str]:
-        raise NotImplementedError
+        """The example's gold label names that must be known to the model (none for span tasks)."""
+        return []
 
     def encode(self, examples: list[Any], with_labels: bool = True) -> Encoded:
         raise NotImplementedError
@@ -75,7 +81,7 @@ class Task:
 
     def predict(self, model: torch.nn.Module, examples: list[Any], batch_size: int = 64) -> list[Any]:
         encoded = self.encode(examples, with_labels=False)
-        logits = run_model(model, encoded.inputs, self.collator(), batch_size, per_token=bool(encoded.word_ids))
+        logits = run_model(model, encoded.inputs, self.collator(), batch_size, per_token=self.per_token)
         return self.decode(logits, encoded, examples)
 
     def evaluate(self, model: torch.nn.Module, examples: list[Any], batch_size: int = 64) -> dict[str, float]:
@@ -87,7 +93,7 @@ def run_model(
     model: torch.nn.Module, inputs: list[dict[str, Any]], collator, batch_size: int, per_token: bool
 ) -> list[np.ndarray]:
     """Logits per example, in input order; batches are formed by length so little padding is computed."""
-    order = sorted(range(len(inputs)), key=lambda index: len(inputs[index]["input_ids"]))
+    order = sorted(range(len(inputs)), key=lambda index: _token_count(inputs[index]["input_ids"]))
     results: list[np.ndarray] = [np.empty(0)] * len(inputs)
     was_training = model.training
     model.eval()
@@ -101,6 +107,11 @@ def run_model(
                 results[index] = logits[row, : len(inputs[index]["input_ids"])] if per_token else logits[row]
     model.train(was_training)
     return results
+
+
+def _token_count(input_ids: list) -> int:
+    """Tokens in one feature: a sequence, or several (one per choice of a multiple-choice example)."""
+    return sum(len(row) for row in input_ids) if input_ids and isinstance(input_ids[0], list) else len(input_ids)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ def is_chunk_scheme(labels: list[str]) -> bool:
 
 class TokenClassificationTask(Task):
     name = "token-classification"
+    per_token = True
 
     def __init__(self, tokenizer, labels, max_length):
         super().__init__(tokenizer, labels, max_length)
@@ -58,7 +59,7 @@ class TokenClassificationTask(Task):
             if len(example.words) and (not seen or seen[-1] < len(example.words) - 1):
                 encoded.truncated += 1
             encoded.inputs.append(inputs)
-            encoded.word_ids.append(word_ids)
+            encoded.meta.append(word_ids)
         return self.warn_truncated(encoded)
 
     def collator(self):
@@ -67,7 +68,7 @@ class TokenClassificationTask(Task):
     def decode(self, logits: list[np.ndarray], encoded: Encoded, examples: list[TaggedSentence]) -> list[list[str]]:
         """Word-level tags; words cut off by truncation are predicted outside any span."""
         predictions = []
-        for token_logits, word_ids, example in zip(logits, encoded.word_ids, examples, strict=True):
+        for token_logits, word_ids, example in zip(logits, encoded.meta, examples, strict=True):
             tags = [self.outside] * len(example.words)
             best = token_logits.argmax(-1)
             previous = None
