@@ -93,3 +93,17 @@ def test_eval_and_predict_on_a_checkpoint(ner_checkpoint, tmp_path, capsys):
 def test_not_a_checkpoint(tmp_path, capsys):
     code, _, err = run_cli(capsys, "predict", str(tmp_path), "--input", str(tmp_path / "x"))
     assert code == 2 and "is not a ptuning checkpoint" in err
+
+
+def test_eval_writes_predictions_and_metrics_files(ner_checkpoint, tmp_path, capsys):
+    test_file = tmp_path / "test.conll"
+    test_file.write_text("Peter B-PER\nBlackburn I-PER\n\nruns O\n")
+    predictions, metrics_file = tmp_path / "out.jsonl", tmp_path / "m.json"
+    code, out, _ = run_cli(
+        capsys, "eval", str(ner_checkpoint), "--test", str(test_file), "--predictions", str(predictions),
+        "--output-metrics", str(metrics_file),
+    )
+    lines = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert code == 0 and [line["id"] for line in lines] == [f"{test_file}:1", f"{test_file}:4"]
+    assert [line["words"] for line in lines] == [["Peter", "Blackburn"], ["runs"]]
+    assert json.loads(metrics_file.read_text()) == json.loads(out)

@@ -168,7 +168,15 @@ def command_eval(args: argparse.Namespace) -> None:
         if not dataset:
             raise PtuningError("give --test FILE (or --dataset NAME for a packaged dataset)")
         examples = getattr(load_packaged(dataset), args.split)
-    metrics = task.evaluate(model, examples, args.batch_size)
+    predictions, metrics = task.predict_and_score(model, examples, args.batch_size)
+    if args.predictions:
+        with Path(args.predictions).open("w", encoding="utf-8") as handle:
+            for example, prediction in zip(examples, predictions, strict=True):
+                record = {"id": getattr(example, "id", None) or example.source}
+                record.update(task.format_prediction(example, prediction))
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    if args.output_metrics:
+        Path(args.output_metrics).write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics, indent=2))
 
 
@@ -231,6 +239,8 @@ def parser() -> argparse.ArgumentParser:
     eval_parser.add_argument("--dataset", help="packaged dataset to score instead of a file")
     eval_parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
     eval_parser.add_argument("--batch-size", type=int, default=64)
+    eval_parser.add_argument("--predictions", help="write one JSON line per example (id and prediction) here")
+    eval_parser.add_argument("--output-metrics", help="write the metrics as JSON here too")
     eval_parser.set_defaults(handler=command_eval)
 
     predict_parser = commands.add_parser("predict", help="predict text lines or JSON lines; writes JSON lines")

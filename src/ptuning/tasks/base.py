@@ -84,9 +84,15 @@ class Task:
         logits = run_model(model, encoded.inputs, self.collator(), batch_size, per_token=self.per_token)
         return self.decode(logits, encoded, examples)
 
-    def evaluate(self, model: torch.nn.Module, examples: list[Any], batch_size: int = 64) -> dict[str, float]:
+    def predict_and_score(
+        self, model: torch.nn.Module, examples: list[Any], batch_size: int = 64
+    ) -> tuple[list[Any], dict[str, float]]:
         self.check_labels(examples)
-        return self.score(examples, self.predict(model, examples, batch_size))
+        predictions = self.predict(model, examples, batch_size)
+        return predictions, self.score(examples, predictions)
+
+    def evaluate(self, model: torch.nn.Module, examples: list[Any], batch_size: int = 64) -> dict[str, float]:
+        return self.predict_and_score(model, examples, batch_size)[1]
 
 
 def run_model(
