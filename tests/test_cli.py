@@ -100,8 +100,15 @@ def test_eval_writes_predictions_and_metrics_files(ner_checkpoint, tmp_path, cap
     test_file.write_text("Peter B-PER\nBlackburn I-PER\n\nruns O\n")
     predictions, metrics_file = tmp_path / "out.jsonl", tmp_path / "m.json"
     code, out, _ = run_cli(
-        capsys, "eval", str(ner_checkpoint), "--test", str(test_file), "--predictions", str(predictions),
-        "--output-metrics", str(metrics_file),
+        capsys,
+        "eval",
+        str(ner_checkpoint),
+        "--test",
+        str(test_file),
+        "--predictions",
+        str(predictions),
+        "--output-metrics",
+        str(metrics_file),
     )
     lines = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert code == 0 and [line["id"] for line in lines] == [f"{test_file}:1", f"{test_file}:4"]

@@ -16,7 +16,7 @@ from .config import METHODS
 from .errors import DataError, PtuningError
 from .heads import POOLINGS
 from .model import CONFIG_NAME, PromptedModel
-from .train import Recipe, read_examples, train
+from .train import Recipe, load_dataset, read_examples, train
 
 DEFAULT_RECIPE = "conll2003-ner-minilm"
 
@@ -59,7 +59,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--dataset",
         default=suppress,
-        help="packaged dataset: conll2003-ner, conll2003-pos, conll2003-chunk, rotten-tomatoes",
+        help="packaged dataset (conll2003-ner, conll2003-pos, conll2003-chunk, rotten-tomatoes) "
+        "or hf:NAME[:CONFIG] through datasets.load_dataset",
     )
     add("--train", default=suppress, help="training file: CoNLL columns, or CSV/TSV/JSONL")
     add("--validation", default=suppress, help="validation file (model selection each epoch)")
@@ -69,6 +70,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--text-column", default=suppress)
     add("--pair-column", default=suppress)
     add("--label-column", default=suppress)
+    add("--tokens-column", default=suppress, help="hf: datasets, token classification (default tokens)")
+    add("--tags-column", default=suppress, help="hf: datasets, token classification (default ner_tags)")
     add("--model", default=suppress, help="backbone: alias (minilm-l6), local folder, or hub name")
     add(
         "--method",
@@ -158,8 +161,6 @@ def command_train(args: argparse.Namespace) -> None:
 
 
 def command_eval(args: argparse.Namespace) -> None:
-    from .data.packaged import load_packaged
-
     model, task = _load_for_inference(args.checkpoint)
     if args.test:
         examples = read_examples(args.test, model.extra.get("reader") or {})
@@ -167,7 +168,7 @@ def command_eval(args: argparse.Namespace) -> None:
         dataset = args.dataset or model.extra.get("dataset")
         if not dataset:
             raise PtuningError("give --test FILE (or --dataset NAME for a packaged dataset)")
-        examples = getattr(load_packaged(dataset), args.split)
+        examples = getattr(load_dataset(dataset, model.task, model.extra.get("reader") or {}), args.split)
     predictions, metrics = task.predict_and_score(model, examples, args.batch_size)
     if args.predictions:
         with Path(args.predictions).open("w", encoding="utf-8") as handle:
@@ -236,7 +237,7 @@ def parser() -> argparse.ArgumentParser:
     eval_parser = commands.add_parser("eval", help="score a checkpoint on labelled data; prints JSON")
     eval_parser.add_argument("checkpoint", help="checkpoint folder (or the run folder holding checkpoint/)")
     eval_parser.add_argument("--test", help="file in the format the checkpoint was trained on")
-    eval_parser.add_argument("--dataset", help="packaged dataset to score instead of a file")
+    eval_parser.add_argument("--dataset", help="packaged or hf: dataset to score instead of a file")
     eval_parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
     eval_parser.add_argument("--batch-size", type=int, default=64)
     eval_parser.add_argument("--predictions", help="write one JSON line per example (id and prediction) here")

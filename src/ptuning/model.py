@@ -139,7 +139,8 @@ class PromptedModel(nn.Module):
     ) -> PromptedModel:
         """Wrap ``backbone`` (alias, local path, hub name, or a built transformers model) for ``task``.
 
-        Give ``labels`` (names) or ``num_labels`` (names become "0", "1", ...); none for ``causal-lm``, ``question-answering`` and ``multiple-choice``.
+        Give ``labels`` (names) or ``num_labels`` (names become "0", "1", ...); none for ``causal-lm``,
+        ``question-answering`` and ``multiple-choice``.
         """
         if labels is None:
             if num_labels is None and task in LABELLED_TASKS:

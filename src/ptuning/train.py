@@ -19,6 +19,7 @@ from typing import Any
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from .config import PromptConfig
+from .data.hf import load_hf
 from .data.packaged import Splits, load_packaged
 from .data.readers import label_set, read_conll, read_labeled_texts
 from .errors import PtuningError
@@ -27,6 +28,7 @@ from .tasks import Task, make_task
 
 logger = logging.getLogger("ptuning")
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+HF_COLUMNS = ("text_column", "pair_column", "label_column", "tokens_column", "tags_column")
 DEFAULT_LEARNING_RATES = {"finetune": 5e-5, "linear-probe": 5e-3}
 
 
@@ -43,6 +45,8 @@ class Recipe:
     text_column: str = "text"
     pair_column: str | None = None
     label_column: str = "label"
+    tokens_column: str = "tokens"
+    tags_column: str = "ner_tags"
     model: str = "minilm-l6"
     method: str = "deep"
     prompt_length: int = 16
@@ -113,9 +117,17 @@ def read_examples(path: str | Path, reader: dict[str, Any]) -> list[Any]:
     return read_labeled_texts(path, reader["text_column"], reader["pair_column"], reader["label_column"])
 
 
+def load_dataset(name: str, task: str | None, reader: dict[str, Any]) -> Splits:
+    """A dataset by name: ``hf:NAME[:CONFIG]`` (columns from ``reader``) or a packaged one."""
+    if name.startswith("hf:"):
+        return load_hf(name, task or "sequence-classification", reader["columns"])
+    return load_packaged(name)
+
+
 def load_splits(recipe: Recipe) -> Splits:
     if recipe.dataset:
-        return load_packaged(recipe.dataset)
+        columns = {name: getattr(recipe, name) for name in HF_COLUMNS}
+        return load_dataset(recipe.dataset, recipe.task, {"columns": columns})
     if not recipe.train:
         raise PtuningError("give --dataset NAME or --train FILE (with --validation/--test)")
     task = recipe.task or (

@@ -53,7 +53,8 @@ def load_hf(dataset: str, task: str, columns: dict[str, str | None]) -> Splits:
         parts[ours] = [] if split_name is None else _convert(loaded[split_name], task, columns, dataset, split_name)
     if not parts["train"]:
         raise DataError(f"{dataset}: no train split; splits: {list(loaded)}")
-    return Splits(task, parts["train"], parts["validation"], parts["test"], reader={"format": "hf", "dataset": dataset})
+    reader = {"format": "hf", "dataset": dataset, "columns": columns}
+    return Splits(task, parts["train"], parts["validation"], parts["test"], reader=reader)
 
 
 def _convert(split, task: str, columns: dict[str, str | None], dataset: str, split_name: str) -> list:
