@@ -1,0 +1,173 @@
+"""Training cost of P-Tuning v2 against full fine-tuning and PEFT's prefix tuning, and of padding.
+
+All on the packaged MiniLM-L6 and real CoNLL-2003 sentences (token classification), same batch (32)
+and prompt length (16), in one process with the configurations alternated and medians taken, so
+machine noise hits all alike:
+
+* step time (forward + backward + AdamW step) of ``deep`` vs ``finetune`` vs PEFT prefix tuning;
+* training memory beyond the weights, counted exactly: bytes autograd saves for backward + gradients +
+  AdamW's two moments (process RSS on CPU is dominated by allocator caching and data, so it is not used);
+* training examples per second over CoNLL-2003 sentences with dynamic padding and the Trainer's length
+  grouping vs padding every batch to 128 tokens (as the reference code does).
+
+    python benchmarks/cost.py [--quick]
+
+``--quick``: 5 repeats and 1,024 sentences for the padding comparison; full: 9 repeats and the whole
+14,041-sentence training set. Writes benchmarks/results/cost.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from transformers import DataCollatorForTokenClassification
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from ptuning import PromptConfig, PromptedModel
+from ptuning.backbones import load_tokenizer, resolve
+from ptuning.data.packaged import load_packaged
+from ptuning.tasks import make_task
+
+PROMPT_LENGTH = 16
+BATCH_SIZE = 32
+KINDS = ("deep", "finetune", "peft-prefix")
+
+
+def conll_task_and_sentences():
+    sentences = load_packaged("conll2003-ner").train
+    labels = sorted({tag for sentence in sentences for tag in sentence.tags})
+    return make_task("token-classification", load_tokenizer("minilm-l6"), labels, 128), sentences
+
+
+def build(kind: str, labels: list[str]) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
+    """A model whose forward takes a collated batch and returns .loss, and its trainable parameters."""
+    torch.manual_seed(0)
+    if kind == "peft-prefix":
+        import peft
+        from transformers import AutoModelForTokenClassification
+
+        base = AutoModelForTokenClassification.from_pretrained(resolve("minilm-l6"), num_labels=len(labels))
+        config = peft.PrefixTuningConfig(task_type=peft.TaskType.TOKEN_CLS, num_virtual_tokens=PROMPT_LENGTH)
+        model = peft.get_peft_model(base, config)
+    else:
+        prompt = PromptConfig(method=kind, length=PROMPT_LENGTH, dropout=0.0)
+        model = PromptedModel.from_backbone("minilm-l6", "token-classification", labels=labels, prompt=prompt)
+    model.train()
+    return model, [p for p in model.parameters() if p.requires_grad]
+
+
+def make_batches(task, sentences, pad_to: int | None, seed: int = 0) -> list[dict]:
+    """Dynamic padding with the Trainer's length grouping, or every batch padded to ``pad_to`` tokens."""
+    features = task.encode(sentences).inputs
+    generator = torch.Generator().manual_seed(seed)
+    if pad_to is None:
+        collator = task.collator()
+        lengths = [len(feature["input_ids"]) for feature in features]
+        order = list(LengthGroupedSampler(BATCH_SIZE, lengths=lengths, generator=generator))
+    else:
+        collator = DataCollatorForTokenClassification(task.tokenizer, padding="max_length", max_length=pad_to)
+        order = torch.randperm(len(features), generator=generator).tolist()
+    return [
+        collator([features[i] for i in order[start : start + BATCH_SIZE]]) for start in range(0, len(order), BATCH_SIZE)
+    ]
+
+
+def training_memory(model, parameters, batch) -> int:
+    """Bytes saved for backward + gradients + AdamW's two moments: what training adds to the weights."""
+    saved = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(**batch).loss
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return saved + 3 * sum(p.numel() * p.element_size() for p in parameters)
+
+
+def timed_step(model, optimizer, batch) -> float:
+    started = time.perf_counter()
+    model(**batch).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - started
+
+
+def examples_per_second(model, parameters, batches: list[dict]) -> float:
+    optimizer = torch.optim.AdamW(parameters, lr=1e-4)
+    examples = sum(len(batch["input_ids"]) for batch in batches)
+    started = time.perf_counter()
+    for batch in batches:
+        timed_step(model, optimizer, batch)
+    return examples / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--epoch-sentences", type=int, default=None)
+    parser.add_argument("--output", default="benchmarks/results/cost.json")
+    args = parser.parse_args()
+    repeats = args.repeats or (5 if args.quick else 9)
+
+    task, sentences = conll_task_and_sentences()
+    models = {kind: build(kind, task.labels) for kind in KINDS}
+    optimizers = {kind: torch.optim.AdamW(params, lr=1e-4) for kind, (_, params) in models.items()}
+    step_batches = make_batches(task, sentences[: BATCH_SIZE * 64], pad_to=None)
+    batch = step_batches[len(step_batches) // 2]  # a typical, mid-length batch of real sentences
+    memory = {kind: training_memory(model, params, batch) for kind, (model, params) in models.items()}
+    times: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    for kind, (model, _) in models.items():  # warm-up
+        timed_step(model, optimizers[kind], batch)
+    for _ in range(repeats):
+        for kind, (model, _) in models.items():
+            times[kind].append(timed_step(model, optimizers[kind], batch))
+    median = {kind: statistics.median(values) for kind, values in times.items()}
+
+    count = args.epoch_sentences or (1024 if args.quick else len(sentences))
+    epoch_sentences = sentences[:count]
+    deep_model, deep_parameters = models["deep"]
+    dynamic = examples_per_second(deep_model, deep_parameters, make_batches(task, epoch_sentences, pad_to=None))
+    padded = examples_per_second(deep_model, deep_parameters, make_batches(task, epoch_sentences, pad_to=128))
+
+    result = {
+        "backbone": "all-MiniLM-L6-v2 (packaged)",
+        "batch_size": BATCH_SIZE,
+        "prompt_length": PROMPT_LENGTH,
+        "batch_tokens": list(batch["input_ids"].shape),
+        "repeats": repeats,
+        "step_seconds_median": median,
+        "training_memory_mb": {kind: value / 2**20 for kind, value in memory.items()},
+        "step_time_ratio_vs_finetune": median["deep"] / median["finetune"],
+        "step_time_ratio_vs_peft": median["deep"] / median["peft-prefix"],
+        "peak_mem_ratio_vs_finetune": memory["deep"] / memory["finetune"],
+        "epoch_sentences": count,
+        "examples_per_second": {"dynamic_padding_length_grouped": dynamic, "padded_to_128": padded},
+        "epoch_speedup_vs_pad128": dynamic / padded,
+    }
+    for kind in KINDS:
+        print(f"{kind:>12}: step {median[kind] * 1000:6.0f} ms, training memory {memory[kind] / 2**20:7.1f} MB")
+    print(
+        f"deep / finetune step time {result['step_time_ratio_vs_finetune']:.2f}x, deep / PEFT prefix "
+        f"{result['step_time_ratio_vs_peft']:.2f}x, deep / finetune training memory "
+        f"{result['peak_mem_ratio_vs_finetune']:.2f}x"
+    )
+    print(
+        f"{count} CoNLL-2003 sentences: {dynamic:.1f} examples/s with dynamic padding and length grouping, "
+        f"{padded:.1f} padded to 128: {result['epoch_speedup_vs_pad128']:.2f}x"
+    )
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
