@@ -12,43 +12,26 @@ from typing import Any
 
 from ..data.srl import SRLInstance
 from ..errors import DataError
-from .base import Encoded
-from .token_classification import IGNORE, TokenClassificationTask
+from .token_classification import TokenClassificationTask
 
 
 class SRLTask(TokenClassificationTask):
     """Tags one (sentence, predicate) instance; ``name`` stays "token-classification", the model task it trains."""
 
-    def encode(self, examples: list[SRLInstance], with_labels: bool = True) -> Encoded:
+    def _tokenize(self, examples: list[SRLInstance]):
         """Features of ``[CLS] sentence [SEP] predicate [SEP]``; a long sentence is cut, never the predicate."""
-        batch = self.tokenizer(
+        return self.tokenizer(
             [example.words for example in examples],
             [[example.words[example.predicate_index]] for example in examples],
             is_split_into_words=True,
             truncation="only_first",
             max_length=self.max_length,
         )
-        encoded = Encoded(inputs=[])
-        for index, example in enumerate(examples):
-            # word ids restart at 0 in the predicate segment: only the sentence's words are tagged and decoded
-            segments = batch.sequence_ids(index)
-            word_ids = [
-                word if segment == 0 else None for word, segment in zip(batch.word_ids(index), segments, strict=True)
-            ]
-            inputs = {key: batch[key][index] for key in batch}
-            if with_labels:
-                labels, previous = [], None
-                for word in word_ids:
-                    first = word is not None and word != previous
-                    labels.append(self.label_to_id[example.tags[word]] if first else IGNORE)
-                    previous = word
-                inputs["labels"] = labels
-            seen = [word for word in word_ids if word is not None]
-            if not seen or seen[-1] < len(example.words) - 1:
-                encoded.truncated += 1
-            encoded.inputs.append(inputs)
-            encoded.meta.append(word_ids)
-        return self.warn_truncated(encoded)
+
+    def _word_ids(self, batch, index: int) -> list[int | None]:
+        """Word ids restart at 0 in the predicate segment: only the sentence's words are tagged and decoded."""
+        segments = batch.sequence_ids(index)
+        return [word if segment == 0 else None for word, segment in zip(batch.word_ids(index), segments, strict=True)]
 
     def format_prediction(self, example: SRLInstance, prediction: list[str]) -> dict[str, Any]:
         result = {"predicate": example.predicate_index, **super().format_prediction(example, prediction)}

@@ -37,16 +37,23 @@ class TokenClassificationTask(Task):
     def gold(self, example: TaggedSentence) -> list[str]:
         return example.tags
 
-    def encode(self, examples: list[TaggedSentence], with_labels: bool = True) -> Encoded:
-        batch = self.tokenizer(
+    def _tokenize(self, examples: list[TaggedSentence]):
+        return self.tokenizer(
             [example.words for example in examples],
             is_split_into_words=True,
             truncation=True,
             max_length=self.max_length,
         )
+
+    def _word_ids(self, batch, index: int) -> list[int | None]:
+        """Per token, the index of the word it belongs to (None for tokens that are not tagged)."""
+        return batch.word_ids(index)
+
+    def encode(self, examples: list[TaggedSentence], with_labels: bool = True) -> Encoded:
+        batch = self._tokenize(examples)
         encoded = Encoded(inputs=[])
         for index, example in enumerate(examples):
-            word_ids = batch.word_ids(index)
+            word_ids = self._word_ids(batch, index)
             inputs = {key: batch[key][index] for key in batch}
             if with_labels:
                 labels, previous = [], None
