@@ -16,7 +16,8 @@ from .config import METHODS
 from .errors import DataError, PtuningError
 from .heads import POOLINGS
 from .model import CONFIG_NAME, PromptedModel
-from .train import Recipe, load_dataset, read_examples, train
+from .tasks import TASK_CLASSES
+from .train import FORMAT_TASKS, Recipe, load_dataset, read_examples, train
 
 DEFAULT_RECIPE = "conll2003-ner-minilm"
 
@@ -65,7 +66,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--train", default=suppress, help="training file: CoNLL columns, or CSV/TSV/JSONL")
     add("--validation", default=suppress, help="validation file (model selection each epoch)")
     add("--test", default=suppress, help="test file (scored once with the best checkpoint)")
-    add("--task", default=suppress, choices=["sequence-classification", "token-classification"])
+    add(
+        "--task",
+        default=suppress,
+        choices=[*TASK_CLASSES, *FORMAT_TASKS],
+        help="a task, or a file format that "
+        "implies one: squad, squad_v2 (SQuAD JSON), boolq, cb, rte, wic, wsc, copa (SuperGLUE JSONL), srl",
+    )
     add("--tag-column", type=int, default=suppress, help="CoNLL column holding the tag (default: last)")
     add("--text-column", default=suppress)
     add("--pair-column", default=suppress)
@@ -139,7 +146,8 @@ def _load_for_inference(path: str):
 
     model = PromptedModel.from_pretrained(checkpoint_folder(path))
     max_length = min(model.extra.get("max_length") or model.max_text_length, model.max_text_length)
-    return model, make_task(model.task, model.tokenizer, model.labels, max_length)
+    task_name = model.extra.get("task_name", model.task)
+    return model, make_task(task_name, model.tokenizer, model.labels, max_length, **model.extra.get("task_options", {}))
 
 
 def command_train(args: argparse.Namespace) -> None:

@@ -22,9 +22,12 @@ from .config import PromptConfig
 from .data.hf import load_hf
 from .data.packaged import Splits, load_packaged
 from .data.readers import label_set, read_conll, read_labeled_texts
+from .data.squad import read_squad
+from .data.srl import read_srl
+from .data.superglue import SUPERGLUE_TASKS, read_superglue
 from .errors import PtuningError
 from .model import PromptedModel
-from .tasks import Task, make_task
+from .tasks import Task, make_task, model_task, task_class
 
 logger = logging.getLogger("ptuning")
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
@@ -99,22 +102,54 @@ class Recipe:
         )
 
 
-def reader_for(task: str, recipe: Recipe) -> dict[str, Any]:
-    if task == "token-classification":
-        return {"format": "conll", "tag_column": recipe.tag_column}
-    return {
+# --task values that name a file format: (task, how its files are read and decoded)
+FORMAT_TASKS: dict[str, tuple[str, dict[str, Any]]] = {
+    "squad": ("question-answering", {"format": "squad", "options": {"version_2": False}}),
+    "squad_v2": ("question-answering", {"format": "squad", "options": {"version_2": True}}),
+    "srl": ("srl", {"format": "srl"}),
+    **{name: (task, {"format": "superglue", "task": name}) for name, task in SUPERGLUE_TASKS.items()},
+}
+
+
+def file_task(recipe: Recipe) -> tuple[str, dict[str, Any]]:
+    """The task and reader for ``--train`` files: from ``--task``, else from the file's extension."""
+    if recipe.task in FORMAT_TASKS:
+        return FORMAT_TASKS[recipe.task]
+    suffix = Path(recipe.train or "").suffix.lower()
+    task = recipe.task or (
+        "question-answering"
+        if suffix == ".json"
+        else "sequence-classification"
+        if suffix in TABLE_SUFFIXES
+        else "token-classification"
+    )
+    if task == "question-answering":
+        return FORMAT_TASKS["squad"]
+    if task in ("token-classification", "srl"):
+        return task, {"format": "conll", "tag_column": recipe.tag_column} if task != "srl" else {"format": "srl"}
+    reader = {
         "format": "table",
         "text_column": recipe.text_column,
         "pair_column": recipe.pair_column,
         "label_column": recipe.label_column,
     }
+    return task, reader
 
 
 def read_examples(path: str | Path, reader: dict[str, Any]) -> list[Any]:
     """Examples of one file, read the way the checkpoint's training data was read."""
-    if reader["format"] == "conll":
+    kind = reader.get("format")
+    if kind == "conll":
         return read_conll(path, reader["tag_column"])
-    return read_labeled_texts(path, reader["text_column"], reader["pair_column"], reader["label_column"])
+    if kind == "table":
+        return read_labeled_texts(path, reader["text_column"], reader["pair_column"], reader["label_column"])
+    if kind == "squad":
+        return read_squad(path)
+    if kind == "superglue":
+        return read_superglue(reader["task"], path)
+    if kind == "srl":
+        return read_srl(path)
+    raise PtuningError(f"files of this checkpoint's data ({kind or 'unknown format'}) cannot be read; use --dataset")
 
 
 def load_dataset(name: str, task: str | None, reader: dict[str, Any]) -> Splits:
@@ -130,10 +165,7 @@ def load_splits(recipe: Recipe) -> Splits:
         return load_dataset(recipe.dataset, recipe.task, {"columns": columns})
     if not recipe.train:
         raise PtuningError("give --dataset NAME or --train FILE (with --validation/--test)")
-    task = recipe.task or (
-        "sequence-classification" if Path(recipe.train).suffix.lower() in TABLE_SUFFIXES else "token-classification"
-    )
-    reader = reader_for(task, recipe)
+    task, reader = file_task(recipe)
     parts = [read_examples(path, reader) if path else [] for path in (recipe.train, recipe.validation, recipe.test)]
     return Splits(task, *parts, reader=reader)
 
@@ -195,19 +227,22 @@ def train(recipe: Recipe) -> dict[str, Any]:
 
 def _train(recipe: Recipe, output: Path) -> dict[str, Any]:
     splits = load_splits(recipe)
-    task_name = recipe.task or splits.task
+    task_name = splits.task
     train_examples = _subsample(splits.train, recipe.max_train_samples, recipe.seed)
     validation = _subsample(splits.validation, recipe.max_eval_samples, recipe.seed)
     test = _subsample(splits.test, recipe.max_eval_samples, recipe.seed)
-    gather = (lambda e: e.tags) if task_name == "token-classification" else (lambda e: [e.label])
-    labels = label_set(label for example in train_examples for label in gather(example))
+    gold = task_class(task_name).gold
+    labels = label_set(label for example in train_examples for label in gold(example))
 
     set_seed(recipe.seed)
     model = PromptedModel.from_backbone(
-        recipe.model, task_name, labels=labels, prompt=recipe.prompt_config(), pooling=recipe.pooling
+        recipe.model, model_task(task_name), labels=labels, prompt=recipe.prompt_config(), pooling=recipe.pooling
     )
-    max_length = min(recipe.max_length or model.max_text_length, model.max_text_length)
-    task = make_task(task_name, model.tokenizer, labels, max_length)
+    # QA windows: 256 tokens (with a stride) unless asked otherwise; CPU cost grows with window length
+    default_length = 256 if task_name == "question-answering" else model.max_text_length
+    max_length = min(recipe.max_length or default_length, model.max_text_length)
+    task_options = dict(splits.reader.get("options", {}))
+    task = make_task(task_name, model.tokenizer, labels, max_length, **task_options)
     for examples in (validation, test):
         task.check_labels(examples)
     features = task.encode(train_examples).inputs
@@ -252,18 +287,28 @@ def _train(recipe: Recipe, output: Path) -> dict[str, Any]:
     train_seconds = time.perf_counter() - started
     shutil.rmtree(output / "trainer", ignore_errors=True)  # save_strategy="no": nothing of ours is in there
     model.restore_trainable_state(callback.best_state)
+    calibrated = task.calibrate(model, validation, recipe.eval_batch_size)
+    validation_metrics = callback.best_metrics or {}
+    if calibrated:
+        task_options.update(calibrated)
+        validation_metrics = task.evaluate(model, validation, recipe.eval_batch_size)
+        logger.info("calibrated on validation: %s", calibrated)
 
     checkpoint = output / "checkpoint"
-    data_reader = splits.reader
-    model.save_pretrained(
-        checkpoint, extra={"reader": data_reader, "dataset": recipe.dataset, "max_length": max_length}
-    )
+    extra = {
+        "reader": splits.reader,
+        "dataset": recipe.dataset,
+        "max_length": max_length,
+        "task_name": task_name,
+        "task_options": task_options,
+    }
+    model.save_pretrained(checkpoint, extra=extra)
     test_metrics = task.evaluate(model, test, recipe.eval_batch_size) if test else {}
     metrics = {
         "task": task_name,
         "dataset": recipe.dataset or recipe.train,
         "primary_metric": task.primary_metric,
-        "validation": callback.best_metrics or {},
+        "validation": validation_metrics,
         "test": test_metrics,
         "trainable_parameters": model.trainable_parameters(),
         "total_parameters": model.total_parameters(),

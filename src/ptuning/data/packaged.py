@@ -81,7 +81,14 @@ PACKAGED_DATASETS = {
     "conll2003-pos": lambda: _load_conll2003("conll2003-pos"),
     "conll2003-chunk": lambda: _load_conll2003("conll2003-chunk"),
     "rotten-tomatoes": _load_rotten_tomatoes,
+    "conll2003-qa": lambda: _load_conll2003_qa(),
 }
+
+
+def _load_conll2003_qa() -> Splits:
+    from .conll_qa import load_conll2003_qa  # it builds on this module's CoNLL loader
+
+    return load_conll2003_qa()
 
 
 def load_packaged(name: str) -> Splits:

@@ -57,9 +57,14 @@ class Task:
             )
         return encoded
 
-    def gold(self, example: Any) -> list[str]:
+    @staticmethod
+    def gold(example: Any) -> list[str]:
         """The example's gold label names that must be known to the model (none for span tasks)."""
         return []
+
+    def calibrate(self, model: torch.nn.Module, validation: list[Any], batch_size: int = 64) -> dict[str, Any]:
+        """Fit decoding settings on validation after training; returns them to keep in the checkpoint."""
+        return {}
 
     def encode(self, examples: list[Any], with_labels: bool = True) -> Encoded:
         raise NotImplementedError

@@ -17,7 +17,8 @@ class SequenceClassificationTask(Task):
     name = "sequence-classification"
     primary_metric = "accuracy"
 
-    def gold(self, example: LabeledText) -> list[str]:
+    @staticmethod
+    def gold(example: LabeledText) -> list[str]:
         return [] if example.label is None else [example.label]
 
     def _tokenize(self, examples: list[LabeledText], truncation: bool):

@@ -34,7 +34,8 @@ class TokenClassificationTask(Task):
         self.primary_metric = "f1" if self.spans else "accuracy"
         self.outside = "O" if "O" in self.label_to_id else self.labels[0]
 
-    def gold(self, example: TaggedSentence) -> list[str]:
+    @staticmethod
+    def gold(example: TaggedSentence) -> list[str]:
         return example.tags
 
     def _tokenize(self, examples: list[TaggedSentence]):
