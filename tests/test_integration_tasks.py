@@ -135,3 +135,22 @@ def test_task_trains_evaluates_and_predicts(task, tmp_path, capsys):
         assert len(answer["tags"]) == 3
     else:
         assert "label" in answer
+
+
+def test_labels_come_from_the_whole_training_set_when_it_is_subsampled(tmp_path):
+    data = tmp_path / "train.conll"
+    data.write_text("Paris B-LOC\n\nPeter B-PER\n\nruns O\n\nBerlin B-LOC\n")
+    metrics = train(
+        Recipe(
+            train=str(data),
+            validation=str(data),
+            max_train_samples=1,
+            max_steps=1,
+            batch_size=1,
+            prompt_length=2,
+            output=str(tmp_path / "run"),
+        )
+    )
+    assert metrics["train_examples"] == 1 and "f1" in metrics["validation"]
+    config = json.loads((tmp_path / "run" / "checkpoint" / "ptuning_config.json").read_text())
+    assert config["labels"] == ["B-LOC", "B-PER", "O"]

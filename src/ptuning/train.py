@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import resource
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -232,7 +233,8 @@ def _train(recipe: Recipe, output: Path) -> dict[str, Any]:
     validation = _subsample(splits.validation, recipe.max_eval_samples, recipe.seed)
     test = _subsample(splits.test, recipe.max_eval_samples, recipe.seed)
     gold = task_class(task_name).gold
-    labels = label_set(label for example in train_examples for label in gold(example))
+    # from the whole training set: a subsample may miss rare labels that validation or test still hold
+    labels = label_set(label for example in splits.train for label in gold(example))
 
     set_seed(recipe.seed)
     model = PromptedModel.from_backbone(
@@ -318,6 +320,7 @@ def _train(recipe: Recipe, output: Path) -> dict[str, Any]:
         "steps": trainer.state.global_step,
         "checkpoint": str(checkpoint),
         "checkpoint_bytes": sum(path.stat().st_size for path in checkpoint.rglob("*") if path.is_file()),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # of this process, so far
         "recipe": asdict(recipe),
     }
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

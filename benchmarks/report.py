@@ -1,0 +1,172 @@
+"""Turn the study's JSON results into REPORT.md and PNG plots (also runnable alone on existing results).
+
+    python benchmarks/report.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - the backend is chosen first
+
+RESULTS = Path(__file__).resolve().parent / "results"
+METHOD_ORDER = ("finetune", "linear-probe", "shallow", "ptuning-v1", "deep", "deep-mlp")
+
+
+def _load(results: Path, name: str) -> dict[str, Any] | None:
+    path = results / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def plot_parity(parity: dict[str, Any], path: Path) -> None:
+    tasks = list(dict.fromkeys(row["task"] for row in parity["rows"]))
+    figure, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.6), squeeze=False)
+    for axis, task in zip(axes[0], tasks, strict=True):
+        rows = {row["method"]: row for row in parity["rows"] if row["task"] == task}
+        methods = [m for m in METHOD_ORDER if m in rows]
+        axis.bar(methods, [rows[m]["mean"] for m in methods], yerr=[rows[m]["std"] for m in methods], capsize=3,
+                 color=["#888" if m in ("finetune", "linear-probe") else "#3b7dd8" for m in methods])
+        axis.set_title(f"{task} (test {rows[methods[0]]['metric']})")
+        axis.tick_params(axis="x", rotation=45)
+        low = min(rows[m]["mean"] for m in methods)
+        axis.set_ylim(max(0, low - 10), 100)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_lengths(ablations: dict[str, Any], path: Path) -> None:
+    figure, axis = plt.subplots(figsize=(5, 3.6))
+    for task in dict.fromkeys(row["task"] for row in ablations["prompt_length"]):
+        rows = [row for row in ablations["prompt_length"] if row["task"] == task]
+        axis.plot([r["prompt_length"] for r in rows], [r["test"] for r in rows], marker="o",
+                  label=f"{task} ({rows[0]['metric']})")
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("prompt length")
+    axis.set_ylabel("test score")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_depth(ablations: dict[str, Any], path: Path) -> None:
+    figure, axis = plt.subplots(figsize=(5, 3.6))
+    rows = ablations["depth"]
+    axis.bar([r["layers"] for r in rows], [r["test"] for r in rows], color="#3b7dd8")
+    axis.set_ylabel("CoNLL-2003 NER test F1")
+    axis.set_title("prompted layers")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_cost(cost: dict[str, Any], path: Path) -> None:
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    kinds = list(cost["step_seconds_median"])
+    axes[0].bar(kinds, [cost["step_seconds_median"][k] * 1000 for k in kinds], color="#3b7dd8")
+    axes[0].set_title("training step (ms, median)")
+    axes[1].bar(kinds, [cost["training_memory_mb"][k] for k in kinds], color="#3b7dd8")
+    axes[1].set_title("training memory beyond weights (MB)")
+    speeds = cost["examples_per_second"]
+    axes[2].bar(["dynamic + grouped", "padded to 128"], list(speeds.values()), color="#3b7dd8")
+    axes[2].set_title("examples / s (deep)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def parity_table(parity: dict[str, Any]) -> str:
+    lines = ["| task | method | test metric (mean ± std) | seeds | lr | prompt length | trainable share | "
+             "train s | peak RSS MB | checkpoint |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in parity["rows"]:
+        lines.append(
+            f"| {row['task']} | {row['method']} | {row['metric']} {row['mean']:.2f} ± {row['std']:.2f} | "
+            f"{len(row['seeds'])} | {row['lr']:g} | {row['prompt_length'] or '-'} | "
+            f"{100 * row['trainable_share']:.3f}% | {row['train_seconds']:.0f} | {row['peak_rss_mb']:.0f} | "
+            f"{row['checkpoint_bytes'] / 1024:.0f} KB |"
+        )
+    return "\n".join(lines)
+
+
+def gaps(parity: dict[str, Any]) -> str:
+    """The bar: best deep variant vs finetune per task."""
+    lines = ["| task | finetune | best deep variant | gap (points) | deep share |", "| --- | --- | --- | --- | --- |"]
+    for task in dict.fromkeys(row["task"] for row in parity["rows"]):
+        rows = {row["method"]: row for row in parity["rows"] if row["task"] == task}
+        best = max((rows[m] for m in ("deep", "deep-mlp") if m in rows), key=lambda row: row["mean"])
+        finetune = rows["finetune"]["mean"]
+        lines.append(f"| {task} | {finetune:.2f} | {best['method']} {best['mean']:.2f} | "
+                     f"{best['mean'] - finetune:+.2f} | {100 * best['trainable_share']:.3f}% |")
+    return "\n".join(lines)
+
+
+def write(results: Path = RESULTS) -> Path:
+    parity, ablations, cost = (_load(results, name) for name in ("parity.json", "ablations.json", "cost.json"))
+    sections = ["# Study: P-Tuning v2 at CPU scale\n",
+                "Produced by `python benchmarks/study.py` (the `--quick` mode runs every part reduced). "
+                "Backbone: the packaged all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, 22.7M parameters).\n"]
+    if parity:
+        setup = parity["setup"]
+        scale = setup["scale"]
+        plot_parity(parity, results / "parity.png")
+        sections += [
+            f"## Parity ({setup['mode']} run, {setup['date']})\n",
+            f"Training sets subsampled to {scale['train_examples']} examples, validation and test to "
+            f"{scale['eval_examples']} (fixed sampling seed), {scale['epochs']} epoch(s), batch {scale['batch_size']}; "
+            f"seeds {scale['seeds']}. Learning-rate grid per method {scale['learning_rates']}; prompt lengths "
+            f"{scale['prompt_lengths']} for prompt methods; the best setting on validation (first seed) is rerun "
+            "with the other seeds; test is never used for selection.\n",
+            parity_table(parity), "", "![parity](parity.png)\n", "### Best deep variant against fine-tuning\n",
+            gaps(parity), "",
+        ]
+    if ablations:
+        plot_lengths(ablations, results / "prompt_length.png")
+        plot_depth(ablations, results / "depth.png")
+        sections += ["## Ablations\n", "### Prompt length (deep, lr 0.01)\n",
+                     "| task | prompt length | test | validation | trainable share |", "| --- | --- | --- | --- | --- |"]
+        sections += [f"| {r['task']} | {r['prompt_length']} | {r['test']:.2f} | {r['validation']:.2f} | "
+                     f"{100 * r['trainable_share']:.3f}% |" for r in ablations["prompt_length"]]
+        sections += ["", "![prompt length](prompt_length.png)\n", "### Depth (CoNLL-2003 NER, prompt length 16)\n",
+                     "| prompted layers | test F1 | validation F1 | train s |", "| --- | --- | --- | --- |"]
+        sections += [f"| {r['layers']} | {r['test']:.2f} | {r['validation']:.2f} | {r['train_seconds']:.0f} |"
+                     for r in ablations["depth"]]
+        sections += ["", "![depth](depth.png)\n", "### Reparameterization (from the parity runs)\n",
+                     "| task | flat | MLP |", "| --- | --- | --- |"]
+        sections += [f"| {r['task']} ({r['metric']}) | {r['flat']:.2f} | {r['mlp']:.2f} |" for r in ablations["reparam"]]
+        sections.append("")
+    if cost:
+        plot_cost(cost, results / "cost.png")
+        steps = cost["step_seconds_median"]
+        sections += [
+            "## Cost\n",
+            f"MiniLM-L6, batch {cost['batch_size']} of real CoNLL-2003 sentences ({cost['batch_tokens'][1]} tokens "
+            f"after padding), prompt length {cost['prompt_length']}, {cost['repeats']} alternated repeats, medians.\n",
+            "| configuration | step (ms) | training memory beyond weights (MB) |", "| --- | --- | --- |",
+            *[f"| {k} | {steps[k] * 1000:.0f} | {cost['training_memory_mb'][k]:.1f} |" for k in steps],
+            "",
+            f"- deep / finetune step time: **{cost['step_time_ratio_vs_finetune']:.2f}x**; deep / PEFT prefix tuning: "
+            f"**{cost['step_time_ratio_vs_peft']:.2f}x**; deep / finetune training memory: "
+            f"**{cost['peak_mem_ratio_vs_finetune']:.2f}x**.",
+            f"- {cost['epoch_sentences']} CoNLL-2003 training sentences: "
+            f"{cost['examples_per_second']['dynamic_padding_length_grouped']:.1f} examples/s with dynamic padding "
+            f"and length grouping vs {cost['examples_per_second']['padded_to_128']:.1f} padded to 128 tokens: "
+            f"**{cost['epoch_speedup_vs_pad128']:.2f}x**.\n",
+            "![cost](cost.png)\n",
+        ]
+    notes = results / "READING.md"
+    if notes.is_file():
+        sections += ["## Reading\n", notes.read_text()]
+    path = results / "REPORT.md"
+    path.write_text("\n".join(sections) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    print(write())
