@@ -1,6 +1,6 @@
 """Turn the study's JSON results into REPORT.md and PNG plots (also runnable alone on existing results).
 
-    python benchmarks/report.py
+python benchmarks/report.py
 """
 
 from __future__ import annotations
@@ -29,8 +29,13 @@ def plot_parity(parity: dict[str, Any], path: Path) -> None:
     for axis, task in zip(axes[0], tasks, strict=True):
         rows = {row["method"]: row for row in parity["rows"] if row["task"] == task}
         methods = [m for m in METHOD_ORDER if m in rows]
-        axis.bar(methods, [rows[m]["mean"] for m in methods], yerr=[rows[m]["std"] for m in methods], capsize=3,
-                 color=["#888" if m in ("finetune", "linear-probe") else "#3b7dd8" for m in methods])
+        axis.bar(
+            methods,
+            [rows[m]["mean"] for m in methods],
+            yerr=[rows[m]["std"] for m in methods],
+            capsize=3,
+            color=["#888" if m in ("finetune", "linear-probe") else "#3b7dd8" for m in methods],
+        )
         axis.set_title(f"{task} (test {rows[methods[0]]['metric']})")
         axis.tick_params(axis="x", rotation=45)
         low = min(rows[m]["mean"] for m in methods)
@@ -44,8 +49,12 @@ def plot_lengths(ablations: dict[str, Any], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(5, 3.6))
     for task in dict.fromkeys(row["task"] for row in ablations["prompt_length"]):
         rows = [row for row in ablations["prompt_length"] if row["task"] == task]
-        axis.plot([r["prompt_length"] for r in rows], [r["test"] for r in rows], marker="o",
-                  label=f"{task} ({rows[0]['metric']})")
+        axis.plot(
+            [r["prompt_length"] for r in rows],
+            [r["test"] for r in rows],
+            marker="o",
+            label=f"{task} ({rows[0]['metric']})",
+        )
     axis.set_xscale("log", base=2)
     axis.set_xlabel("prompt length")
     axis.set_ylabel("test score")
@@ -82,14 +91,17 @@ def plot_cost(cost: dict[str, Any], path: Path) -> None:
 
 
 def parity_table(parity: dict[str, Any]) -> str:
-    lines = ["| task | method | test metric (mean ± std) | seeds | lr | prompt length | trainable share | "
-             "train s | peak RSS MB | checkpoint |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| task | method | test metric (mean ± std) | seeds | lr | prompt length | trained share | "
+        "stored share | train s | peak RSS MB | checkpoint |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for row in parity["rows"]:
         lines.append(
             f"| {row['task']} | {row['method']} | {row['metric']} {row['mean']:.2f} ± {row['std']:.2f} | "
             f"{len(row['seeds'])} | {row['lr']:g} | {row['prompt_length'] or '-'} | "
-            f"{100 * row['trainable_share']:.3f}% | {row['train_seconds']:.0f} | {row['peak_rss_mb']:.0f} | "
+            f"{100 * row['trainable_share']:.3f}% | {100 * row.get('stored_share', row['trainable_share']):.3f}% | "
+            f"{row['train_seconds']:.0f} | {row['peak_rss_mb']:.0f} | "
             f"{row['checkpoint_bytes'] / 1024:.0f} KB |"
         )
     return "\n".join(lines)
@@ -97,21 +109,28 @@ def parity_table(parity: dict[str, Any]) -> str:
 
 def gaps(parity: dict[str, Any]) -> str:
     """The bar: best deep variant vs finetune per task."""
-    lines = ["| task | finetune | best deep variant | gap (points) | deep share |", "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "| task | finetune | best deep variant | gap (points) | deep stored share |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for task in dict.fromkeys(row["task"] for row in parity["rows"]):
         rows = {row["method"]: row for row in parity["rows"] if row["task"] == task}
         best = max((rows[m] for m in ("deep", "deep-mlp") if m in rows), key=lambda row: row["mean"])
         finetune = rows["finetune"]["mean"]
-        lines.append(f"| {task} | {finetune:.2f} | {best['method']} {best['mean']:.2f} | "
-                     f"{best['mean'] - finetune:+.2f} | {100 * best['trainable_share']:.3f}% |")
+        lines.append(
+            f"| {task} | {finetune:.2f} | {best['method']} {best['mean']:.2f} | "
+            f"{best['mean'] - finetune:+.2f} | {100 * best.get('stored_share', best['trainable_share']):.3f}% |"
+        )
     return "\n".join(lines)
 
 
 def write(results: Path = RESULTS) -> Path:
     parity, ablations, cost = (_load(results, name) for name in ("parity.json", "ablations.json", "cost.json"))
-    sections = ["# Study: P-Tuning v2 at CPU scale\n",
-                "Produced by `python benchmarks/study.py` (the `--quick` mode runs every part reduced). "
-                "Backbone: the packaged all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, 22.7M parameters).\n"]
+    sections = [
+        "# Study: P-Tuning v2 at CPU scale\n",
+        "Produced by `python benchmarks/study.py` (the `--quick` mode runs every part reduced). "
+        "Backbone: the packaged all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, 22.7M parameters).\n",
+    ]
     if parity:
         setup = parity["setup"]
         scale = setup["scale"]
@@ -123,23 +142,50 @@ def write(results: Path = RESULTS) -> Path:
             f"seeds {scale['seeds']}. Learning-rate grid per method {scale['learning_rates']}; prompt lengths "
             f"{scale['prompt_lengths']} for prompt methods; the best setting on validation (first seed) is rerun "
             "with the other seeds; test is never used for selection.\n",
-            parity_table(parity), "", "![parity](parity.png)\n", "### Best deep variant against fine-tuning\n",
-            gaps(parity), "",
+            "Trained share counts what the optimizer updates (reparameterization MLP and LSTM included); stored "
+            "share what the checkpoint keeps (the folded prompt table and the head).\n",
+            parity_table(parity),
+            "",
+            "![parity](parity.png)\n",
+            "### Best deep variant against fine-tuning\n",
+            gaps(parity),
+            "",
         ]
     if ablations:
         plot_lengths(ablations, results / "prompt_length.png")
         plot_depth(ablations, results / "depth.png")
-        sections += ["## Ablations\n", "### Prompt length (deep, lr 0.01)\n",
-                     "| task | prompt length | test | validation | trainable share |", "| --- | --- | --- | --- | --- |"]
-        sections += [f"| {r['task']} | {r['prompt_length']} | {r['test']:.2f} | {r['validation']:.2f} | "
-                     f"{100 * r['trainable_share']:.3f}% |" for r in ablations["prompt_length"]]
-        sections += ["", "![prompt length](prompt_length.png)\n", "### Depth (CoNLL-2003 NER, prompt length 16)\n",
-                     "| prompted layers | test F1 | validation F1 | train s |", "| --- | --- | --- | --- |"]
-        sections += [f"| {r['layers']} | {r['test']:.2f} | {r['validation']:.2f} | {r['train_seconds']:.0f} |"
-                     for r in ablations["depth"]]
-        sections += ["", "![depth](depth.png)\n", "### Reparameterization (from the parity runs)\n",
-                     "| task | flat | MLP |", "| --- | --- | --- |"]
-        sections += [f"| {r['task']} ({r['metric']}) | {r['flat']:.2f} | {r['mlp']:.2f} |" for r in ablations["reparam"]]
+        sections += [
+            "## Ablations\n",
+            "### Prompt length (deep, lr 0.01)\n",
+            "| task | prompt length | test | validation | trainable share |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        sections += [
+            f"| {r['task']} | {r['prompt_length']} | {r['test']:.2f} | {r['validation']:.2f} | "
+            f"{100 * r['trainable_share']:.3f}% |"
+            for r in ablations["prompt_length"]
+        ]
+        sections += [
+            "",
+            "![prompt length](prompt_length.png)\n",
+            "### Depth (CoNLL-2003 NER, prompt length 16)\n",
+            "| prompted layers | test F1 | validation F1 | train s |",
+            "| --- | --- | --- | --- |",
+        ]
+        sections += [
+            f"| {r['layers']} | {r['test']:.2f} | {r['validation']:.2f} | {r['train_seconds']:.0f} |"
+            for r in ablations["depth"]
+        ]
+        sections += [
+            "",
+            "![depth](depth.png)\n",
+            "### Reparameterization (from the parity runs)\n",
+            "| task | flat | MLP |",
+            "| --- | --- | --- |",
+        ]
+        sections += [
+            f"| {r['task']} ({r['metric']}) | {r['flat']:.2f} | {r['mlp']:.2f} |" for r in ablations["reparam"]
+        ]
         sections.append("")
     if cost:
         plot_cost(cost, results / "cost.png")
@@ -148,7 +194,8 @@ def write(results: Path = RESULTS) -> Path:
             "## Cost\n",
             f"MiniLM-L6, batch {cost['batch_size']} of real CoNLL-2003 sentences ({cost['batch_tokens'][1]} tokens "
             f"after padding), prompt length {cost['prompt_length']}, {cost['repeats']} alternated repeats, medians.\n",
-            "| configuration | step (ms) | training memory beyond weights (MB) |", "| --- | --- | --- |",
+            "| configuration | step (ms) | training memory beyond weights (MB) |",
+            "| --- | --- | --- |",
             *[f"| {k} | {steps[k] * 1000:.0f} | {cost['training_memory_mb'][k]:.1f} |" for k in steps],
             "",
             f"- deep / finetune step time: **{cost['step_time_ratio_vs_finetune']:.2f}x**; deep / PEFT prefix tuning: "

@@ -60,8 +60,14 @@ QUICK = Scale(
     eval_examples=200,
     epochs=1,
     seeds=(0,),
-    learning_rates={"finetune": (1e-4,), "linear-probe": (1e-2,), "shallow": (3e-2,), "ptuning-v1": (1e-2,),
-                    "deep": (1e-2,), "deep-mlp": (3e-3,)},
+    learning_rates={
+        "finetune": (1e-4,),
+        "linear-probe": (1e-2,),
+        "shallow": (3e-2,),
+        "ptuning-v1": (1e-2,),
+        "deep": (1e-2,),
+        "deep-mlp": (3e-3,),
+    },
     prompt_lengths=(16,),
     ablation_lengths=(4, 32, 128),
     depth_layers={"all 6": None, "top 3": [3, 4, 5], "bottom 3": [0, 1, 2]},
@@ -73,8 +79,14 @@ FULL = Scale(
     eval_examples=1000,
     epochs=2,
     seeds=(0, 1, 2),
-    learning_rates={"finetune": (5e-5, 1e-4), "linear-probe": (5e-3, 2e-2), "shallow": (1e-2, 3e-2),
-                    "ptuning-v1": (3e-3, 1e-2), "deep": (1e-2, 3e-2), "deep-mlp": (1e-3, 3e-3)},
+    learning_rates={
+        "finetune": (5e-5, 1e-4),
+        "linear-probe": (5e-3, 2e-2),
+        "shallow": (1e-2, 3e-2),
+        "ptuning-v1": (3e-3, 1e-2),
+        "deep": (1e-2, 3e-2),
+        "deep-mlp": (1e-3, 3e-3),
+    },
     prompt_lengths=(16, 64),  # searched for deep and deep-mlp; shallow and ptuning-v1 use the first
     ablation_lengths=(4, 8, 16, 32, 64, 128),
     depth_layers={"all 6": None, "top 3": [3, 4, 5], "bottom 3": [0, 1, 2], "top 1": [5], "bottom 1": [0]},
@@ -111,15 +123,23 @@ def run(settings: dict[str, Any], name: str) -> dict[str, Any]:
     if "error" in metrics:
         raise RuntimeError(f"run {name} failed ({metrics['error']}); see {logs / name}.log")
     primary = metrics["primary_metric"]
-    print(f"  {name}: validation {primary} {metrics['validation'].get(primary, float('nan')):.2f}, "
-          f"test {metrics['test'].get(primary, float('nan')):.2f} ({time.perf_counter() - started:.0f} s)",
-          flush=True)
+    print(
+        f"  {name}: validation {primary} {metrics['validation'].get(primary, float('nan')):.2f}, "
+        f"test {metrics['test'].get(primary, float('nan')):.2f} ({time.perf_counter() - started:.0f} s)",
+        flush=True,
+    )
     return metrics
 
 
 def base_settings(scale: Scale, task: str) -> dict[str, Any]:
-    return {"dataset": task, "max_train_samples": scale.train_examples, "max_eval_samples": scale.eval_examples,
-            "epochs": scale.epochs, "batch_size": scale.batch_size, "eval_batch_size": 64}
+    return {
+        "dataset": task,
+        "max_train_samples": scale.train_examples,
+        "max_eval_samples": scale.eval_examples,
+        "epochs": scale.epochs,
+        "batch_size": scale.batch_size,
+        "eval_batch_size": 64,
+    }
 
 
 def parity(scale: Scale) -> list[dict[str, Any]]:
@@ -129,8 +149,10 @@ def parity(scale: Scale) -> list[dict[str, Any]]:
         for method, method_settings in METHODS.items():
             print(f"{task} / {method}", flush=True)
             lengths = (
-                scale.prompt_lengths if method in ("deep", "deep-mlp")
-                else scale.prompt_lengths[:1] if method in PROMPTED
+                scale.prompt_lengths
+                if method in ("deep", "deep-mlp")
+                else scale.prompt_lengths[:1]
+                if method in PROMPTED
                 else (None,)
             )
             grid = []
@@ -147,25 +169,34 @@ def parity(scale: Scale) -> list[dict[str, Any]]:
                 run({**best_settings, "seed": seed}, f"parity-{task}-{method}-best-s{seed}") for seed in scale.seeds[1:]
             ]
             scores = [m["test"][primary] for m in seed_runs]
-            rows.append({
-                "task": task,
-                "method": method,
-                "metric": primary,
-                "mean": statistics.fmean(scores),
-                "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
-                "seeds": list(scale.seeds),
-                "scores": scores,
-                "validation": statistics.fmean(m["validation"][primary] for m in seed_runs),
-                "lr": best_settings["lr"],
-                "prompt_length": best_settings.get("prompt_length"),
-                "grid": [{"lr": s["lr"], "prompt_length": s.get("prompt_length"),
-                          "validation": m["validation"].get(primary)} for s, m in grid],
-                "trainable_parameters": best_metrics["trainable_parameters"],
-                "trainable_share": best_metrics["trainable_share"],
-                "train_seconds": statistics.fmean(m["train_seconds"] for m in seed_runs),
-                "peak_rss_mb": max(m["peak_rss_mb"] for m in seed_runs),
-                "checkpoint_bytes": best_metrics["checkpoint_bytes"],
-            })
+            rows.append(
+                {
+                    "task": task,
+                    "method": method,
+                    "metric": primary,
+                    "mean": statistics.fmean(scores),
+                    "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                    "seeds": list(scale.seeds),
+                    "scores": scores,
+                    "validation": statistics.fmean(m["validation"][primary] for m in seed_runs),
+                    "lr": best_settings["lr"],
+                    "prompt_length": best_settings.get("prompt_length"),
+                    "grid": [
+                        {
+                            "lr": s["lr"],
+                            "prompt_length": s.get("prompt_length"),
+                            "validation": m["validation"].get(primary),
+                        }
+                        for s, m in grid
+                    ],
+                    "trainable_parameters": best_metrics["trainable_parameters"],
+                    "trainable_share": best_metrics["trainable_share"],
+                    "stored_share": best_metrics["stored_share"],
+                    "train_seconds": statistics.fmean(m["train_seconds"] for m in seed_runs),
+                    "peak_rss_mb": max(m["peak_rss_mb"] for m in seed_runs),
+                    "checkpoint_bytes": best_metrics["checkpoint_bytes"],
+                }
+            )
     return rows
 
 
@@ -175,24 +206,52 @@ def ablations(scale: Scale, parity_rows: list[dict[str, Any]]) -> dict[str, Any]
     length_rows = []
     for task in ("conll2003-ner", "rotten-tomatoes"):
         for length in scale.ablation_lengths:
-            settings = {**base_settings(scale, task), "method": "deep", "lr": 1e-2, "prompt_length": length,
-                        "seed": seed}
+            settings = {
+                **base_settings(scale, task),
+                "method": "deep",
+                "lr": 1e-2,
+                "prompt_length": length,
+                "seed": seed,
+            }
             metrics = run(settings, f"length-{task}-P{length}")
-            length_rows.append({"task": task, "prompt_length": length, "metric": metrics["primary_metric"],
-                                "test": metrics["test"][metrics["primary_metric"]],
-                                "validation": metrics["validation"][metrics["primary_metric"]],
-                                "trainable_share": metrics["trainable_share"]})
+            length_rows.append(
+                {
+                    "task": task,
+                    "prompt_length": length,
+                    "metric": metrics["primary_metric"],
+                    "test": metrics["test"][metrics["primary_metric"]],
+                    "validation": metrics["validation"][metrics["primary_metric"]],
+                    "trainable_share": metrics["trainable_share"],
+                }
+            )
     depth_rows = []
     for name, layers in scale.depth_layers.items():
-        settings = {**base_settings(scale, "conll2003-ner"), "method": "deep", "lr": 1e-2, "prompt_length": 16,
-                    "prompt_layers": layers, "seed": seed}
+        settings = {
+            **base_settings(scale, "conll2003-ner"),
+            "method": "deep",
+            "lr": 1e-2,
+            "prompt_length": 16,
+            "prompt_layers": layers,
+            "seed": seed,
+        }
         metrics = run(settings, f"depth-{name.replace(' ', '')}")
-        depth_rows.append({"layers": name, "prompt_layers": layers, "test": metrics["test"]["f1"],
-                           "validation": metrics["validation"]["f1"], "train_seconds": metrics["train_seconds"]})
+        depth_rows.append(
+            {
+                "layers": name,
+                "prompt_layers": layers,
+                "test": metrics["test"]["f1"],
+                "validation": metrics["validation"]["f1"],
+                "train_seconds": metrics["train_seconds"],
+            }
+        )
     by_key = {(row["task"], row["method"]): row for row in parity_rows}
     reparam_rows = [
-        {"task": task, "flat": by_key[(task, "deep")]["mean"], "mlp": by_key[(task, "deep-mlp")]["mean"],
-         "metric": by_key[(task, "deep")]["metric"]}
+        {
+            "task": task,
+            "flat": by_key[(task, "deep")]["mean"],
+            "mlp": by_key[(task, "deep-mlp")]["mean"],
+            "metric": by_key[(task, "deep")]["metric"],
+        }
         for task in TASKS
     ]
     return {"prompt_length": length_rows, "depth": depth_rows, "reparam": reparam_rows}
@@ -206,8 +265,12 @@ def main() -> None:
     scale = QUICK if args.quick else FULL
     parts = set(args.parts.split(","))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    setup = {"mode": "quick" if args.quick else "full", "scale": scale.__dict__,
-             "backbone": "all-MiniLM-L6-v2 (packaged)", "date": time.strftime("%Y-%m-%d")}
+    setup = {
+        "mode": "quick" if args.quick else "full",
+        "scale": scale.__dict__,
+        "backbone": "all-MiniLM-L6-v2 (packaged)",
+        "date": time.strftime("%Y-%m-%d"),
+    }
     import ptuning.train  # noqa: F401 - imported once here, inherited by every forked run
 
     started = time.perf_counter()
@@ -228,8 +291,9 @@ def main() -> None:
     import report
 
     report.write(RESULTS)
-    print(f"study ({setup['mode']}) done in {(time.perf_counter() - started) / 60:.1f} min; "
-          f"see {RESULTS / 'REPORT.md'}")
+    print(
+        f"study ({setup['mode']}) done in {(time.perf_counter() - started) / 60:.1f} min; see {RESULTS / 'REPORT.md'}"
+    )
 
 
 if __name__ == "__main__":

@@ -176,3 +176,19 @@ def test_multiple_choice_scores_each_pair_like_a_single_text():
     assert output.logits.shape == (2, 2)
     assert torch.allclose(output.logits[1, 1], single[0, 0], atol=1e-5)
     assert torch.allclose(output.loss, torch.nn.functional.cross_entropy(output.logits, torch.tensor([1, 0])))
+
+
+@pytest.mark.parametrize(
+    "method,settings,expected",
+    [
+        ("deep", {"reparam": "mlp", "reparam_hidden": 16}, LENGTH * LAYERS * 2 * HIDDEN + HEAD),
+        ("ptuning-v1", {"reparam_hidden": 16}, LENGTH * HIDDEN + HEAD),
+        ("linear-probe", {}, HEAD),
+    ],
+)
+def test_stored_parameters_are_the_folded_table_and_head(method, settings, expected):
+    model = build(method, **settings)
+    assert model.stored_parameters() == expected
+    assert model.stored_parameters() <= model.trainable_parameters()  # the reparameterization is folded away
+    finetuned = build("finetune")
+    assert finetuned.stored_parameters() == finetuned.total_parameters()

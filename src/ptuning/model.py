@@ -300,6 +300,13 @@ class PromptedModel(nn.Module):
     def total_parameters(self) -> int:
         return sum(parameter.numel() for parameter in self.parameters())
 
+    def stored_parameters(self) -> int:
+        """Parameters a checkpoint holds: the folded prompt table and the head (the whole model for finetune)."""
+        if self.prompt_config.method == "finetune":
+            return self.total_parameters()
+        table = 0 if self.prompt_encoder is None else self.prompt_encoder.folded_table().numel()
+        return table + (0 if self.head is None else sum(p.numel() for p in self.head.parameters()))
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """A detached copy of every trainable tensor, to restore the best epoch later."""
         return {name: p.detach().clone() for name, p in self.named_parameters() if p.requires_grad}
