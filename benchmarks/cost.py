@@ -78,8 +78,8 @@ def make_batches(task, sentences, pad_to: int | None, seed: int = 0) -> list[dic
     ]
 
 
-def training_memory(model, parameters, batch) -> int:
-    """Bytes saved for backward + gradients + AdamW's two moments: what training adds to the weights."""
+def saved_for_backward(model, batch) -> int:
+    """Bytes of the tensors autograd keeps for backward in one training step (exact, via saved-tensor hooks)."""
     saved = 0
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
@@ -91,7 +91,12 @@ def training_memory(model, parameters, batch) -> int:
         loss = model(**batch).loss
     loss.backward()
     model.zero_grad(set_to_none=True)
-    return saved + 3 * sum(p.numel() * p.element_size() for p in parameters)
+    return saved
+
+
+def training_memory(model, parameters, batch) -> int:
+    """Bytes saved for backward + gradients + AdamW's two moments: what training adds to the weights."""
+    return saved_for_backward(model, batch) + 3 * sum(p.numel() * p.element_size() for p in parameters)
 
 
 def timed_step(model, optimizer, batch) -> float:

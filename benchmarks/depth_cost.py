@@ -17,25 +17,11 @@ import time
 from pathlib import Path
 
 import torch
+from cost import saved_for_backward
 
 from ptuning import PromptConfig, PromptedModel
 from ptuning.data.packaged import load_packaged
 from ptuning.tasks import make_task
-
-
-def saved_bytes(model: PromptedModel, batch: dict) -> int:
-    total = 0
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += tensor.numel() * tensor.element_size()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = model(**batch).loss
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-    return total
 
 
 def step_seconds(model: PromptedModel, batch: dict) -> float:
@@ -65,7 +51,7 @@ def main() -> None:
     task = make_task("token-classification", models["all 6 layers"].tokenizer, labels, 128)
     batch = task.collator()(task.encode(splits.train[: args.batch_size]).inputs)
 
-    memory = {name: saved_bytes(model, batch) for name, model in models.items()}
+    memory = {name: saved_for_backward(model, batch) for name, model in models.items()}
     times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(args.repeats):
         for name, model in models.items():
