@@ -90,6 +90,11 @@ def plot_cost(cost: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def _percent(share: float | None) -> str:
+    """A share in percent; results from before stored shares were recorded show a dash."""
+    return "-" if share is None else f"{100 * share:.3f}%"
+
+
 def parity_table(parity: dict[str, Any]) -> str:
     lines = [
         "| task | method | test metric (mean ± std) | seeds | lr | prompt length | trained share | "
@@ -100,7 +105,7 @@ def parity_table(parity: dict[str, Any]) -> str:
         lines.append(
             f"| {row['task']} | {row['method']} | {row['metric']} {row['mean']:.2f} ± {row['std']:.2f} | "
             f"{len(row['seeds'])} | {row['lr']:g} | {row['prompt_length'] or '-'} | "
-            f"{100 * row['trainable_share']:.3f}% | {100 * row.get('stored_share', row['trainable_share']):.3f}% | "
+            f"{100 * row['trainable_share']:.3f}% | {_percent(row.get('stored_share'))} | "
             f"{row['train_seconds']:.0f} | {row['peak_rss_mb']:.0f} | "
             f"{row['checkpoint_bytes'] / 1024:.0f} KB |"
         )
@@ -119,7 +124,7 @@ def gaps(parity: dict[str, Any]) -> str:
         finetune = rows["finetune"]["mean"]
         lines.append(
             f"| {task} | {finetune:.2f} | {best['method']} {best['mean']:.2f} | "
-            f"{best['mean'] - finetune:+.2f} | {100 * best.get('stored_share', best['trainable_share']):.3f}% |"
+            f"{best['mean'] - finetune:+.2f} | {_percent(best.get('stored_share'))} |"
         )
     return "\n".join(lines)
 

@@ -189,3 +189,12 @@ def test_input_longer_than_position_table_is_refused():
 def test_prompt_layers_must_exist():
     with pytest.raises(PtuningError, match=r"layers \[7\] do not exist"):
         prompted(layers=[0, 7])
+
+
+def test_activation_checkpointing_is_refused_for_deep_prompts():
+    model = prompted()
+    model.backbone.gradient_checkpointing_enable()
+    model.train()
+    input_ids, attention_mask = random_batch()
+    with pytest.raises(PtuningError, match="activation \\(gradient\\) checkpointing"):
+        model.encode(input_ids, attention_mask)

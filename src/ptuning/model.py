@@ -183,6 +183,9 @@ class PromptedModel(nn.Module):
         """The deep prompt of one forward call, as the attention function receives it."""
         if self.prompt_config.method != "deep":
             raise PtuningError(f"method {self.prompt_config.method!r} has no per-layer prompt")
+        if self.training and self.backbone.is_activation_checkpointing:
+            # recomputation in backward runs outside the prompt's context: its gradients would be silently wrong
+            raise PtuningError("deep prompts do not support activation (gradient) checkpointing of the backbone")
         _, kv_heads, head_dim = architectures.attention_geometry(self.backbone.config)
         table = self.prompt_encoder()
         return LayerPrompts(split_key_values(table, self.prompted_layers, kv_heads, head_dim, batch_size))
