@@ -26,6 +26,11 @@ def test_default_recipe_and_flag_overrides(tmp_path):
     recipe = build_recipe({"config": str(recipe_path), "lr": 0.005})
     assert (recipe.dataset, recipe.lr, recipe.prompt_length) == ("rotten-tomatoes", 0.005, 8)
     assert build_recipe({"train": "x.conll"}).dataset is None
+    # another method than the recipe's drops the recipe's lr for that method's default, unless --lr is given
+    finetune = build_recipe({"method": "finetune"})
+    assert finetune.lr is None and finetune.learning_rate() == 5e-5
+    assert build_recipe({"method": "finetune", "lr": 1e-4}).learning_rate() == 1e-4
+    assert build_recipe({"method": "deep"}).lr == default.lr
 
 
 def test_unknown_recipe_key_is_refused(tmp_path, capsys):

@@ -129,6 +129,16 @@ def build_recipe(flags: dict[str, Any]) -> Recipe:
         values = load_recipe_values(DEFAULT_RECIPE)
     if "train" in flags:
         values.pop("dataset", None)
+    if "method" in flags and "lr" not in flags and flags["method"] != values.get("method", flags["method"]):
+        # the recipe's lr was chosen for its own method (prompts ~1e-2 would wreck fine-tuning)
+        dropped = values.pop("lr", None)
+        if dropped is not None:
+            logging.getLogger("ptuning").info(
+                "method %s replaces the recipe's %s: its lr %s is dropped for the method's default",
+                flags["method"],
+                values["method"],
+                dropped,
+            )
     values.update(flags)
     return Recipe.from_dict(values, source=str(config or "flags"))
 
