@@ -122,6 +122,17 @@ def _pairs(architectures) -> list:
     return [pytest.param((arch, impl), id=f"{arch}-{impl}") for arch in architectures for impl in ("sdpa", "eager")]
 
 
+def assert_padding_invariant(model) -> None:
+    """Each padded row of a batch encodes exactly like the same example alone, unpadded."""
+    input_ids, attention_mask = random_batch(batch_size=3, length=9)
+    with torch.no_grad():
+        batched = model.encode(input_ids, attention_mask)
+        for row in range(3):
+            real = int(attention_mask[row].sum())
+            alone = model.encode(input_ids[row : row + 1, :real], attention_mask[row : row + 1, :real])
+            assert (batched[row, :real] - alone[0]).abs().max().item() <= 1e-5
+
+
 @pytest.fixture(params=_pairs(ARCHITECTURES))
 def arch_impl(request) -> tuple[str, str]:
     return request.param

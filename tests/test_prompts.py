@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PAD, random_batch, tiny_backbone
+from conftest import PAD, assert_padding_invariant, random_batch, tiny_backbone
 from transformers import DynamicCache, FunnelConfig, FunnelModel, XLNetConfig, XLNetModel
 
 from ptuning import PromptConfig, PromptedModel, UnsupportedModelError
@@ -66,13 +66,7 @@ def test_prompt_changes_output(arch_impl):
 
 def test_padding_does_not_change_real_tokens(arch_impl):
     model = prompted(*arch_impl)
-    input_ids, attention_mask = random_batch(batch_size=3, length=9)
-    with torch.no_grad():
-        batched = model.encode(input_ids, attention_mask)
-        for row in range(3):
-            real = int(attention_mask[row].sum())
-            alone = model.encode(input_ids[row : row + 1, :real], attention_mask[row : row + 1, :real])
-            assert (batched[row, :real] - alone[0]).abs().max().item() <= 1e-5
+    assert_padding_invariant(model)
 
 
 def test_only_selected_layers_are_prompted(arch_impl):
