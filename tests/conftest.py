@@ -122,6 +122,15 @@ def _pairs(architectures) -> list:
     return [pytest.param((arch, impl), id=f"{arch}-{impl}") for arch in architectures for impl in ("sdpa", "eager")]
 
 
+def prompt_effect(model) -> float:
+    """Largest change the prompt makes to any real token's final state."""
+    input_ids, attention_mask = random_batch()
+    with torch.no_grad():
+        with_prompt = model.encode(input_ids, attention_mask)
+        without = model.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return (with_prompt - without)[attention_mask.bool()].abs().max().item()
+
+
 def assert_padding_invariant(model) -> None:
     """Each padded row of a batch encodes exactly like the same example alone, unpadded."""
     input_ids, attention_mask = random_batch(batch_size=3, length=9)
