@@ -34,6 +34,7 @@ logger = logging.getLogger("ptuning")
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 HF_COLUMNS = ("text_column", "pair_column", "label_column", "tokens_column", "tags_column")
 DEFAULT_LEARNING_RATES = {"finetune": 5e-5, "linear-probe": 5e-3}
+EVAL_SUBSAMPLE_SEED = 0
 
 
 @dataclass
@@ -230,8 +231,9 @@ def _train(recipe: Recipe, output: Path) -> dict[str, Any]:
     splits = load_splits(recipe)
     task_name = splits.task
     train_examples = _subsample(splits.train, recipe.max_train_samples, recipe.seed)
-    validation = _subsample(splits.validation, recipe.max_eval_samples, recipe.seed)
-    test = _subsample(splits.test, recipe.max_eval_samples, recipe.seed)
+    # evaluation subsamples do not move with the seed: every run of a comparison scores the same examples
+    validation = _subsample(splits.validation, recipe.max_eval_samples, EVAL_SUBSAMPLE_SEED)
+    test = _subsample(splits.test, recipe.max_eval_samples, EVAL_SUBSAMPLE_SEED)
     gold = task_class(task_name).gold
     # from the whole training set: a subsample may miss rare labels that validation or test still hold
     labels = label_set(label for example in splits.train for label in gold(example))

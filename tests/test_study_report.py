@@ -1,0 +1,68 @@
+"""The study harness: what it searches, the recipes it builds, and how the report picks the deep variant."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+report = pytest.importorskip("report")  # needs matplotlib (the bench extra)
+import study  # noqa: E402 - benchmarks/ is put on the path first
+
+from ptuning.train import Recipe  # noqa: E402
+
+
+def test_search_space_per_method() -> None:
+    scale = study.FULL
+    assert study.search_space(scale, "deep") == [
+        (lr, length) for lr in scale.learning_rates["deep"] for length in scale.prompt_lengths
+    ]
+    assert {length for _, length in study.search_space(scale, "deep-mlp")} == {scale.prompt_lengths[-1]}
+    assert {length for _, length in study.search_space(scale, "shallow")} == {scale.prompt_lengths[0]}
+    assert study.search_space(scale, "finetune") == [(lr, None) for lr in scale.learning_rates["finetune"]]
+
+
+def test_settings_are_valid_recipes() -> None:
+    prompted = Recipe(**study.settings_for(study.FULL, "conll2003-ner", "deep-mlp", 3e-3, 64, 1), output="x")
+    assert (prompted.method, prompted.reparam, prompted.prompt_length) == ("deep", "mlp", 64)
+    assert prompted.prompt_dropout == study.PROMPT_DROPOUT
+    assert prompted.max_train_samples == study.FULL.train_examples and prompted.seed == 1
+    finetune = study.settings_for(study.FULL, "rotten-tomatoes", "finetune", 5e-5, None, 0)
+    assert "prompt_length" not in finetune and "prompt_dropout" not in finetune
+
+
+def _row(task: str, method: str, mean: float, validation: float) -> dict:
+    return {
+        "task": task,
+        "method": method,
+        "metric": "f1",
+        "mean": mean,
+        "std": 0.5,
+        "seeds": [0, 1, 2],
+        "validation": validation,
+        "lr": 0.01,
+        "prompt_length": None if method == "finetune" else 16,
+        "trainable_share": 1.0 if method == "finetune" else 0.01,
+        "stored_share": 1.0 if method == "finetune" else 0.003,
+        "train_seconds": 10.0,
+        "peak_rss_mb": 900.0,
+        "checkpoint_bytes": 4096,
+    }
+
+
+def test_report_picks_the_deep_variant_on_validation_not_test(tmp_path: Path) -> None:
+    setup = {"mode": "full", "date": "2026-11-22", "jobs": 2, "prompt_dropout": 0.0, "scale": study.FULL.__dict__}
+    rows = [
+        _row("conll2003-ner", "finetune", 84.0, 88.0),
+        _row("conll2003-ner", "deep", 85.0, 80.0),  # better on test, worse on validation: must not be chosen
+        _row("conll2003-ner", "deep-mlp", 83.0, 82.0),
+    ]
+    (tmp_path / "parity.json").write_text(json.dumps({"setup": setup, "rows": rows}))
+    text = report.write(tmp_path).read_text()
+    assert "| conll2003-ner | 84.00 | deep-mlp 83.00 | -1.00 | 0.300% |" in text
+    assert "| conll2003-ner | deep | f1 85.00 ± 0.50 | 3 |" in text
+    assert (tmp_path / "parity.png").stat().st_size > 0
