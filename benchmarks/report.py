@@ -130,7 +130,9 @@ def gaps(parity: dict[str, Any]) -> str:
 
 
 def write(results: Path = RESULTS) -> Path:
-    parity, ablations, cost = (_load(results, name) for name in ("parity.json", "ablations.json", "cost.json"))
+    parity, ablations, longer, cost = (
+        _load(results, name) for name in ("parity.json", "ablations.json", "longer.json", "cost.json")
+    )
     sections = [
         "# Study: P-Tuning v2 at CPU scale\n",
         "Produced by `python benchmarks/study.py` (the `--quick` mode runs every part reduced). "
@@ -197,6 +199,22 @@ def write(results: Path = RESULTS) -> Path:
             for r in ablations["reparam"]
         ]
         sections.append("")
+    if longer:
+        sections += [
+            f"## Longer training ({longer['epochs']} epochs)\n",
+            "Where the deep variant chosen on validation trailed fine-tuning by more than a point on validation, "
+            f"both were trained again for {longer['epochs']} epochs (best epoch on validation kept) with their "
+            "searched settings and every seed. Already within a point: "
+            f"{', '.join(longer['within_a_point_already']) or 'none'}.\n",
+            "| task | method | test metric (mean ± std) | validation | lr | prompt length | train s |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+            *[
+                f"| {r['task']} | {r['method']} | {r['metric']} {r['mean']:.2f} ± {r['std']:.2f} | "
+                f"{r['validation']:.2f} | {r['lr']:g} | {r['prompt_length'] or '-'} | {r['train_seconds']:.0f} |"
+                for r in longer["rows"]
+            ],
+            "",
+        ]
     if cost:
         plot_cost(cost, results / "cost.png")
         steps = cost["step_seconds_median"]

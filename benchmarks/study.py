@@ -4,9 +4,11 @@
     python benchmarks/study.py             # the full run: about 2.5 hours on 2 cores
 
 Parts: the parity table (6 methods x 4 tasks, a learning-rate / prompt-length search on validation,
-then seeds), ablations (prompt length, depth, reparameterization), and cost (benchmarks/cost.py). Each
+then seeds), ablations (prompt length, depth, reparameterization), longer training (where deep trails
+fine-tuning on validation, both trained again for more epochs) and cost (benchmarks/cost.py). Each
 training run is a forked process (its own peak RSS), reading the data subsample and settings written in
-the report. Results: benchmarks/results/{parity,ablations,cost}.json, REPORT.md and PNG plots.
+the report; two run at once by default. Results: benchmarks/results/{parity,ablations,longer,cost}.json,
+REPORT.md and PNG plots. ``--parts`` picks parts; ``--resume`` reuses runs an interrupted invocation finished.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class Scale:
     depth_layers: dict[str, list[int] | None]
     cost_repeats: int
     cost_sentences: int
+    longer_epochs: int
     batch_size: int = 16
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -76,6 +79,7 @@ QUICK = Scale(
     depth_layers={"all 6": None, "top 3": [3, 4, 5], "bottom 3": [0, 1, 2]},
     cost_repeats=5,
     cost_sentences=512,
+    longer_epochs=2,
 )
 FULL = Scale(
     train_examples=1000,
@@ -95,6 +99,7 @@ FULL = Scale(
     depth_layers={"all 6": None, "top 3": [3, 4, 5], "bottom 3": [0, 1, 2], "top 1": [5], "bottom 1": [0]},
     cost_repeats=9,
     cost_sentences=2048,
+    longer_epochs=10,
 )
 PROMPT_DROPOUT = 0.0  # the longer full-data NER runs learned faster without it
 
@@ -204,8 +209,11 @@ def run_name(task: str, method: str, lr: float, length: int | None, seed: int) -
     return f"parity-{task}-{method}-lr{lr:g}-P{length}-s{seed}"
 
 
-def parity_row(scale: Scale, task: str, method: str, grid: list, seed_runs: list[dict[str, Any]]) -> dict[str, Any]:
-    best_lr, best_length, best_metrics = seed_runs[0]["_setting"]
+def parity_row(
+    task: str, method: str, lr: float, length: int | None, grid: list, seeds: tuple[int, ...], seed_runs: list
+) -> dict[str, Any]:
+    """One row of parity.json: test mean and std over the seeds of one setting, with its costs."""
+    best_metrics = seed_runs[0]
     primary = best_metrics["primary_metric"]
     scores = [m["test"][primary] for m in seed_runs]
     return {
@@ -214,11 +222,11 @@ def parity_row(scale: Scale, task: str, method: str, grid: list, seed_runs: list
         "metric": primary,
         "mean": statistics.fmean(scores),
         "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
-        "seeds": list(scale.seeds),
+        "seeds": list(seeds),
         "scores": scores,
         "validation": statistics.fmean(m["validation"][primary] for m in seed_runs),
-        "lr": best_lr,
-        "prompt_length": best_length,
+        "lr": lr,
+        "prompt_length": length,
         "grid": [
             {"lr": lr, "prompt_length": length, "validation": m["validation"].get(primary)} for lr, length, m in grid
         ],
@@ -265,12 +273,45 @@ def parity(scale: Scale, runner: Runner, write: Callable[[list[dict[str, Any]]],
             ]
         )
         for method in METHODS:
-            seed_runs = [{**best[method][2], "_setting": best[method]}] + [
+            lr, length, first_metrics = best[method]
+            seed_runs = [first_metrics] + [
                 metrics for (m, _), metrics in zip(reruns, rerun_results, strict=True) if m == method
             ]
-            rows.append(parity_row(scale, task, method, grids[method], seed_runs))
+            rows.append(parity_row(task, method, lr, length, grids[method], scale.seeds, seed_runs))
         write(rows)
     return rows
+
+
+def longer(scale: Scale, runner: Runner, parity_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the chosen deep variant trails fine-tuning by more than a point on validation, train both again
+    for ``scale.longer_epochs`` epochs (best epoch on validation kept) with their searched settings and every seed:
+    prompts learn more slowly than fine-tuning, and the paper trains them for tens of epochs."""
+    by_key = {(row["task"], row["method"]): row for row in parity_rows}
+    rows, skipped = [], []
+    for task in TASKS:
+        if (task, "finetune") not in by_key:
+            continue
+        finetune = by_key[(task, "finetune")]
+        deep = max((by_key[(task, m)] for m in ("deep", "deep-mlp")), key=lambda row: row["validation"])
+        if finetune["validation"] - deep["validation"] <= 1.0:
+            skipped.append(task)
+            continue
+        print(f"{task}: {scale.longer_epochs} epochs", flush=True)
+        for row in (finetune, deep):
+            method, lr, length = row["method"], row["lr"], row["prompt_length"]
+            seed_runs = runner.many(
+                [
+                    (
+                        f"{run_name(task, method, lr, length, seed)}-e{scale.longer_epochs}",
+                        {**settings_for(scale, task, method, lr, length, seed), "epochs": scale.longer_epochs},
+                    )
+                    for seed in scale.seeds
+                ]
+            )
+            rows.append(
+                {**parity_row(task, method, lr, length, [], scale.seeds, seed_runs), "epochs": scale.longer_epochs}
+            )
+    return {"epochs": scale.longer_epochs, "rows": rows, "within_a_point_already": skipped}
 
 
 def ablations(scale: Scale, runner: Runner, parity_rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -347,7 +388,7 @@ def write_json(name: str, content: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="every part, reduced (about 15 minutes)")
-    parser.add_argument("--parts", default="parity,ablations,cost", help="comma-separated subset to run")
+    parser.add_argument("--parts", default="parity,ablations,longer,cost", help="comma-separated subset to run")
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once, the cores shared among them")
     parser.add_argument("--resume", action="store_true", help="reuse runs finished by an earlier invocation")
     args = parser.parse_args()
@@ -371,6 +412,9 @@ def main() -> None:
     if "ablations" in parts:
         rows = json.loads((RESULTS / "parity.json").read_text())["rows"]
         write_json("ablations.json", {"setup": setup, **ablations(scale, runner, rows)})
+    if "longer" in parts:
+        rows = json.loads((RESULTS / "parity.json").read_text())["rows"]
+        write_json("longer.json", {"setup": setup, **longer(scale, runner, rows)})
     if "cost" in parts:
         import cost
 

@@ -66,3 +66,48 @@ def test_report_picks_the_deep_variant_on_validation_not_test(tmp_path: Path) ->
     assert "| conll2003-ner | 84.00 | deep-mlp 83.00 | -1.00 | 0.300% |" in text
     assert "| conll2003-ner | deep | f1 85.00 ± 0.50 | 3 |" in text
     assert (tmp_path / "parity.png").stat().st_size > 0
+
+
+class RecordingRunner:
+    """Stands in for study.Runner: records the settings asked for and answers fixed metrics."""
+
+    def __init__(self) -> None:
+        self.asked: list[dict] = []
+
+    def many(self, named_settings: list) -> list[dict]:
+        self.asked += [settings for _, settings in named_settings]
+        return [
+            {
+                "primary_metric": "f1",
+                "test": {"f1": 80.0 + settings["seed"]},
+                "validation": {"f1": 81.0},
+                "trainable_parameters": 10,
+                "trainable_share": 0.01,
+                "stored_share": 0.01,
+                "train_seconds": 1.0,
+                "peak_rss_mb": 1.0,
+                "checkpoint_bytes": 1,
+            }
+            for _, settings in named_settings
+        ]
+
+
+def test_longer_training_only_where_deep_trails_on_validation() -> None:
+    rows = [
+        _row("conll2003-ner", "finetune", 84.0, 88.0),
+        _row("conll2003-ner", "deep", 85.0, 80.0),
+        _row("conll2003-ner", "deep-mlp", 70.0, 82.0),  # chosen: better validation
+        _row("rotten-tomatoes", "finetune", 80.0, 80.0),
+        _row("rotten-tomatoes", "deep", 79.0, 79.5),  # within a point on validation: not rerun
+        _row("rotten-tomatoes", "deep-mlp", 60.0, 60.0),
+    ]
+    runner = RecordingRunner()
+    result = study.longer(study.FULL, runner, rows)
+    assert result["within_a_point_already"] == ["rotten-tomatoes"]
+    assert [(r["task"], r["method"]) for r in result["rows"]] == [
+        ("conll2003-ner", "finetune"),
+        ("conll2003-ner", "deep-mlp"),
+    ]
+    assert {s["epochs"] for s in runner.asked} == {study.FULL.longer_epochs}
+    assert [s["seed"] for s in runner.asked] == list(study.FULL.seeds) * 2
+    assert result["rows"][1]["mean"] == pytest.approx(81.0)  # seeds 0, 1, 2 -> 80, 81, 82
