@@ -31,6 +31,11 @@ def test_default_recipe_and_flag_overrides(tmp_path):
     assert finetune.lr is None and finetune.learning_rate() == 5e-5
     assert build_recipe({"method": "finetune", "lr": 1e-4}).learning_rate() == 1e-4
     assert build_recipe({"method": "deep"}).lr == default.lr
+    # the deep MLP reparameterization collapses at the flat table's lr: it gets its own default
+    mlp = build_recipe({"reparam": "mlp"})
+    assert mlp.lr is None and mlp.learning_rate() == 1e-3
+    assert build_recipe({"reparam": "mlp", "lr": 3e-4}).learning_rate() == 3e-4
+    assert build_recipe({"method": "ptuning-v1", "reparam": "mlp"}).learning_rate() == 1e-2
 
 
 def test_unknown_recipe_key_is_refused(tmp_path, capsys):

@@ -17,7 +17,7 @@ from .errors import DataError, PtuningError
 from .heads import POOLINGS
 from .model import CONFIG_NAME, PromptedModel
 from .tasks import TASK_CLASSES
-from .train import FORMAT_TASKS, Recipe, load_dataset, read_examples, train
+from .train import FORMAT_TASKS, Recipe, load_dataset, lr_family, read_examples, train
 
 DEFAULT_RECIPE = "conll2003-ner-minilm"
 
@@ -129,15 +129,20 @@ def build_recipe(flags: dict[str, Any]) -> Recipe:
         values = load_recipe_values(DEFAULT_RECIPE)
     if "train" in flags:
         values.pop("dataset", None)
-    if "method" in flags and "lr" not in flags and flags["method"] != values.get("method", flags["method"]):
+    recipe_family = lr_family(values.get("method", "deep"), values.get("reparam"))
+    chosen_family = lr_family(
+        flags.get("method", values.get("method", "deep")), flags.get("reparam", values.get("reparam"))
+    )
+    if "lr" not in flags and chosen_family != recipe_family:
         # the recipe's lr was chosen for its own method (prompts ~1e-2 would wreck fine-tuning)
         dropped = values.pop("lr", None)
         if dropped is not None:
             logging.getLogger("ptuning").info(
-                "method %s replaces the recipe's %s: its lr %s is dropped for the method's default",
-                flags["method"],
-                values["method"],
+                "%s replaces the recipe's %s: its lr %s is dropped for the default of %s",
+                chosen_family,
+                recipe_family,
                 dropped,
+                chosen_family,
             )
     values.update(flags)
     return Recipe.from_dict(values, source=str(config or "flags"))
