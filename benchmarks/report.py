@@ -148,8 +148,8 @@ def write(results: Path = RESULTS) -> Path:
             f"test to {scale['eval_examples']} (one fixed draw for every run); {scale['epochs']} epoch(s) with the "
             f"best epoch on validation kept; batch {scale['batch_size']}; seeds {scale['seeds']}; prompt dropout "
             f"{setup.get('prompt_dropout', 0.1)}. Learning-rate grid per method {scale['learning_rates']}; prompt "
-            f"lengths {scale['prompt_lengths']} searched for deep (shallow and ptuning-v1 use the first, deep-mlp "
-            "the last). The best setting on validation (first seed) is rerun with the other seeds; test is never "
+            f"lengths {scale['prompt_lengths']} searched for deep (the other prompt methods use the first). "
+            "The best setting on validation (first seed) is rerun with the other seeds; test is never "
             f"used for selection. {setup.get('jobs', 1)} training(s) ran at once, sharing the 2 cores: train "
             "seconds include that sharing and compare only with each other.\n",
             "Trained share counts what the optimizer updates (reparameterization MLP and LSTM included); stored "

@@ -21,8 +21,8 @@ def test_search_space_per_method() -> None:
     assert study.search_space(scale, "deep") == [
         (lr, length) for lr in scale.learning_rates["deep"] for length in scale.prompt_lengths
     ]
-    assert {length for _, length in study.search_space(scale, "deep-mlp")} == {scale.prompt_lengths[-1]}
-    assert {length for _, length in study.search_space(scale, "shallow")} == {scale.prompt_lengths[0]}
+    for method in ("deep-mlp", "shallow", "ptuning-v1"):
+        assert {length for _, length in study.search_space(scale, method)} == {scale.prompt_lengths[0]}
     assert study.search_space(scale, "finetune") == [(lr, None) for lr in scale.learning_rates["finetune"]]
 
 
