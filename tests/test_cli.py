@@ -33,7 +33,8 @@ def test_default_recipe_and_flag_overrides(tmp_path):
     assert build_recipe({"method": "deep"}).lr == default.lr
     # the deep MLP reparameterization collapses at the flat table's lr: it gets its own default
     mlp = build_recipe({"reparam": "mlp"})
-    assert mlp.lr is None and mlp.learning_rate() == 1e-3
+    assert mlp.lr is None and mlp.learning_rate() == 1e-3 and mlp.warmup() == 0.1
+    assert default.warmup() == 0.0 and build_recipe({"reparam": "mlp", "warmup_ratio": 0.0}).warmup() == 0.0
     assert build_recipe({"reparam": "mlp", "lr": 3e-4}).learning_rate() == 3e-4
     assert build_recipe({"method": "ptuning-v1", "reparam": "mlp"}).learning_rate() == 1e-2
 
