@@ -204,8 +204,9 @@ def write(results: Path = RESULTS) -> Path:
             f"## Longer training ({longer['epochs']} epochs)\n",
             "Where the deep variant chosen on validation trailed fine-tuning by more than a point on validation, "
             f"both were trained again for {longer['epochs']} epochs (best epoch on validation kept) with their "
-            "searched settings and every seed. Already within a point: "
-            f"{', '.join(longer['within_a_point_already']) or 'none'}.\n",
+            "searched settings and every seed, the largest gaps first. Already within a point: "
+            f"{', '.join(longer['within_a_point_already']) or 'none'}; behind but not rerun (time): "
+            f"{', '.join(longer.get('behind_not_rerun', [])) or 'none'}.\n",
             "| task | method | test metric (mean ± std) | validation | lr | prompt length | train s |",
             "| --- | --- | --- | --- | --- | --- | --- |",
             *[

@@ -100,10 +100,15 @@ def test_longer_training_only_where_deep_trails_on_validation() -> None:
         _row("rotten-tomatoes", "finetune", 80.0, 80.0),
         _row("rotten-tomatoes", "deep", 79.0, 79.5),  # within a point on validation: not rerun
         _row("rotten-tomatoes", "deep-mlp", 60.0, 60.0),
+        _row("conll2003-chunk", "finetune", 90.0, 90.0),
+        _row("conll2003-chunk", "deep", 86.0, 87.0),  # behind by 3: less than NER's 6, past the one-task limit
+        _row("conll2003-chunk", "deep-mlp", 80.0, 80.0),
     ]
     runner = RecordingRunner()
+    assert study.FULL.longer_tasks == 1
     result = study.longer(study.FULL, runner, rows)
     assert result["within_a_point_already"] == ["rotten-tomatoes"]
+    assert result["behind_not_rerun"] == ["conll2003-chunk"]
     assert [(r["task"], r["method"]) for r in result["rows"]] == [
         ("conll2003-ner", "finetune"),
         ("conll2003-ner", "deep-mlp"),
