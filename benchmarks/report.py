@@ -112,6 +112,24 @@ def parity_table(parity: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def matrix(parity: dict[str, Any]) -> str:
+    """Task x method test scores (mean ± std over the seeds): the table the README shows."""
+    tasks = list(dict.fromkeys(row["task"] for row in parity["rows"]))
+    cells = {(row["task"], row["method"]): row for row in parity["rows"]}
+    lines = [
+        "| task (test metric) | " + " | ".join(METHOD_ORDER) + " |",
+        "| --- |" + " --- |" * len(METHOD_ORDER),
+    ]
+    for task in tasks:
+        metric = next(row["metric"] for row in parity["rows"] if row["task"] == task)
+        scores = [
+            f"{cells[(task, m)]['mean']:.1f} ± {cells[(task, m)]['std']:.1f}" if (task, m) in cells else "-"
+            for m in METHOD_ORDER
+        ]
+        lines.append(f"| {task} ({metric}) | " + " | ".join(scores) + " |")
+    return "\n".join(lines)
+
+
 def gaps(parity: dict[str, Any]) -> str:
     """The bar: the deep variant with the better validation score against finetune, per task."""
     lines = [
@@ -154,9 +172,12 @@ def write(results: Path = RESULTS) -> Path:
             "seconds include that sharing and compare only with each other.\n",
             "Trained share counts what the optimizer updates (reparameterization MLP and LSTM included); stored "
             "share what the checkpoint keeps (the folded prompt table and the head).\n",
-            parity_table(parity),
+            matrix(parity),
             "",
             "![parity](parity.png)\n",
+            "Every row in full (the selected setting, the shares, time, memory, checkpoint size):\n",
+            parity_table(parity),
+            "",
             "### Best deep variant against fine-tuning\n",
             gaps(parity),
             "",
