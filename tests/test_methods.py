@@ -190,5 +190,7 @@ def test_stored_parameters_are_the_folded_table_and_head(method, settings, expec
     model = build(method, **settings)
     assert model.stored_parameters() == expected
     assert model.stored_parameters() <= model.trainable_parameters()  # the reparameterization is folded away
+    frozen = model.total_parameters() - model.trainable_parameters()
+    assert model.stored_share() == pytest.approx(expected / (frozen + expected))
     finetuned = build("finetune")
-    assert finetuned.stored_parameters() == finetuned.total_parameters()
+    assert finetuned.stored_parameters() == finetuned.total_parameters() and finetuned.stored_share() == 1.0

@@ -82,8 +82,9 @@ class RecordingRunner:
                 "test": {"f1": 80.0 + settings["seed"]},
                 "validation": {"f1": 81.0},
                 "trainable_parameters": 10,
+                "total_parameters": 1000,
+                "stored_parameters": 5,  # a reparameterization folded away: fewer stored than trained
                 "trainable_share": 0.01,
-                "stored_share": 0.01,
                 "train_seconds": 1.0,
                 "peak_rss_mb": 1.0,
                 "checkpoint_bytes": 1,
@@ -116,3 +117,4 @@ def test_longer_training_only_where_deep_trails_on_validation() -> None:
     assert {s["epochs"] for s in runner.asked} == {study.FULL.longer_epochs}
     assert [s["seed"] for s in runner.asked] == list(study.FULL.seeds) * 2
     assert result["rows"][1]["mean"] == pytest.approx(81.0)  # seeds 0, 1, 2 -> 80, 81, 82
+    assert result["rows"][1]["stored_share"] == pytest.approx(5 / (1000 - 10 + 5))  # of the model that serves

@@ -45,6 +45,12 @@ def _backbone_fingerprint(backbone: nn.Module) -> float:
     return round(float((weights * torch.arange(1, weights.shape[1] + 1, dtype=torch.float64)).sum()), 6)
 
 
+def stored_share(stored: int, trainable: int, total: int) -> float:
+    """Stored parameters over the model that serves (frozen backbone + what is stored): the
+    reparameterization's training-only weights count in neither."""
+    return stored / (total - trainable + stored)
+
+
 class PromptedModel(nn.Module):
     """Transformers backbone + prompt + task head, composed: any method x any supported backbone x any head.
 
@@ -309,6 +315,9 @@ class PromptedModel(nn.Module):
             return self.total_parameters()
         table = 0 if self.prompt_encoder is None else self.prompt_encoder.folded_table().numel()
         return table + (0 if self.head is None else sum(p.numel() for p in self.head.parameters()))
+
+    def stored_share(self) -> float:
+        return stored_share(self.stored_parameters(), self.trainable_parameters(), self.total_parameters())
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """A detached copy of every trainable tensor, to restore the best epoch later."""

@@ -335,7 +335,7 @@ def _train(recipe: Recipe, output: Path) -> dict[str, Any]:
         "total_parameters": model.total_parameters(),
         "trainable_share": model.trainable_parameters() / model.total_parameters(),
         "stored_parameters": model.stored_parameters(),
-        "stored_share": model.stored_parameters() / model.total_parameters(),
+        "stored_share": model.stored_share(),
         "train_seconds": round(train_seconds, 1),
         "train_examples": len(train_examples),
         "steps": trainer.state.global_step,
