@@ -44,6 +44,9 @@ def test_training_lowers_loss_writes_metrics_and_predicts(tmp_path, capsys):
     assert written["trainable_parameters"] == 8 * 6 * 2 * 384 + 384 * 9 + 9
     assert written["steps"] == 30 and written["train_seconds"] > 0
     assert (tmp_path / "run" / "train.log").read_text().count("validation f1") >= 1
+    # scored at the end of epoch 1 (step 20) and at the last step (30); the best of them is kept
+    assert [epoch for epoch, _ in written["validation_curve"]] == [1.0, 1.5]
+    assert written["validation"]["f1"] == max(score for _, score in written["validation_curve"])
     assert metrics["checkpoint_bytes"] < 200_000
 
     trained = PromptedModel.from_pretrained(tmp_path / "run" / "checkpoint")

@@ -203,6 +203,7 @@ class EvaluateEachEpoch(TrainerCallback):
         self.best_metrics: dict[str, float] | None = None
         self.best_state = model.trainable_state()
         self.evaluated_step = -1
+        self.curve: list[tuple[float, float]] = []  # (epoch, primary validation score): is it still rising?
 
     def _evaluate(self, state) -> None:
         if not self.examples or self.evaluated_step == state.global_step:
@@ -211,6 +212,7 @@ class EvaluateEachEpoch(TrainerCallback):
         metrics = self.task.evaluate(self.model, self.examples, self.batch_size)
         state.log_history.append({"step": state.global_step, "epoch": state.epoch, "validation": metrics})
         key = self.task.primary_metric
+        self.curve.append((round(state.epoch, 2), metrics[key]))
         improved = self.best_metrics is None or metrics[key] > self.best_metrics[key]
         if improved:
             self.best_metrics = metrics
@@ -330,6 +332,7 @@ def _train(recipe: Recipe, output: Path) -> dict[str, Any]:
         "dataset": recipe.dataset or recipe.train,
         "primary_metric": task.primary_metric,
         "validation": validation_metrics,
+        "validation_curve": callback.curve,
         "test": test_metrics,
         "trainable_parameters": model.trainable_parameters(),
         "total_parameters": model.total_parameters(),
