@@ -84,7 +84,7 @@ QUICK = Scale(
     cost_repeats=5,
     cost_sentences=512,
     longer_epochs=2,
-    longer_tasks=4,
+    longer_tasks=1,
 )
 FULL = Scale(
     train_examples=1000,
