@@ -138,11 +138,10 @@ def build_recipe(flags: dict[str, Any]) -> Recipe:
         dropped = values.pop("lr", None)
         if dropped is not None:
             logging.getLogger("ptuning").info(
-                "%s replaces the recipe's %s: its lr %s is dropped for the default of %s",
+                "%s replaces the recipe's %s: its lr %s is dropped for the new default",
                 chosen_family,
                 recipe_family,
                 dropped,
-                chosen_family,
             )
     values.update(flags)
     return Recipe.from_dict(values, source=str(config or "flags"))
