@@ -90,6 +90,22 @@ def plot_cost(cost: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def plot_longer(longer: dict[str, Any], path: Path) -> None:
+    """Validation score per epoch (mean over seeds) of finetune and deep in the longer runs, one panel a task."""
+    tasks = list(dict.fromkeys(row["task"] for row in longer["rows"]))
+    figure, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
+    for axis, task in zip(axes[0], tasks, strict=True):
+        for row in (r for r in longer["rows"] if r["task"] == task):
+            curve = row.get("validation_curve", [])
+            axis.plot([c[0] for c in curve], [c[1] for c in curve], marker="o", label=row["method"])
+        axis.set_title(f"{task} (validation)")
+        axis.set_xlabel(f"epoch (batch {longer.get('batch_size', '?')})")
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def _percent(share: float | None) -> str:
     """A share in percent; results from before stored shares were recorded show a dash."""
     return "-" if share is None else f"{100 * share:.3f}%"
@@ -131,7 +147,8 @@ def matrix(parity: dict[str, Any]) -> str:
 
 
 def gaps(parity: dict[str, Any]) -> str:
-    """The bar: the deep variant with the better validation score against finetune, per task."""
+    """The bar: the deep variant with the better validation score against finetune, per task (parity rows, or
+    the longer runs' rows)."""
     lines = [
         "| task | finetune | deep variant chosen on validation | gap (points) | deep stored share |",
         "| --- | --- | --- | --- | --- |",
@@ -221,11 +238,15 @@ def write(results: Path = RESULTS) -> Path:
         ]
         sections.append("")
     if longer:
+        batch = longer.get("batch_size", parity["setup"]["scale"]["batch_size"] if parity else "?")
+        if longer["rows"]:
+            plot_longer(longer, results / "longer.png")
         sections += [
-            f"## Longer training ({longer['epochs']} epochs)\n",
+            f"## More optimizer steps ({longer['epochs']} epochs of batch {batch})\n",
             "Where the deep variant chosen on validation trailed fine-tuning by more than a point on validation, "
-            f"both were trained again for {longer['epochs']} epochs (best epoch on validation kept) with their "
-            "searched settings and every seed, the largest gaps first. Already within a point: "
+            f"both were trained again for {longer['epochs']} epochs of batch {batch} (best epoch on validation "
+            "kept) with their searched learning rate and prompt length and every seed, the largest gaps first. "
+            "Already within a point: "
             f"{', '.join(longer['within_a_point_already']) or 'none'}; behind but not rerun (time): "
             f"{', '.join(longer.get('behind_not_rerun', [])) or 'none'}.\n",
             "| task | method | test metric (mean ± std) | validation | lr | prompt length | train s |",
@@ -236,6 +257,9 @@ def write(results: Path = RESULTS) -> Path:
                 for r in longer["rows"]
             ],
             "",
+            gaps(longer),
+            "",
+            "![validation per epoch](longer.png)\n" if longer["rows"] else "",
         ]
     if cost:
         plot_cost(cost, results / "cost.png")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -81,6 +82,7 @@ class RecordingRunner:
                 "primary_metric": "f1",
                 "test": {"f1": 80.0 + settings["seed"]},
                 "validation": {"f1": 81.0},
+                "validation_curve": [[1.0, 70.0 + settings["seed"]], [2.0, 81.0]],
                 "trainable_parameters": 10,
                 "total_parameters": 1000,
                 "stored_parameters": 5,  # a reparameterization folded away: fewer stored than trained
@@ -106,8 +108,8 @@ def test_longer_training_only_where_deep_trails_on_validation() -> None:
         _row("conll2003-chunk", "deep-mlp", 80.0, 80.0),
     ]
     runner = RecordingRunner()
-    assert study.FULL.longer_tasks == 1
-    result = study.longer(study.FULL, runner, rows)
+    scale = dataclasses.replace(study.FULL, longer_tasks=1)
+    result = study.longer(scale, runner, rows)
     assert result["within_a_point_already"] == ["rotten-tomatoes"]
     assert result["behind_not_rerun"] == ["conll2003-chunk"]
     assert [(r["task"], r["method"]) for r in result["rows"]] == [
@@ -115,6 +117,22 @@ def test_longer_training_only_where_deep_trails_on_validation() -> None:
         ("conll2003-ner", "deep-mlp"),
     ]
     assert {s["epochs"] for s in runner.asked} == {study.FULL.longer_epochs}
+    assert {s["batch_size"] for s in runner.asked} == {study.FULL.longer_batch_size}
+    assert study.FULL.longer_batch_size < study.FULL.batch_size  # more updates per epoch, not only more epochs
     assert [s["seed"] for s in runner.asked] == list(study.FULL.seeds) * 2
     assert result["rows"][1]["mean"] == pytest.approx(81.0)  # seeds 0, 1, 2 -> 80, 81, 82
     assert result["rows"][1]["stored_share"] == pytest.approx(5 / (1000 - 10 + 5))  # of the model that serves
+    assert result["rows"][1]["validation_curve"] == [(1.0, pytest.approx(71.0)), (2.0, pytest.approx(81.0))]
+
+
+def test_report_shows_the_gap_after_more_steps(tmp_path: Path) -> None:
+    finetune, deep = _row("conll2003-chunk", "finetune", 86.0, 88.0), _row("conll2003-chunk", "deep", 85.5, 87.0)
+    for row, curve in ((finetune, [[1.0, 80.0], [2.0, 88.0]]), (deep, [[1.0, 60.0], [2.0, 87.0]])):
+        row.update(epochs=2, batch_size=8, validation_curve=curve)
+    longer = {"epochs": 2, "batch_size": 8, "rows": [finetune, deep], "within_a_point_already": ["rotten-tomatoes"]}
+    (tmp_path / "longer.json").write_text(json.dumps(longer))
+    text = report.write(tmp_path).read_text()
+    assert "## More optimizer steps (2 epochs of batch 8)" in text
+    assert "| conll2003-chunk | 86.00 | deep 85.50 | -0.50 | 0.300% |" in text
+    assert "Already within a point: rotten-tomatoes" in text
+    assert (tmp_path / "longer.png").stat().st_size > 0
