@@ -4,7 +4,8 @@ All on the packaged MiniLM-L6 and real CoNLL-2003 sentences (token classificatio
 and prompt length (16), in one process with the configurations alternated and medians taken, so
 machine noise hits all alike:
 
-* step time (forward + backward + AdamW step) of ``deep`` vs ``finetune`` vs PEFT prefix tuning;
+* step time (forward + backward + AdamW step) of ``deep`` vs ``finetune`` vs PEFT prefix tuning, all with
+  the backbone's dropout active (like for like), and of ``deep`` as the study trains it (backbone dropout off);
 * training memory beyond the weights, counted exactly: bytes autograd saves for backward + gradients +
   AdamW's two moments (process RSS on CPU is dominated by allocator caching and data, so it is not used);
 * training examples per second over CoNLL-2003 sentences with dynamic padding and the Trainer's length
@@ -36,7 +37,7 @@ from ptuning.tasks import make_task
 
 PROMPT_LENGTH = 16
 BATCH_SIZE = 32
-KINDS = ("deep", "finetune", "peft-prefix")
+KINDS = ("deep", "finetune", "peft-prefix", "deep-no-backbone-dropout")
 
 
 def conll_task_and_sentences():
@@ -56,7 +57,9 @@ def build(kind: str, labels: list[str]) -> tuple[torch.nn.Module, list[torch.nn.
         config = peft.PrefixTuningConfig(task_type=peft.TaskType.TOKEN_CLS, num_virtual_tokens=PROMPT_LENGTH)
         model = peft.get_peft_model(base, config)
     else:
-        prompt = PromptConfig(method=kind, length=PROMPT_LENGTH, dropout=0.0)
+        method = "deep" if kind.startswith("deep") else kind
+        backbone_dropout = kind != "deep-no-backbone-dropout"
+        prompt = PromptConfig(method=method, length=PROMPT_LENGTH, dropout=0.0, backbone_dropout=backbone_dropout)
         model = PromptedModel.from_backbone("minilm-l6", "token-classification", labels=labels, prompt=prompt)
     model.train()
     return model, [p for p in model.parameters() if p.requires_grad]
@@ -147,6 +150,8 @@ def measure(repeats: int, epoch_sentences: int | None) -> dict:
         "step_time_ratio_vs_finetune": median["deep"] / median["finetune"],
         "step_time_ratio_vs_peft": median["deep"] / median["peft-prefix"],
         "peak_mem_ratio_vs_finetune": memory["deep"] / memory["finetune"],
+        "no_backbone_dropout_step_time_ratio_vs_finetune": median["deep-no-backbone-dropout"] / median["finetune"],
+        "no_backbone_dropout_step_time_ratio_vs_peft": median["deep-no-backbone-dropout"] / median["peft-prefix"],
         "epoch_sentences": len(epoch),
         "examples_per_second": {"dynamic_padding_length_grouped": dynamic, "padded_to_128": padded},
         "epoch_speedup_vs_pad128": dynamic / padded,
@@ -162,7 +167,9 @@ def summary(result: dict) -> str:
     lines.append(
         f"deep / finetune step time {result['step_time_ratio_vs_finetune']:.2f}x, deep / PEFT prefix "
         f"{result['step_time_ratio_vs_peft']:.2f}x, deep / finetune training memory "
-        f"{result['peak_mem_ratio_vs_finetune']:.2f}x"
+        f"{result['peak_mem_ratio_vs_finetune']:.2f}x; without backbone dropout deep / finetune "
+        f"{result['no_backbone_dropout_step_time_ratio_vs_finetune']:.2f}x, deep / PEFT prefix "
+        f"{result['no_backbone_dropout_step_time_ratio_vs_peft']:.2f}x"
     )
     speeds = result["examples_per_second"]
     lines.append(

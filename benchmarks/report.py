@@ -274,7 +274,16 @@ def write(results: Path = RESULTS) -> Path:
             "",
             f"- deep / finetune step time: **{cost['step_time_ratio_vs_finetune']:.2f}x**; deep / PEFT prefix tuning: "
             f"**{cost['step_time_ratio_vs_peft']:.2f}x**; deep / finetune training memory: "
-            f"**{cost['peak_mem_ratio_vs_finetune']:.2f}x**.",
+            f"**{cost['peak_mem_ratio_vs_finetune']:.2f}x** (all with the backbone's dropout active).",
+            *(
+                [
+                    "- deep as the study trains it, backbone dropout off: "
+                    f"**{cost['no_backbone_dropout_step_time_ratio_vs_finetune']:.2f}x** finetune, "
+                    f"**{cost['no_backbone_dropout_step_time_ratio_vs_peft']:.2f}x** PEFT prefix tuning."
+                ]
+                if "no_backbone_dropout_step_time_ratio_vs_peft" in cost
+                else []
+            ),
             f"- {cost['epoch_sentences']} CoNLL-2003 training sentences: "
             f"{cost['examples_per_second']['dynamic_padding_length_grouped']:.1f} examples/s with dynamic padding "
             f"and length grouping vs {cost['examples_per_second']['padded_to_128']:.1f} padded to 128 tokens: "

@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_backbone
 
 from ptuning import PromptConfig, PromptedModel
-from ptuning.cli import build_recipe, main
+from ptuning.cli import build_recipe, main, parser
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -37,6 +37,12 @@ def test_default_recipe_and_flag_overrides(tmp_path):
     assert default.warmup() == 0.0 and build_recipe({"reparam": "mlp", "warmup_ratio": 0.0}).warmup() == 0.0
     assert build_recipe({"reparam": "mlp", "lr": 3e-4}).learning_rate() == 3e-4
     assert build_recipe({"method": "ptuning-v1", "reparam": "mlp"}).learning_rate() == 1e-2
+
+
+def test_backbone_dropout_flag_reaches_the_prompt_config():
+    assert build_recipe({}).prompt_config().backbone_dropout is True
+    assert parser().parse_args(["train", "--no-backbone-dropout"]).backbone_dropout is False
+    assert build_recipe({"backbone_dropout": False}).prompt_config().backbone_dropout is False
 
 
 def test_unknown_recipe_key_is_refused(tmp_path, capsys):

@@ -121,6 +121,28 @@ def test_checkpoints_of_every_method_round_trip(tmp_path, method, settings):
     assert (tmp_path / "backbone").is_dir() == (method == "finetune")
 
 
+@pytest.mark.parametrize("method", ["deep", "finetune"])
+def test_backbone_dropout_off_keeps_the_backbone_deterministic_in_training(method):
+    input_ids, attention_mask = random_batch()
+    for backbone_dropout in (True, False):
+        model = build(method, backbone_dropout=backbone_dropout).train()
+        assert model.head.training and model.backbone.training == backbone_dropout
+        torch.manual_seed(1)
+        first = model.encode(input_ids, attention_mask)
+        second = model.encode(input_ids, attention_mask)
+        assert torch.equal(first, second) != backbone_dropout  # the tiny BERT has hidden dropout 0.1
+        if not backbone_dropout:  # and it is the eval-mode computation, with gradients still flowing
+            first.sum().backward()
+            below_head = [
+                p
+                for name, p in model.named_parameters()
+                if p.requires_grad and not name.startswith("head.") and "pooler" not in name
+            ]
+            assert below_head and all(p.grad is not None for p in below_head)
+            with torch.no_grad():
+                assert torch.allclose(first, model.eval().encode(input_ids, attention_mask))
+
+
 def test_method_settings_are_validated():
     with pytest.raises(PtuningError, match="reparam 'lstm' does not apply to method 'deep'"):
         PromptConfig(method="deep", reparam="lstm")

@@ -20,20 +20,27 @@ from ptuning.train import Recipe  # noqa: E402
 def test_search_space_per_method() -> None:
     scale = study.FULL
     assert study.search_space(scale, "deep") == [
-        (lr, length) for lr in scale.learning_rates["deep"] for length in scale.prompt_lengths
+        (lr, length, None) for lr in scale.learning_rates["deep"] for length in scale.prompt_lengths
     ]
     for method in ("deep-mlp", "shallow", "ptuning-v1"):
-        assert {length for _, length in study.search_space(scale, method)} == {scale.prompt_lengths[0]}
-    assert study.search_space(scale, "finetune") == [(lr, None) for lr in scale.learning_rates["finetune"]]
+        assert {point.prompt_length for point in study.search_space(scale, method)} == {scale.prompt_lengths[0]}
+    # fine-tuning gets the backbone-dropout choice the deep recipe makes, searched on validation like its lr
+    assert study.search_space(scale, "finetune") == [
+        (lr, None, dropout) for lr in scale.learning_rates["finetune"] for dropout in (True, False)
+    ]
 
 
 def test_settings_are_valid_recipes() -> None:
-    prompted = Recipe(**study.settings_for(study.FULL, "conll2003-ner", "deep-mlp", 3e-3, 64, 1), output="x")
+    point = study.Point(3e-3, 64)
+    prompted = Recipe(**study.settings_for(study.FULL, "conll2003-ner", "deep-mlp", point, 1), output="x")
     assert (prompted.method, prompted.reparam, prompted.prompt_length) == ("deep", "mlp", 64)
-    assert prompted.prompt_dropout == study.PROMPT_DROPOUT
+    assert prompted.prompt_dropout == study.PROMPT_DROPOUT and prompted.backbone_dropout is False
     assert prompted.max_train_samples == study.FULL.train_examples and prompted.seed == 1
-    finetune = study.settings_for(study.FULL, "rotten-tomatoes", "finetune", 5e-5, None, 0)
+    finetune = study.settings_for(study.FULL, "rotten-tomatoes", "finetune", study.Point(5e-5, None, True), 0)
     assert "prompt_length" not in finetune and "prompt_dropout" not in finetune
+    assert "backbone_dropout" not in finetune  # the default: runs journaled before the option stay reusable
+    without = study.settings_for(study.FULL, "rotten-tomatoes", "finetune", study.Point(5e-5, None, False), 0)
+    assert Recipe(**without, output="x").backbone_dropout is False
 
 
 def _row(task: str, method: str, mean: float, validation: float) -> dict:
@@ -97,7 +104,7 @@ class RecordingRunner:
 
 def test_longer_training_only_where_deep_trails_on_validation() -> None:
     rows = [
-        _row("conll2003-ner", "finetune", 84.0, 88.0),
+        {**_row("conll2003-ner", "finetune", 84.0, 88.0), "backbone_dropout": False},  # as searched
         _row("conll2003-ner", "deep", 85.0, 80.0),
         _row("conll2003-ner", "deep-mlp", 70.0, 82.0),  # chosen: better validation
         _row("rotten-tomatoes", "finetune", 80.0, 80.0),
@@ -118,6 +125,7 @@ def test_longer_training_only_where_deep_trails_on_validation() -> None:
     ]
     assert {s["epochs"] for s in runner.asked} == {study.FULL.longer_epochs}
     assert {s["batch_size"] for s in runner.asked} == {study.FULL.longer_batch_size}
+    assert all(s["backbone_dropout"] is False for s in runner.asked)  # the searched setting, and deep-mlp's
     assert study.FULL.longer_batch_size < study.FULL.batch_size  # more updates per epoch, not only more epochs
     assert [s["seed"] for s in runner.asked] == list(study.FULL.seeds) * 2
     assert result["rows"][1]["mean"] == pytest.approx(81.0)  # seeds 0, 1, 2 -> 80, 81, 82

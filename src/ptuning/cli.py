@@ -99,6 +99,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="shift text positions by the prompt length, as the reference code and PEFT do",
     )
     add(
+        "--no-backbone-dropout",
+        dest="backbone_dropout",
+        action="store_false",
+        default=suppress,
+        help="train with the backbone's dropout off (the head keeps its own)",
+    )
+    add(
         "--pooling",
         default=suppress,
         choices=list(POOLINGS),

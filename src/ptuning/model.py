@@ -180,6 +180,13 @@ class PromptedModel(nn.Module):
         taken = config.length if config.input_level or (config.method == "deep" and config.shift_positions) else 0
         return architectures.max_text_length(self.backbone, taken)
 
+    def train(self, mode: bool = True) -> PromptedModel:
+        """Training mode; the backbone stays in eval mode (no dropout) when ``backbone_dropout`` is off."""
+        super().train(mode)
+        if mode and not self.prompt_config.backbone_dropout:
+            self.transformer.eval()
+        return self
+
     def prompt_key_values(self, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
         """Per layer, the prompt's (key, value), each (batch, heads, length, head_dim); None for unprompted layers."""
         by_layer = self.layer_prompts(batch_size).key_values

@@ -70,6 +70,7 @@ class Recipe:
     prompt_init: str = "random"
     prompt_dropout: float = 0.1
     shift_positions: bool = False
+    backbone_dropout: bool = True
     pooling: str | None = None
     lr: float | None = None
     weight_decay: float = 0.0
@@ -118,6 +119,7 @@ class Recipe:
             init=self.prompt_init,
             dropout=self.prompt_dropout,
             shift_positions=self.shift_positions,
+            backbone_dropout=self.backbone_dropout,
         )
 
 
