@@ -106,6 +106,23 @@ def plot_longer(longer: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def reparam_rows(parity_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Flat table against the MLP reparameterization per task, from the parity rows (test and validation)."""
+    by_key = {(row["task"], row["method"]): row for row in parity_rows}
+    return [
+        {
+            "task": task,
+            "flat": by_key[(task, "deep")]["mean"],
+            "mlp": by_key[(task, "deep-mlp")]["mean"],
+            "flat_validation": by_key[(task, "deep")]["validation"],
+            "mlp_validation": by_key[(task, "deep-mlp")]["validation"],
+            "metric": by_key[(task, "deep")]["metric"],
+        }
+        for task in dict.fromkeys(row["task"] for row in parity_rows)
+        if (task, "deep") in by_key and (task, "deep-mlp") in by_key
+    ]
+
+
 def _percent(share: float | None) -> str:
     """A share in percent; results from before stored shares were recorded show a dash."""
     return "-" if share is None else f"{100 * share:.3f}%"
@@ -234,7 +251,7 @@ def write(results: Path = RESULTS) -> Path:
         sections += [
             f"| {r['task']} ({r['metric']}) | {r['flat']:.2f} | {r['mlp']:.2f} | "
             f"{r.get('flat_validation', float('nan')):.2f} | {r.get('mlp_validation', float('nan')):.2f} |"
-            for r in ablations["reparam"]
+            for r in (reparam_rows(parity["rows"]) if parity else ablations["reparam"])
         ]
         sections.append("")
     if longer:
