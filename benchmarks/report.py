@@ -130,16 +130,16 @@ def _percent(share: float | None) -> str:
 
 def parity_table(parity: dict[str, Any]) -> str:
     lines = [
-        "| task | method | test metric (mean ± std) | seeds | lr | prompt length | trained share | "
+        "| task | method | test metric (mean ± std) | seeds | lr | prompt length | backbone dropout | trained share | "
         "stored share | train s | peak RSS MB | checkpoint |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in parity["rows"]:
         lines.append(
             f"| {row['task']} | {row['method']} | {row['metric']} {row['mean']:.2f} ± {row['std']:.2f} | "
             f"{len(row['seeds'])} | {row['lr']:g} | {row['prompt_length'] or '-'} | "
-            f"{100 * row['trainable_share']:.3f}% | {_percent(row.get('stored_share'))} | "
-            f"{row['train_seconds']:.0f} | {row['peak_rss_mb']:.0f} | "
+            f"{'off' if row.get('backbone_dropout') is False else 'on'} | {100 * row['trainable_share']:.3f}% | "
+            f"{_percent(row.get('stored_share'))} | {row['train_seconds']:.0f} | {row['peak_rss_mb']:.0f} | "
             f"{row['checkpoint_bytes'] / 1024:.0f} KB |"
         )
     return "\n".join(lines)

@@ -265,6 +265,8 @@ def parity_row(
         "scores": scores,
         "validation": statistics.fmean(m["validation"][primary] for m in seed_runs),
         **point._asdict(),
+        # as trained (the point leaves it to the method's default when None)
+        "backbone_dropout": best_metrics["recipe"].get("backbone_dropout", True),
         "grid": [{**grid_point._asdict(), "validation": m["validation"].get(primary)} for grid_point, m in grid],
         "trainable_parameters": best_metrics["trainable_parameters"],
         "trainable_share": best_metrics["trainable_share"],

@@ -87,6 +87,7 @@ class RecordingRunner:
         return [
             {
                 "primary_metric": "f1",
+                "recipe": dataclasses.asdict(Recipe(**settings, output="x")),
                 "test": {"f1": 80.0 + settings["seed"]},
                 "validation": {"f1": 81.0},
                 "validation_curve": [[1.0, 70.0 + settings["seed"]], [2.0, 81.0]],
@@ -126,6 +127,7 @@ def test_longer_training_only_where_deep_trails_on_validation() -> None:
     assert {s["epochs"] for s in runner.asked} == {study.FULL.longer_epochs}
     assert {s["batch_size"] for s in runner.asked} == {study.FULL.longer_batch_size}
     assert all(s["backbone_dropout"] is False for s in runner.asked)  # the searched setting, and deep-mlp's
+    assert [row["backbone_dropout"] for row in result["rows"]] == [False, False]  # recorded as trained
     assert study.FULL.longer_batch_size < study.FULL.batch_size  # more updates per epoch, not only more epochs
     assert [s["seed"] for s in runner.asked] == list(study.FULL.seeds) * 2
     assert result["rows"][1]["mean"] == pytest.approx(81.0)  # seeds 0, 1, 2 -> 80, 81, 82
