@@ -1,6 +1,6 @@
 """The study: the paper's findings at CPU scale on the packaged MiniLM-L6 and the packaged real datasets.
 
-    python benchmarks/study.py --quick     # every part, reduced: about 15 minutes on 2 cores
+    python benchmarks/study.py --quick     # every part, reduced, into benchmarks/results/quick/
     python benchmarks/study.py             # the full run: about 2.5 hours on 2 cores
 
 Parts: the parity table (6 methods x 4 tasks, a learning-rate / prompt-length search on validation,
@@ -146,10 +146,10 @@ class Runner:
     machines (measured); the ablations reuse parity runs with identical settings instead of repeating them.
     """
 
-    def __init__(self, jobs: int, resume: bool) -> None:
+    def __init__(self, jobs: int, resume: bool, results: Path = RESULTS) -> None:
         self.jobs = jobs
         self.threads = max(1, (os.cpu_count() or 1) // jobs)
-        self.journal = RESULTS / "logs" / "runs.jsonl"  # every finished run, so --resume skips it
+        self.journal = results / "logs" / "runs.jsonl"  # every finished run, so --resume skips it
         self.journal.parent.mkdir(parents=True, exist_ok=True)
         self.done: dict[str, dict[str, Any]] = {}
         if resume and self.journal.is_file():
@@ -440,8 +440,8 @@ def ablations(scale: Scale, runner: Runner, parity_rows: list[dict[str, Any]]) -
     return {"prompt_length": length_rows, "depth": depth_rows, "reparam": reparam_rows(parity_rows)}
 
 
-def write_json(name: str, content: dict[str, Any]) -> None:
-    (RESULTS / name).write_text(json.dumps(content, indent=2) + "\n")
+def write_json(results: Path, name: str, content: dict[str, Any]) -> None:
+    (results / name).write_text(json.dumps(content, indent=2) + "\n")
 
 
 def main() -> None:
@@ -453,7 +453,8 @@ def main() -> None:
     args = parser.parse_args()
     scale = QUICK if args.quick else FULL
     parts = set(args.parts.split(","))
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results = RESULTS / "quick" if args.quick else RESULTS  # a quick run never overwrites the full results
+    results.mkdir(parents=True, exist_ok=True)
     setup = {
         "mode": "quick" if args.quick else "full",
         "scale": scale.__dict__,
@@ -462,30 +463,30 @@ def main() -> None:
         "jobs": args.jobs,
         "prompt_dropout": PROMPT_DROPOUT,
     }
-    runner = Runner(args.jobs, args.resume)
+    runner = Runner(args.jobs, args.resume, results)
     import ptuning.train  # noqa: F401 - imported once here, inherited by every forked run
 
     started = time.perf_counter()
     if "parity" in parts:
-        parity(scale, runner, lambda rows: write_json("parity.json", {"setup": setup, "rows": rows}))
+        parity(scale, runner, lambda rows: write_json(results, "parity.json", {"setup": setup, "rows": rows}))
     if "ablations" in parts:
-        rows = json.loads((RESULTS / "parity.json").read_text())["rows"]
-        write_json("ablations.json", {"setup": setup, **ablations(scale, runner, rows)})
+        rows = json.loads((results / "parity.json").read_text())["rows"]
+        write_json(results, "ablations.json", {"setup": setup, **ablations(scale, runner, rows)})
     if "longer" in parts:
-        rows = json.loads((RESULTS / "parity.json").read_text())["rows"]
-        write_json("longer.json", {"setup": setup, **longer(scale, runner, rows)})
+        rows = json.loads((results / "parity.json").read_text())["rows"]
+        write_json(results, "longer.json", {"setup": setup, **longer(scale, runner, rows)})
     if "cost" in parts:
         import cost
 
         print("cost", flush=True)
         result = cost.measure(scale.cost_repeats, scale.cost_sentences)
         print(cost.summary(result), flush=True)
-        write_json("cost.json", result)
+        write_json(results, "cost.json", result)
     import report
 
-    report.write(RESULTS)
+    report.write(results)
     print(
-        f"study ({setup['mode']}) done in {(time.perf_counter() - started) / 60:.1f} min; see {RESULTS / 'REPORT.md'}"
+        f"study ({setup['mode']}) done in {(time.perf_counter() - started) / 60:.1f} min; see {results / 'REPORT.md'}"
     )
 
 
