@@ -181,9 +181,38 @@ def gaps(parity: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _loss(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def rerun_section(result: dict[str, Any], title: str, change: str) -> list[str]:
+    """Markdown for a part that trained fine-tuning and deep again where deep trailed (longer, data)."""
+    return [
+        f"## {title}\n",
+        "Where the deep variant chosen on validation trailed fine-tuning by more than a point on validation, "
+        f"{change} (best epoch on validation kept), with their searched learning rate and prompt length and every "
+        "seed, the largest gaps first. Already within a point: "
+        f"{', '.join(result['within_a_point_already']) or 'none'}; behind but not rerun (time): "
+        f"{', '.join(result.get('behind_not_rerun', [])) or 'none'}. Train loss: the last logged window of "
+        "training, mean over seeds (high: underfitting).\n",
+        "| task | method | train examples | steps | test metric (mean ± std) | validation | train loss | lr | "
+        "prompt length | train s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *[
+            f"| {r['task']} | {r['method']} | {r.get('train_examples', '-')} | {r.get('steps', '-')} | "
+            f"{r['metric']} {r['mean']:.2f} ± {r['std']:.2f} | {r['validation']:.2f} | {_loss(r.get('train_loss'))} | "
+            f"{r['lr']:g} | {r['prompt_length'] or '-'} | {r['train_seconds']:.0f} |"
+            for r in result["rows"]
+        ],
+        "",
+        gaps(result),
+        "",
+    ]
+
+
 def write(results: Path = RESULTS) -> Path:
-    parity, ablations, longer, cost = (
-        _load(results, name) for name in ("parity.json", "ablations.json", "longer.json", "cost.json")
+    parity, ablations, longer, data, cost = (
+        _load(results, f"{name}.json") for name in ("parity", "ablations", "longer", "data", "cost")
     )
     sections = [
         "# Study: P-Tuning v2 at CPU scale\n",
@@ -258,26 +287,19 @@ def write(results: Path = RESULTS) -> Path:
         batch = longer.get("batch_size", parity["setup"]["scale"]["batch_size"] if parity else "?")
         if longer["rows"]:
             plot_longer(longer, results / "longer.png")
-        sections += [
-            f"## More optimizer steps ({longer['epochs']} epochs of batch {batch})\n",
-            "Where the deep variant chosen on validation trailed fine-tuning by more than a point on validation, "
-            f"both were trained again for {longer['epochs']} epochs of batch {batch} (best epoch on validation "
-            "kept) with their searched learning rate and prompt length and every seed, the largest gaps first. "
-            "Already within a point: "
-            f"{', '.join(longer['within_a_point_already']) or 'none'}; behind but not rerun (time): "
-            f"{', '.join(longer.get('behind_not_rerun', [])) or 'none'}.\n",
-            "| task | method | test metric (mean ± std) | validation | lr | prompt length | train s |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
-            *[
-                f"| {r['task']} | {r['method']} | {r['metric']} {r['mean']:.2f} ± {r['std']:.2f} | "
-                f"{r['validation']:.2f} | {r['lr']:g} | {r['prompt_length'] or '-'} | {r['train_seconds']:.0f} |"
-                for r in longer["rows"]
-            ],
-            "",
-            gaps(longer),
-            "",
-            "![validation per epoch](longer.png)\n" if longer["rows"] else "",
-        ]
+        sections += rerun_section(
+            longer,
+            f"More optimizer steps ({longer['epochs']} epochs of batch {batch})",
+            f"both were trained again for {longer['epochs']} epochs of batch {batch}",
+        )
+        sections.append("![validation per epoch](longer.png)\n" if longer["rows"] else "")
+    if data:
+        examples = data["changes"]["max_train_samples"]
+        sections += rerun_section(
+            data,
+            f"More training data ({examples} examples)",
+            f"both were trained again on {examples} training examples (the parity epochs and batch)",
+        )
     if cost:
         plot_cost(cost, results / "cost.png")
         steps = cost["step_seconds_median"]

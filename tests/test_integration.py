@@ -43,6 +43,8 @@ def test_training_lowers_loss_writes_metrics_and_predicts(tmp_path, capsys):
     assert 0 < written["trainable_share"] < 0.03
     assert written["trainable_parameters"] == 8 * 6 * 2 * 384 + 384 * 9 + 9
     assert written["steps"] == 30 and written["train_seconds"] > 0
+    logged = json.loads((tmp_path / "run" / "log.json").read_text())
+    assert written["train_loss"] == [entry["loss"] for entry in logged if "loss" in entry][-1] > 0
     assert (tmp_path / "run" / "train.log").read_text().count("validation f1") >= 1
     # scored at the end of epoch 1 (step 20) and at the last step (30); the best of them is kept
     assert [epoch for epoch, _ in written["validation_curve"]] == [1.0, 1.5]

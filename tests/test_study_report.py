@@ -96,6 +96,9 @@ class RecordingRunner:
                 "stored_parameters": 5,  # a reparameterization folded away: fewer stored than trained
                 "trainable_share": 0.01,
                 "train_seconds": 1.0,
+                "train_loss": 0.1 + settings["seed"] / 100,
+                "train_examples": settings["max_train_samples"],
+                "steps": 7,
                 "peak_rss_mb": 1.0,
                 "checkpoint_bytes": 1,
             }
@@ -146,3 +149,34 @@ def test_report_shows_the_gap_after_more_steps(tmp_path: Path) -> None:
     assert "| conll2003-chunk | 86.00 | deep 85.50 | -0.50 | 0.300% |" in text
     assert "Already within a point: rotten-tomatoes" in text
     assert (tmp_path / "longer.png").stat().st_size > 0
+
+
+def test_more_data_reruns_the_largest_gap_with_more_examples_and_reports_train_loss(tmp_path: Path) -> None:
+    rows = [
+        _row("conll2003-ner", "finetune", 84.0, 88.0),
+        _row("conll2003-ner", "deep", 75.0, 78.0),  # behind by 10
+        _row("conll2003-ner", "deep-mlp", 60.0, 60.0),
+        _row("conll2003-chunk", "finetune", 90.0, 90.0),
+        _row("conll2003-chunk", "deep", 86.0, 87.0),  # behind by 3: past the one-task limit
+        _row("conll2003-chunk", "deep-mlp", 80.0, 80.0),
+    ]
+    runner = RecordingRunner()
+    result = study.more_data(dataclasses.replace(study.FULL, data_tasks=1), runner, rows)
+    assert {s["max_train_samples"] for s in runner.asked} == {study.FULL.data_train_examples}
+    assert {(s["epochs"], s["batch_size"]) for s in runner.asked} == {(study.FULL.epochs, study.FULL.batch_size)}
+    assert result["behind_not_rerun"] == ["conll2003-chunk"]
+    assert [(r["method"], r["train_examples"], r["steps"]) for r in result["rows"]] == [
+        ("finetune", study.FULL.data_train_examples, 7),
+        ("deep", study.FULL.data_train_examples, 7),
+    ]
+    assert result["rows"][1]["train_loss"] == pytest.approx(0.11)  # seeds 0, 1, 2 -> 0.10, 0.11, 0.12
+    (tmp_path / "data.json").write_text(json.dumps(result))
+    text = report.write(tmp_path).read_text()
+    examples = study.FULL.data_train_examples
+    assert f"## More training data ({examples} examples)" in text
+    assert f"| conll2003-ner | deep | {examples} | 7 | f1 81.00 ± 1.00 | 81.00 | 0.110 | 0.01 | 16 |" in text
+
+
+def test_train_loss_is_missing_rather_than_averaged_over_some_seeds() -> None:
+    assert study.mean_or_none([0.2, None, 0.4]) is None
+    assert study.mean_or_none([0.2, 0.4]) == pytest.approx(0.3)

@@ -293,7 +293,7 @@ def _train(recipe: Recipe, output: Path) -> dict[str, Any]:
         num_train_epochs=recipe.epochs,
         max_steps=recipe.max_steps,
         lr_scheduler_type="linear",
-        logging_steps=50,
+        logging_steps=0.05,  # a share of the steps: short runs log a training loss too
         save_strategy="no",
         eval_strategy="no",
         report_to=[],
@@ -342,6 +342,8 @@ def _train(recipe: Recipe, output: Path) -> dict[str, Any]:
         "stored_parameters": model.stored_parameters(),
         "stored_share": model.stored_share(),
         "train_seconds": round(train_seconds, 1),
+        # the last logged window, not the run's mean: tells underfitting (high) from overfitting (low)
+        "train_loss": next((entry["loss"] for entry in reversed(trainer.state.log_history) if "loss" in entry), None),
         "train_examples": len(train_examples),
         "steps": trainer.state.global_step,
         "checkpoint": str(checkpoint),
