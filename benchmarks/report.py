@@ -298,7 +298,7 @@ def write(results: Path = RESULTS) -> Path:
         sections += rerun_section(
             data,
             f"More training data ({examples} examples)",
-            f"both were trained again on {examples} training examples (the parity epochs and batch)",
+            f"both were trained again on {examples} training examples with the parity epochs and batch",
         )
     if cost:
         plot_cost(cost, results / "cost.png")
