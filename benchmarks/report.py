@@ -185,13 +185,18 @@ def _loss(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _where_trailing(margin: float | None) -> str:
+    if margin is None:  # quick mode: the parts run whatever the gap, to exercise them
+        return "On the task(s) with the largest validation gap, whatever its size (quick mode)"
+    return f"Where the deep variant chosen on validation trailed fine-tuning by more than {margin:g} point(s)"
+
+
 def rerun_section(result: dict[str, Any], title: str, change: str) -> list[str]:
     """Markdown for a part that trained fine-tuning and deep again where deep trailed (longer, data)."""
     return [
         f"## {title}\n",
-        "Where the deep variant chosen on validation trailed fine-tuning by more than a point on validation, "
-        f"{change} (best epoch on validation kept), with their searched learning rate and prompt length and every "
-        "seed, the largest gaps first. Already within a point: "
+        f"{_where_trailing(result.get('margin', 1.0))}, {change} (best epoch on validation kept), with their "
+        "searched learning rate and prompt length and every seed, the largest gaps first. Already within it: "
         f"{', '.join(result['within_a_point_already']) or 'none'}; behind but not rerun (time): "
         f"{', '.join(result.get('behind_not_rerun', [])) or 'none'}. Train loss: the last logged window of "
         "training, mean over seeds (high: underfitting).\n",

@@ -72,6 +72,8 @@ class Scale:
     # backbone dropout on/off searched per method (others: the METHODS setting)
     backbone_dropout: dict[str, tuple[bool, ...]] = field(default_factory=dict)
     batch_size: int = 16
+    # longer / data rerun tasks whose validation gap exceeds this; None (quick): every task, so the parts run
+    rerun_margin: float | None = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -98,6 +100,7 @@ QUICK = Scale(
     longer_batch_size=8,
     data_train_examples=512,
     data_tasks=1,
+    rerun_margin=None,
 )
 FULL = Scale(
     train_examples=1000,
@@ -344,9 +347,12 @@ def mean_curve(seed_runs: list[dict[str, Any]]) -> list[tuple[float, float]]:
     return [(curves[0][i][0], statistics.fmean(curve[i][1] for curve in curves)) for i in range(epochs)]
 
 
-def trailing_tasks(parity_rows: list[dict[str, Any]]) -> tuple[list[str], list[str], dict[str, tuple]]:
-    """Tasks where the deep variant chosen on validation trails fine-tuning by more than a point on validation
-    (largest gap first), the tasks already within a point, and per task (finetune row, deep row)."""
+def trailing_tasks(
+    parity_rows: list[dict[str, Any]], margin: float | None
+) -> tuple[list[str], list[str], dict[str, tuple]]:
+    """Tasks where the deep variant chosen on validation trails fine-tuning by more than ``margin`` points on
+    validation (None: every task; largest gap first), the tasks already within it, and per task (finetune row,
+    deep row)."""
     by_key = {(row["task"], row["method"]): row for row in parity_rows}
     gaps = {}
     for task in TASKS:
@@ -354,7 +360,8 @@ def trailing_tasks(parity_rows: list[dict[str, Any]]) -> tuple[list[str], list[s
             finetune = by_key[(task, "finetune")]
             deep = max((by_key[(task, m)] for m in ("deep", "deep-mlp")), key=lambda row: row["validation"])
             gaps[task] = (finetune["validation"] - deep["validation"], finetune, deep)
-    behind = sorted((task for task in gaps if gaps[task][0] > 1.0), key=lambda task: -gaps[task][0])
+    trailing = [task for task in gaps if margin is None or gaps[task][0] > margin]
+    behind = sorted(trailing, key=lambda task: -gaps[task][0])
     return behind, [task for task in gaps if task not in behind], {task: gaps[task][1:] for task in gaps}
 
 
@@ -363,7 +370,7 @@ def rerun_trailing(
 ) -> dict[str, Any]:
     """Train fine-tuning and the chosen deep variant again with ``changes`` to their settings (searched lr and
     prompt length kept, every seed, best epoch on validation) on at most ``tasks`` trailing tasks."""
-    behind, within, pairs = trailing_tasks(parity_rows)
+    behind, within, pairs = trailing_tasks(parity_rows, scale.rerun_margin)
     rows = []
     for task in behind[:tasks]:
         print(f"{task}: {changes}", flush=True)
@@ -388,7 +395,13 @@ def rerun_trailing(
                     "validation_curve": mean_curve(seed_runs),
                 }
             )
-    return {"changes": changes, "rows": rows, "within_a_point_already": within, "behind_not_rerun": behind[tasks:]}
+    return {
+        "changes": changes,
+        "margin": scale.rerun_margin,
+        "rows": rows,
+        "within_a_point_already": within,
+        "behind_not_rerun": behind[tasks:],
+    }
 
 
 def longer(scale: Scale, runner: Runner, parity_rows: list[dict[str, Any]]) -> dict[str, Any]:

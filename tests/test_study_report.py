@@ -147,7 +147,8 @@ def test_report_shows_the_gap_after_more_steps(tmp_path: Path) -> None:
     text = report.write(tmp_path).read_text()
     assert "## More optimizer steps (2 epochs of batch 8)" in text
     assert "| conll2003-chunk | 86.00 | deep 85.50 | -0.50 | 0.300% |" in text
-    assert "Already within a point: rotten-tomatoes" in text
+    assert "by more than 1 point(s), both were trained again" in text
+    assert "Already within it: rotten-tomatoes" in text
     assert (tmp_path / "longer.png").stat().st_size > 0
 
 
@@ -170,6 +171,9 @@ def test_more_data_reruns_the_largest_gap_with_more_examples_and_reports_train_l
         ("deep", study.FULL.data_train_examples, 7),
     ]
     assert result["rows"][1]["train_loss"] == pytest.approx(0.11)  # seeds 0, 1, 2 -> 0.10, 0.11, 0.12
+    # quick mode reruns whatever the gap, so its reduced run exercises the part
+    quick = study.more_data(dataclasses.replace(study.QUICK, data_tasks=2), RecordingRunner(), rows)
+    assert [row["task"] for row in quick["rows"]] == ["conll2003-ner"] * 2 + ["conll2003-chunk"] * 2
     (tmp_path / "data.json").write_text(json.dumps(result))
     text = report.write(tmp_path).read_text()
     examples = study.FULL.data_train_examples
