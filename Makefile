@@ -30,7 +30,7 @@ study: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/study.py
 
 study-longer: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/study.py --parts longer,data --resume
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/study.py --parts longer,data,data-longer --resume
 
 study-quick: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/study.py --quick

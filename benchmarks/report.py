@@ -192,7 +192,8 @@ def _where_trailing(margin: float | None) -> str:
 
 
 def rerun_section(result: dict[str, Any], title: str, change: str) -> list[str]:
-    """Markdown for a part that trained fine-tuning and deep again where deep trailed (longer, data)."""
+    """Markdown for a part that trained fine-tuning and deep again where deep trailed (longer, data,
+    data-longer)."""
     return [
         f"## {title}\n",
         f"{_where_trailing(result.get('margin', 1.0))}, {change} (best epoch on validation kept), with their "
@@ -216,8 +217,8 @@ def rerun_section(result: dict[str, Any], title: str, change: str) -> list[str]:
 
 
 def write(results: Path = RESULTS) -> Path:
-    parity, ablations, longer, data, cost = (
-        _load(results, f"{name}.json") for name in ("parity", "ablations", "longer", "data", "cost")
+    parity, ablations, longer, data, data_longer, cost = (
+        _load(results, f"{name}.json") for name in ("parity", "ablations", "longer", "data", "data_longer", "cost")
     )
     sections = [
         "# Study: P-Tuning v2 at CPU scale\n",
@@ -304,6 +305,15 @@ def write(results: Path = RESULTS) -> Path:
             data,
             f"More training data ({examples} examples)",
             f"both were trained again on {examples} training examples with the parity epochs and batch",
+        )
+    if data_longer:
+        examples, epochs = data_longer["changes"]["max_train_samples"], data_longer["changes"]["epochs"]
+        batch = parity["setup"]["scale"]["batch_size"] if parity else "the parity"
+        sections += rerun_section(
+            data_longer,
+            f"More data and more epochs ({examples} examples, {epochs} epochs)",
+            f"after the more-data part (the gaps below are those runs' validation gaps), both were trained again "
+            f"on {examples} training examples for {epochs} epochs of batch {batch}",
         )
     if cost:
         plot_cost(cost, results / "cost.png")

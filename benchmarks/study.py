@@ -3,14 +3,16 @@
     python benchmarks/study.py --quick     # every part, reduced, into benchmarks/results/quick/
     python benchmarks/study.py             # the full run (parity, ablations, cost): about 2.5 hours on 2 cores
     python benchmarks/study.py --parts longer,data --resume   # then more steps / data where deep trails: ~2 h 40 min
+    python benchmarks/study.py --parts data-longer --resume   # then both where deep still trails: ~40 min a task
 
 Parts: the parity table (6 methods x 4 tasks, a learning-rate / prompt-length search on validation,
 then seeds), ablations (prompt length, depth, reparameterization), longer training and more data (where deep
-trails fine-tuning on validation, both trained again for more epochs / on more examples) and cost
+trails fine-tuning on validation, both trained again for more epochs / on more examples; data-longer: both, where
+deep still trails with more data) and cost
 (benchmarks/cost.py). Each training run is a forked process (its own peak RSS), reading the data subsample
 and settings written in the report; two run at once by default. Results:
-benchmarks/results/{parity,ablations,longer,data,cost}.json, REPORT.md and PNG plots. ``--parts`` picks
-parts; ``--resume`` reuses runs an interrupted invocation finished.
+benchmarks/results/{parity,ablations,longer,data,data_longer,cost}.json, REPORT.md and PNG plots. ``--parts``
+picks parts, ``--tasks`` the tasks the reruns may take; ``--resume`` reuses runs an earlier invocation finished.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ METHODS: dict[str, dict[str, Any]] = {
     # without warmup the MLP collapsed to one class on some seeds (rotten-tomatoes seeds 1 and 2 at lr 1e-3)
     "deep-mlp": {"method": "deep", "reparam": "mlp", "warmup_ratio": 0.1, "backbone_dropout": False},
 }
+PARTS = ("parity", "ablations", "longer", "data", "data-longer", "cost")
 PROMPTED = ("shallow", "ptuning-v1", "deep", "deep-mlp")
 
 
@@ -358,7 +361,8 @@ def trailing_tasks(
     for task in TASKS:
         if (task, "finetune") in by_key:
             finetune = by_key[(task, "finetune")]
-            deep = max((by_key[(task, m)] for m in ("deep", "deep-mlp")), key=lambda row: row["validation"])
+            variants = [by_key[(task, m)] for m in ("deep", "deep-mlp") if (task, m) in by_key]  # a rerun has one
+            deep = max(variants, key=lambda row: row["validation"])
             gaps[task] = (finetune["validation"] - deep["validation"], finetune, deep)
     trailing = [task for task in gaps if margin is None or gaps[task][0] > margin]
     behind = sorted(trailing, key=lambda task: -gaps[task][0])
@@ -366,13 +370,21 @@ def trailing_tasks(
 
 
 def rerun_trailing(
-    scale: Scale, runner: Runner, parity_rows: list[dict[str, Any]], changes: dict[str, Any], tasks: int, tag: str
+    scale: Scale,
+    runner: Runner,
+    parity_rows: list[dict[str, Any]],
+    changes: dict[str, Any],
+    tasks: int,
+    tag: str,
+    only: set[str] | None = None,
 ) -> dict[str, Any]:
     """Train fine-tuning and the chosen deep variant again with ``changes`` to their settings (searched lr and
-    prompt length kept, every seed, best epoch on validation) on at most ``tasks`` trailing tasks."""
+    prompt length kept, every seed, best epoch on validation) on at most ``tasks`` trailing tasks (of ``only``,
+    when given: a budget that cannot rerun every task picks where it decides most)."""
     behind, within, pairs = trailing_tasks(parity_rows, scale.rerun_margin)
+    rerun = [task for task in behind if only is None or task in only][:tasks]
     rows = []
-    for task in behind[:tasks]:
+    for task in rerun:
         print(f"{task}: {changes}", flush=True)
         planned = [(row, seed) for row in pairs[task] for seed in scale.seeds]
         results = runner.many(  # one batch: no job slot waits between the two methods
@@ -400,24 +412,38 @@ def rerun_trailing(
         "margin": scale.rerun_margin,
         "rows": rows,
         "within_a_point_already": within,
-        "behind_not_rerun": behind[tasks:],
+        "behind_not_rerun": [task for task in behind if task not in rerun],
     }
 
 
-def longer(scale: Scale, runner: Runner, parity_rows: list[dict[str, Any]]) -> dict[str, Any]:
+def longer(
+    scale: Scale, runner: Runner, parity_rows: list[dict[str, Any]], only: set[str] | None = None
+) -> dict[str, Any]:
     """More optimizer steps where deep trails: ``longer_epochs`` epochs of ``longer_batch_size`` examples.
     Prompts learn more slowly than fine-tuning, and the paper trains them for 30-40 epochs on the whole set."""
     changes = {"epochs": scale.longer_epochs, "batch_size": scale.longer_batch_size}
     tag = f"e{scale.longer_epochs}-b{scale.longer_batch_size}"
-    return {**changes, **rerun_trailing(scale, runner, parity_rows, changes, scale.longer_tasks, tag)}
+    return {**changes, **rerun_trailing(scale, runner, parity_rows, changes, scale.longer_tasks, tag, only)}
 
 
-def more_data(scale: Scale, runner: Runner, parity_rows: list[dict[str, Any]]) -> dict[str, Any]:
+def more_data(
+    scale: Scale, runner: Runner, parity_rows: list[dict[str, Any]], only: set[str] | None = None
+) -> dict[str, Any]:
     """More training examples where deep trails most (parity epochs and batch): tells a low-data effect from a
     ceiling of the method, and the rows' training losses tell underfitting from overfitting."""
     changes = {"max_train_samples": scale.data_train_examples}
     tag = f"n{scale.data_train_examples}"
-    return rerun_trailing(scale, runner, parity_rows, changes, scale.data_tasks, tag)
+    return rerun_trailing(scale, runner, parity_rows, changes, scale.data_tasks, tag, only)
+
+
+def more_data_longer(
+    scale: Scale, runner: Runner, data_rows: list[dict[str, Any]], only: set[str] | None = None
+) -> dict[str, Any]:
+    """Where deep still trails with more data (the data part's rows), ``longer_epochs`` epochs on that data at
+    the parity batch: its validation curves were still climbing at the last epoch, fine-tuning's flattening."""
+    changes = {"max_train_samples": scale.data_train_examples, "epochs": scale.longer_epochs}
+    tag = f"n{scale.data_train_examples}-e{scale.longer_epochs}"
+    return rerun_trailing(scale, runner, data_rows, changes, scale.data_tasks, tag, only)
 
 
 def ablations(scale: Scale, runner: Runner, parity_rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -488,15 +514,23 @@ def main() -> None:
     parser.add_argument(
         "--parts",
         default=None,
-        help="comma-separated subset of parity,ablations,longer,data,cost (default: all with --quick; without, all "
-        "but longer and data, which need about 2 h 40 min beyond the 2.5 h of the others)",
+        help=f"comma-separated subset of {','.join(PARTS)} (default: all with --quick; "
+        "without, all but longer, data and data-longer, which need hours beyond the 2.5 h of the others)",
+    )
+    parser.add_argument(
+        "--tasks", default=None, help="comma-separated tasks the longer/data/data-longer parts may rerun (default: all)"
     )
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once, the cores shared among them")
     parser.add_argument("--resume", action="store_true", help="reuse runs finished by an earlier invocation")
     args = parser.parse_args()
     scale = QUICK if args.quick else FULL
-    default_parts = "parity,ablations,longer,data,cost" if args.quick else "parity,ablations,cost"
+    default_parts = "parity,ablations,longer,data,data-longer,cost" if args.quick else "parity,ablations,cost"
     parts = set((args.parts or default_parts).split(","))
+    if unknown := parts - set(PARTS):
+        parser.error(f"unknown part(s) {sorted(unknown)}; expected some of {', '.join(PARTS)}")
+    only = set(args.tasks.split(",")) if args.tasks else None
+    if only and (unknown := only - set(TASKS)):
+        parser.error(f"unknown task(s) {sorted(unknown)}; expected some of {', '.join(TASKS)}")
     results = RESULTS / "quick" if args.quick else RESULTS  # a quick run never overwrites the full results
     results.mkdir(parents=True, exist_ok=True)
     setup = {
@@ -518,10 +552,13 @@ def main() -> None:
         write_json(results, "ablations.json", {"setup": setup, **ablations(scale, runner, rows)})
     if "longer" in parts:
         rows = json.loads((results / "parity.json").read_text())["rows"]
-        write_json(results, "longer.json", {"setup": setup, **longer(scale, runner, rows)})
+        write_json(results, "longer.json", {"setup": setup, **longer(scale, runner, rows, only)})
     if "data" in parts:
         rows = json.loads((results / "parity.json").read_text())["rows"]
-        write_json(results, "data.json", {"setup": setup, **more_data(scale, runner, rows)})
+        write_json(results, "data.json", {"setup": setup, **more_data(scale, runner, rows, only)})
+    if "data-longer" in parts:
+        rows = json.loads((results / "data.json").read_text())["rows"]
+        write_json(results, "data_longer.json", {"setup": setup, **more_data_longer(scale, runner, rows, only)})
     if "cost" in parts:
         import cost
 

@@ -184,3 +184,45 @@ def test_more_data_reruns_the_largest_gap_with_more_examples_and_reports_train_l
 def test_train_loss_is_missing_rather_than_averaged_over_some_seeds() -> None:
     assert study.mean_or_none([0.2, None, 0.4]) is None
     assert study.mean_or_none([0.2, 0.4]) == pytest.approx(0.3)
+
+
+def test_data_longer_reruns_where_deep_still_trails_after_more_data_among_the_chosen_tasks(tmp_path: Path) -> None:
+    data_rows = [  # the data part keeps one deep variant a task
+        _row("conll2003-ner", "finetune", 84.0, 88.0),
+        _row("conll2003-ner", "deep", 75.0, 78.0),  # behind by 10, but not among the chosen tasks
+        _row("conll2003-chunk", "finetune", 90.0, 90.0),
+        _row("conll2003-chunk", "deep-mlp", 86.0, 87.0),  # behind by 3
+        _row("rotten-tomatoes", "finetune", 80.0, 80.0),
+        _row("rotten-tomatoes", "deep", 80.0, 79.5),  # within a point
+    ]
+    runner = RecordingRunner()
+    only = {"conll2003-chunk", "rotten-tomatoes"}
+    result = study.more_data_longer(study.FULL, runner, data_rows, only)
+    assert {(s["dataset"], s["max_train_samples"], s["epochs"], s["batch_size"]) for s in runner.asked} == {
+        ("conll2003-chunk", study.FULL.data_train_examples, study.FULL.longer_epochs, study.FULL.batch_size)
+    }
+    assert [row["method"] for row in result["rows"]] == ["finetune", "deep-mlp"]
+    assert result["within_a_point_already"] == ["rotten-tomatoes"]
+    assert result["behind_not_rerun"] == ["conll2003-ner"]
+    (tmp_path / "data_longer.json").write_text(json.dumps(result))
+    text = report.write(tmp_path).read_text()
+    examples, epochs = study.FULL.data_train_examples, study.FULL.longer_epochs
+    assert f"## More data and more epochs ({examples} examples, {epochs} epochs)" in text
+    assert "behind but not rerun (time): conll2003-ner." in text
+    assert "| conll2003-chunk | 81.00 | deep-mlp 81.00 | +0.00 | 0.503% |" in text  # the recorded runs: a tie
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--parts", "parity,speed"], "unknown part(s) ['speed']; expected some of parity, ablations"),
+        (["--parts", "data", "--tasks", "ner"], "unknown task(s) ['ner']; expected some of rotten-tomatoes"),
+    ],
+)
+def test_study_rejects_unknown_parts_and_tasks(
+    argv: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["study.py", *argv])
+    with pytest.raises(SystemExit):
+        study.main()
+    assert message in capsys.readouterr().err
