@@ -312,7 +312,7 @@ def write(results: Path = RESULTS) -> Path:
         sections += rerun_section(
             data_longer,
             f"More data and more epochs ({examples} examples, {epochs} epochs)",
-            f"after the more-data part (the gaps below are those runs' validation gaps), both were trained again "
+            f"after the more-data part (judged on its runs' validation scores), both were trained again "
             f"on {examples} training examples for {epochs} epochs of batch {batch}",
         )
     if cost:
