@@ -504,6 +504,14 @@ def ablations(scale: Scale, runner: Runner, parity_rows: list[dict[str, Any]]) -
     return {"prompt_length": length_rows, "depth": depth_rows, "reparam": reparam_rows(parity_rows)}
 
 
+def rows_of(results: Path, source: str, part: str) -> list[dict[str, Any]]:
+    """The rows a part builds on (parity's or data's), or a clear stop naming the part to run first."""
+    path = results / f"{source}.json"
+    if not path.is_file():
+        raise SystemExit(f"the {part} part builds on {path}, which does not exist: run --parts {source} first")
+    return json.loads(path.read_text())["rows"]
+
+
 def write_json(results: Path, name: str, content: dict[str, Any]) -> None:
     (results / name).write_text(json.dumps(content, indent=2) + "\n")
 
@@ -548,16 +556,16 @@ def main() -> None:
     if "parity" in parts:
         parity(scale, runner, lambda rows: write_json(results, "parity.json", {"setup": setup, "rows": rows}))
     if "ablations" in parts:
-        rows = json.loads((results / "parity.json").read_text())["rows"]
+        rows = rows_of(results, "parity", "ablations")
         write_json(results, "ablations.json", {"setup": setup, **ablations(scale, runner, rows)})
     if "longer" in parts:
-        rows = json.loads((results / "parity.json").read_text())["rows"]
+        rows = rows_of(results, "parity", "longer")
         write_json(results, "longer.json", {"setup": setup, **longer(scale, runner, rows, only)})
     if "data" in parts:
-        rows = json.loads((results / "parity.json").read_text())["rows"]
+        rows = rows_of(results, "parity", "data")
         write_json(results, "data.json", {"setup": setup, **more_data(scale, runner, rows, only)})
     if "data-longer" in parts:
-        rows = json.loads((results / "data.json").read_text())["rows"]
+        rows = rows_of(results, "data", "data-longer")
         write_json(results, "data_longer.json", {"setup": setup, **more_data_longer(scale, runner, rows, only)})
     if "cost" in parts:
         import cost

@@ -226,3 +226,10 @@ def test_study_rejects_unknown_parts_and_tasks(
     with pytest.raises(SystemExit):
         study.main()
     assert message in capsys.readouterr().err
+
+
+def test_a_part_without_the_results_it_builds_on_names_the_part_to_run_first(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"data-longer part builds on .*data\.json.*run --parts data first"):
+        study.rows_of(tmp_path, "data", "data-longer")
+    (tmp_path / "data.json").write_text(json.dumps({"rows": [_row("conll2003-ner", "finetune", 84.0, 88.0)]}))
+    assert study.rows_of(tmp_path, "data", "data-longer")[0]["mean"] == 84.0
