@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from conftest import PAD, assert_padding_invariant, prompt_effect, random_batch, tiny_backbone
@@ -27,6 +29,11 @@ def default_position_ids(backbone, input_ids):
     return torch.arange(input_ids.shape[1]).expand_as(input_ids)
 
 
+def cache_argument(backbone) -> str:
+    """The forward argument that takes a cache: ``cache`` since transformers 5.24, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+
+
 @pytest.mark.parametrize("shift", [False, True], ids=["unshifted", "shifted"])
 def test_encode_equals_dynamic_cache_route(cache_arch_impl, shift):
     arch, impl = cache_arch_impl
@@ -41,7 +48,10 @@ def test_encode_equals_dynamic_cache_route(cache_arch_impl, shift):
         # The cache route shifts positions by the cache length unless explicit (unshifted) ids are passed.
         position_ids = None if shift else default_position_ids(model.backbone, input_ids)
         reference = model.backbone(
-            input_ids=input_ids, attention_mask=mask_with_prompt, past_key_values=cache, position_ids=position_ids
+            input_ids=input_ids,
+            attention_mask=mask_with_prompt,
+            position_ids=position_ids,
+            **{cache_argument(model.backbone): cache},
         ).last_hidden_state
     real = attention_mask.bool()
     assert (ours - reference)[real].abs().max().item() <= 1e-5
@@ -183,7 +193,7 @@ def test_prompt_layers_must_exist():
 
 def test_activation_checkpointing_is_refused_for_deep_prompts():
     model = prompted()
-    model.backbone.gradient_checkpointing_enable()
+    model.backbone.activation_checkpointing_enable()
     model.train()
     input_ids, attention_mask = random_batch()
     with pytest.raises(PtuningError, match="activation \\(gradient\\) checkpointing"):

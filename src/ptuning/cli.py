@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .config import METHODS
+from . import __version__
 from .errors import DataError, PtuningError
-from .heads import POOLINGS
-from .model import CONFIG_NAME, PromptedModel
-from .tasks import TASK_CLASSES
-from .train import FORMAT_TASKS, Recipe, load_dataset, lr_family, read_examples, train
+from .recipe import Recipe, flag_name, lr_family
 
 DEFAULT_RECIPE = "conll2003-ner-minilm"
 
@@ -46,7 +45,10 @@ def load_recipe_values(name_or_path: str) -> dict[str, Any]:
 
 
 def _layers(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part.strip()]
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices like 0,1,2, got {text!r}") from None
 
 
 def _none_or_str(text: str) -> str | None:
@@ -54,75 +56,37 @@ def _none_or_str(text: str) -> str | None:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    suppress = argparse.SUPPRESS
-    add = parser.add_argument
-    add("--config", default=suppress, help="YAML recipe (path or packaged name); flags override its keys")
-    add(
-        "--dataset",
-        default=suppress,
-        help="packaged dataset (conll2003-ner, conll2003-pos, conll2003-chunk, rotten-tomatoes) "
-        "or hf:NAME[:CONFIG] through datasets.load_dataset",
+    """One flag per Recipe field, with its help and default; a flag given overrides the recipe's key."""
+    parser.add_argument(
+        "--config", default=argparse.SUPPRESS, help="YAML recipe (path or packaged name); flags override its keys"
     )
-    add("--train", default=suppress, help="training file: CoNLL columns, or CSV/TSV/JSONL")
-    add("--validation", default=suppress, help="validation file (model selection each epoch)")
-    add("--test", default=suppress, help="test file (scored once with the best checkpoint)")
-    add(
-        "--task",
-        default=suppress,
-        choices=[*TASK_CLASSES, *FORMAT_TASKS],
-        help="a task, or a file format that "
-        "implies one: squad, squad_v2 (SQuAD JSON), boolq, cb, rte, wic, wsc, copa (SuperGLUE JSONL), srl",
-    )
-    add("--tag-column", type=int, default=suppress, help="CoNLL column holding the tag (default: last)")
-    add("--text-column", default=suppress)
-    add("--pair-column", default=suppress)
-    add("--label-column", default=suppress)
-    add("--tokens-column", default=suppress, help="hf: datasets, token classification (default tokens)")
-    add("--tags-column", default=suppress, help="hf: datasets, token classification (default ner_tags)")
-    add("--model", default=suppress, help="backbone: alias (minilm-l6), local folder, or hub name")
-    add(
-        "--method",
-        default=suppress,
-        choices=list(METHODS),
-        help="deep (P-Tuning v2, default), shallow, ptuning-v1, finetune, linear-probe",
-    )
-    add("--prompt-length", type=int, default=suppress)
-    add("--prompt-layers", type=_layers, default=suppress, help="comma-separated layer indices (default: all)")
-    add("--reparam", type=_none_or_str, default=suppress, help="deep: none or mlp; ptuning-v1: lstm or mlp")
-    add("--reparam-hidden", type=int, default=suppress)
-    add("--prompt-init", default=suppress, choices=["random", "vocab"], help="shallow: initial prompt embeddings")
-    add("--prompt-dropout", type=float, default=suppress)
-    add(
-        "--shift-positions",
-        action="store_true",
-        default=suppress,
-        help="shift text positions by the prompt length, as the reference code and PEFT do",
-    )
-    add(
-        "--no-backbone-dropout",
-        dest="backbone_dropout",
-        action="store_false",
-        default=suppress,
-        help="train with the backbone's dropout off (the head keeps its own)",
-    )
-    add(
-        "--pooling",
-        default=suppress,
-        choices=list(POOLINGS),
-        help="sequence classification: cls (encoders' default), mean, last (decoders' default), pooler",
-    )
-    add("--lr", type=float, default=suppress)
-    add("--weight-decay", type=float, default=suppress)
-    add("--warmup-ratio", type=float, default=suppress)
-    add("--epochs", type=float, default=suppress)
-    add("--max-steps", type=int, default=suppress)
-    add("--batch-size", type=int, default=suppress)
-    add("--eval-batch-size", type=int, default=suppress)
-    add("--seed", type=int, default=suppress)
-    add("--max-length", type=int, default=suppress, help="truncate inputs to this many tokens (with a warning)")
-    add("--max-train-samples", type=int, default=suppress)
-    add("--max-eval-samples", type=int, default=suppress)
-    add("--output", default=suppress, help="run folder: checkpoint/, metrics.json, train.log, log.json")
+    hints = typing.get_type_hints(Recipe)
+    for item in dataclasses.fields(Recipe):
+        meta = item.metadata
+        if meta.get("flag") is False:
+            continue
+        hint = hints[item.name]
+        default = meta.get("default_help") or ("none" if item.default is None else item.default)
+        help_text = meta["help"] if hint is bool else f"{meta['help']} (default: {default})"
+        options: dict[str, Any] = {
+            "dest": item.name,
+            "default": argparse.SUPPRESS,
+            "help": help_text.replace("%", "%%"),
+        }
+        if hint is bool:
+            flag = flag_name(item.name) if not item.default else flag_name(f"no_{item.name}")
+            parser.add_argument(flag, action="store_false" if item.default else "store_true", **options)
+            continue
+        wanted = next(arg for arg in (typing.get_args(hint) or (hint,)) if arg is not type(None))
+        if typing.get_origin(wanted) is list:
+            options["type"], options["metavar"] = _layers, "I,J,..."
+        elif item.name == "reparam":
+            options["type"] = _none_or_str
+        else:
+            options["type"] = wanted
+        if meta.get("choices"):
+            options["choices"] = meta["choices"]
+        parser.add_argument(flag_name(item.name), **options)
 
 
 def build_recipe(flags: dict[str, Any]) -> Recipe:
@@ -154,18 +118,11 @@ def build_recipe(flags: dict[str, Any]) -> Recipe:
     return Recipe.from_dict(values, source=str(config or "flags"))
 
 
-def checkpoint_folder(path: str) -> Path:
-    """Accept a checkpoint folder or a run folder holding checkpoint/."""
-    folder = Path(path)
-    if not (folder / CONFIG_NAME).is_file() and (folder / "checkpoint" / CONFIG_NAME).is_file():
-        return folder / "checkpoint"
-    return folder
-
-
 def _load_for_inference(path: str):
+    from .model import PromptedModel
     from .tasks import make_task
 
-    model = PromptedModel.from_pretrained(checkpoint_folder(path))
+    model = PromptedModel.from_pretrained(path)
     max_length = min(model.extra.get("max_length") or model.max_text_length, model.max_text_length)
     task_name = model.extra.get("task_name", model.task)
     return model, make_task(task_name, model.tokenizer, model.labels, max_length, **model.extra.get("task_options", {}))
@@ -173,7 +130,11 @@ def _load_for_inference(path: str):
 
 def command_train(args: argparse.Namespace) -> None:
     flags = {key: value for key, value in vars(args).items() if key not in ("command", "handler")}
-    metrics = train(build_recipe(flags))
+    recipe = build_recipe(flags)
+    from .train import prepare_output, train
+
+    prepare_output(Path(recipe.output), recipe.overwrite)  # before minutes of loading, not after
+    metrics = train(recipe)
     primary = metrics["primary_metric"]
     whole = ", the whole fine-tuned backbone included" if metrics["recipe"]["method"] == "finetune" else ""
     scores = ", ".join(
@@ -190,6 +151,8 @@ def command_train(args: argparse.Namespace) -> None:
 
 
 def command_eval(args: argparse.Namespace) -> None:
+    from .data.sources import load_dataset, read_examples
+
     model, task = _load_for_inference(args.checkpoint)
     if args.test:
         examples = read_examples(args.test, model.extra.get("reader") or {})
@@ -244,61 +207,92 @@ def command_predict(args: argparse.Namespace) -> None:
 def command_export_peft(args: argparse.Namespace) -> None:
     from .peft_interop import export_peft
 
-    out = export_peft(checkpoint_folder(args.checkpoint), args.out, backbone=args.backbone)
+    out = export_peft(args.checkpoint, args.out, backbone=args.backbone)
     print(f"wrote PEFT prefix-tuning adapter to {out}")
 
 
 def command_import_peft(args: argparse.Namespace) -> None:
     from .peft_interop import import_peft
 
-    out = import_peft(args.adapter, args.out, backbone=args.backbone)
+    labels = [name.strip() for name in args.labels.split(",")] if args.labels else None
+    out = import_peft(args.adapter, args.out, backbone=args.backbone, labels=labels)
     print(f"wrote ptuning checkpoint to {out}")
 
 
-def parser() -> argparse.ArgumentParser:
-    main_parser = argparse.ArgumentParser(prog="ptuning", description="P-Tuning v2: deep prompt tuning")
-    commands = main_parser.add_subparsers(dest="command", required=True)
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
-    train_parser = commands.add_parser("train", help="train a prompt (no arguments: the default NER recipe)")
+
+def parser() -> argparse.ArgumentParser:
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    main_parser = argparse.ArgumentParser(prog="ptuning", description="P-Tuning v2: deep prompt tuning")
+    main_parser.add_argument("--version", action="version", version=f"ptuning {__version__}")
+    commands = main_parser.add_subparsers(dest="command", required=True)
+    checkpoint_help = "checkpoint folder (or the run folder holding checkpoint/)"
+
+    train_parser = commands.add_parser(
+        "train", help="train a prompt (no arguments: the default NER recipe)", formatter_class=formatter
+    )
     add_train_arguments(train_parser)
     train_parser.set_defaults(handler=command_train)
 
-    eval_parser = commands.add_parser("eval", help="score a checkpoint on labelled data; prints JSON")
-    eval_parser.add_argument("checkpoint", help="checkpoint folder (or the run folder holding checkpoint/)")
+    eval_parser = commands.add_parser(
+        "eval", help="score a checkpoint on labelled data; prints JSON", formatter_class=formatter
+    )
+    eval_parser.add_argument("checkpoint", help=checkpoint_help)
     eval_parser.add_argument("--test", help="file in the format the checkpoint was trained on")
     eval_parser.add_argument("--dataset", help="packaged or hf: dataset to score instead of a file")
     eval_parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    eval_parser.add_argument("--batch-size", type=int, default=64)
+    eval_parser.add_argument("--batch-size", type=_positive_int, default=64)
     eval_parser.add_argument("--predictions", help="write one JSON line per example (id and prediction) here")
     eval_parser.add_argument("--output-metrics", help="write the metrics as JSON here too")
     eval_parser.set_defaults(handler=command_eval)
 
-    predict_parser = commands.add_parser("predict", help="predict text lines or JSON lines; writes JSON lines")
-    predict_parser.add_argument("checkpoint", help="checkpoint folder (or the run folder holding checkpoint/)")
+    predict_parser = commands.add_parser(
+        "predict", help="predict text lines or JSON lines; writes JSON lines", formatter_class=formatter
+    )
+    predict_parser.add_argument("checkpoint", help=checkpoint_help)
     predict_parser.add_argument("--input", help="input file (default: standard input)")
-    predict_parser.add_argument("--batch-size", type=int, default=64)
+    predict_parser.add_argument("--batch-size", type=_positive_int, default=64)
     predict_parser.set_defaults(handler=command_predict)
 
-    export_parser = commands.add_parser("export-peft", help="write a deep-prompt checkpoint as a PEFT prefix adapter")
-    export_parser.add_argument("checkpoint", help="checkpoint folder (or the run folder holding checkpoint/)")
-    export_parser.add_argument("out", help="adapter folder to write")
+    export_parser = commands.add_parser(
+        "export-peft", help="write a deep-prompt checkpoint as a PEFT prefix adapter", formatter_class=formatter
+    )
+    export_parser.add_argument("checkpoint", help=checkpoint_help)
+    export_parser.add_argument("out", help="adapter folder to write (new or empty)")
     export_parser.add_argument("--backbone", help="backbone folder or name, if the checkpoint names none")
     export_parser.set_defaults(handler=command_export_peft)
 
-    import_parser = commands.add_parser("import-peft", help="read a PEFT prefix-tuning adapter into a checkpoint")
+    import_parser = commands.add_parser(
+        "import-peft", help="read a PEFT prefix-tuning adapter into a checkpoint", formatter_class=formatter
+    )
     import_parser.add_argument("adapter", help="PEFT adapter folder (adapter_config.json + weights)")
-    import_parser.add_argument("out", help="ptuning checkpoint folder to write")
+    import_parser.add_argument("out", help="ptuning checkpoint folder to write (new or empty)")
     import_parser.add_argument("--backbone", help="backbone folder or name (default: the adapter's base model)")
+    import_parser.add_argument(
+        "--labels", help="label names in the classifier's order, comma-separated (default: what the adapter names)"
+    )
     import_parser.set_defaults(handler=command_import_peft)
     return main_parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    logger = logging.getLogger("ptuning")
+    for handler in [handler for handler in logger.handlers if getattr(handler, "ptuning_console", False)]:
+        logger.removeHandler(handler)  # one console handler, on the current stderr, however often main runs
     console = logging.StreamHandler()
     console.setFormatter(logging.Formatter("ptuning: %(message)s"))
-    logging.getLogger("ptuning").addHandler(console)
-    logging.getLogger("ptuning").setLevel(logging.INFO)
+    console.ptuning_console = True
+    logger.addHandler(console)
+    logger.setLevel(logging.INFO)
     try:
         args.handler(args)
     except PtuningError as error:

@@ -11,6 +11,8 @@ METHODS = ("deep", "shallow", "ptuning-v1", "finetune", "linear-probe")
 PROMPTED_METHODS = ("deep", "shallow", "ptuning-v1")
 REPARAMS = {"deep": (None, "mlp"), "shallow": (None,), "ptuning-v1": ("lstm", "mlp")}
 INITS = ("random", "vocab")
+# how a text becomes one vector for sequence heads (heads.pool): first token, mean, last real token, backbone pooler
+POOLINGS = ("cls", "mean", "last", "pooler")
 
 
 @dataclass

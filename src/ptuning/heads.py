@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .config import POOLINGS
 from .errors import PtuningError
 
 TASKS = ("sequence-classification", "token-classification", "question-answering", "multiple-choice", "causal-lm")
 # Tasks whose head outputs a fixed number of scores rather than one per label name.
 HEAD_WIDTH = {"question-answering": 2, "multiple-choice": 1}
-POOLINGS = ("cls", "mean", "last", "pooler")
 
 
 class LinearHead(nn.Module):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -43,6 +44,27 @@ def _backbone_fingerprint(backbone: nn.Module) -> float:
     """A cheap checksum of the input embeddings: tells a same-shaped but different backbone apart."""
     weights = backbone.get_input_embeddings().weight[:256].detach().double()
     return round(float((weights * torch.arange(1, weights.shape[1] + 1, dtype=torch.float64)).sum()), 6)
+
+
+def checkpoint_folder(path: str | Path) -> Path:
+    """A checkpoint folder, or the run folder of ``ptuning train`` that holds one in ``checkpoint/``."""
+    folder = Path(path)
+    if not (folder / CONFIG_NAME).is_file() and (folder / "checkpoint" / CONFIG_NAME).is_file():
+        return folder / "checkpoint"
+    return folder
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, or a CheckpointError saying it is unreadable (truncated, corrupted)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path.parent} lacks {path.name}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({error}); it may be truncated or corrupted: "
+            "copy it again from where it was trained"
+        ) from error
 
 
 def stored_share(stored: int, trainable: int, total: int) -> float:
@@ -373,7 +395,8 @@ class PromptedModel(nn.Module):
 
     @staticmethod
     def read_config(directory: str | Path) -> dict[str, Any]:
-        path = Path(directory) / CONFIG_NAME
+        """The JSON config of a checkpoint (or run) folder."""
+        path = checkpoint_folder(directory) / CONFIG_NAME
         if not path.is_file():
             raise CheckpointError(f"{directory} is not a ptuning checkpoint: {CONFIG_NAME} is missing")
         try:
@@ -387,7 +410,11 @@ class PromptedModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, backbone: str | PreTrainedModel | None = None) -> PromptedModel:
-        """Restore a saved prompt and head onto ``backbone`` (default: the backbone named in the checkpoint)."""
+        """Restore a saved prompt and head onto ``backbone`` (default: the backbone named in the checkpoint).
+
+        ``directory`` is a checkpoint folder or the run folder of ``ptuning train`` holding ``checkpoint/``.
+        """
+        directory = checkpoint_folder(directory)
         config = cls.read_config(directory)
         finetuned = Path(directory) / FINETUNED_BACKBONE
         if backbone is None and finetuned.is_dir():
@@ -427,10 +454,8 @@ class PromptedModel(nn.Module):
                 f"{reference!r}; its predictions may be wrong",
                 stacklevel=2,
             )
-        weights_path = Path(directory) / WEIGHTS_NAME
-        if not weights_path.is_file():
-            raise CheckpointError(f"{directory} lacks {WEIGHTS_NAME}")
-        state = load_file(str(weights_path))
+        weights_path = directory / WEIGHTS_NAME
+        state = read_weights(weights_path)
         own = model.state_dict()
         expected_keys = {name for name in own if name.startswith(("prompt_encoder.", "head."))}
         problems = sorted(expected_keys ^ set(state))

@@ -21,6 +21,7 @@ under PEFT its text gets other position embeddings and its logits differ; import
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
@@ -28,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, PreTrainedModel
 
 from .backbones import _load, load_backbone, resolve
 from .config import PromptConfig
 from .errors import CheckpointError, PtuningError
-from .model import PromptedModel
+from .model import PromptedModel, checkpoint_folder
 
 MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 TASK = "sequence-classification"
@@ -45,7 +47,13 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_WEIGHTS_BIN = "adapter_model.bin"
 TABLE_KEY = "prompt_embeddings"
 ROBERTA_HEAD = ("roberta", "xlm-roberta")  # classifier = dense -> tanh -> out_proj
+EXPORT_INFO = "ptuning_export.json"  # beside PEFT's files: what PEFT's adapter format cannot hold (label names)
 EXACT = 1e-4  # largest logit difference the export's self-check accepts
+# the versions PEFT's prefix tuning was last seen to work with here (the lock, and the range tested)
+WORKS_WITH = (
+    "transformers 5.x before 5.24 with peft 0.21.2 (the locked pair, transformers 5.23.0 + peft 0.21.2, is tested); "
+    "transformers 5.24 renamed the forward argument past_key_values that PEFT prefix tuning needs"
+)
 
 
 def _supported(what: str) -> str:
@@ -101,6 +109,52 @@ def _peft_classes():
     return peft
 
 
+@functools.cache
+def peft_prefix_problem() -> str | None:
+    """Why PEFT's prefix tuning cannot run on the installed peft and transformers (None when it can).
+
+    PEFT refuses prefix tuning when the model's forward lacks the argument it hands the prefix over in (as with
+    transformers 5.24); the only sure test is to run it, on a model of a few hundred parameters.
+    """
+    peft = _peft_classes()
+    torch_state = torch.random.get_rng_state()
+    tiny = BertConfig(
+        vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
+        max_position_embeddings=16,
+    )  # fmt: skip
+    try:
+        model = peft.get_peft_model(
+            BertForSequenceClassification(tiny), peft.PrefixTuningConfig(task_type=PEFT_TASK, num_virtual_tokens=2)
+        )
+        with torch.no_grad():
+            model(input_ids=torch.ones(1, 3, dtype=torch.long), attention_mask=torch.ones(1, 3, dtype=torch.long))
+    except Exception as error:  # a capability probe: whatever PEFT or transformers raise means "cannot"
+        return f"{type(error).__name__}: {error}"
+    finally:
+        torch.random.set_rng_state(torch_state)
+    return None
+
+
+def require_peft_prefix_tuning(action: str) -> None:
+    """Refuse ``action`` with the installed versions and the ones that work, when PEFT cannot do prefix tuning."""
+    problem = peft_prefix_problem()
+    if problem is not None:
+        raise PtuningError(
+            f"{action} needs PEFT's prefix tuning, which does not run with the installed peft "
+            f"{_peft_classes().__version__} and transformers {transformers.__version__} (PEFT: {problem}). It works "
+            f"with {WORKS_WITH}: install the locked versions (make setup) or pip install 'transformers<5.24'. "
+            "Nothing was written."
+        )
+
+
+def _new_folder(out_dir: str | Path) -> Path:
+    """``out_dir`` if it is absent or empty: the interop commands never write over a user's files."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise PtuningError(f"{out_dir} already exists and is not an empty folder; choose a new output folder")
+    return out_dir
+
+
 def _probe_batch(model: PromptedModel) -> tuple[torch.Tensor, torch.Tensor]:
     """Two texts, the second padded, short enough for the position table."""
     config = model.backbone.config
@@ -123,11 +177,14 @@ def export_peft(checkpoint_dir: str | Path, out_dir: str | Path, backbone: str |
     kept. Warns when positions differ (``shift_positions=False``) and when the base model must be loaded with
     another ``num_labels`` than its config has.
     """
+    checkpoint_dir = checkpoint_folder(checkpoint_dir)
     config = PromptedModel.read_config(checkpoint_dir)
     check_exportable(config)
+    out_dir = _new_folder(out_dir)
     reference = backbone or config["backbone"]
     if reference is None:
         raise CheckpointError(f"{checkpoint_dir} was trained on a backbone object, not a named one: pass backbone=...")
+    require_peft_prefix_tuning("export-peft")
     peft = _peft_classes()
     model = PromptedModel.from_pretrained(checkpoint_dir, backbone=load_backbone(reference)).eval()
     prompt = model.prompt_config
@@ -193,8 +250,9 @@ def export_peft(checkpoint_dir: str | Path, out_dir: str | Path, backbone: str |
                 f"the PEFT adapter's logits differ from the checkpoint's by {difference:.3g} (> {EXACT}) with this "
                 "peft/transformers version; not written"
             )
-    out_dir = Path(out_dir)
     peft_model.save_pretrained(str(out_dir))
+    info = {"labels": labels, "exported_from": str(Path(checkpoint_dir).resolve()), "prompt": prompt.to_dict()}
+    (out_dir / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
     return out_dir
 
 
@@ -257,16 +315,25 @@ def _labels(backbone: PreTrainedModel, count: int) -> list[str]:
     return [str(index) for index in range(count)]
 
 
-def import_peft(adapter_dir: str | Path, out_dir: str | Path, backbone: str | PreTrainedModel | None = None) -> Path:
+def import_peft(
+    adapter_dir: str | Path,
+    out_dir: str | Path,
+    backbone: str | PreTrainedModel | None = None,
+    labels: list[str] | None = None,
+) -> Path:
     """Read a PEFT prefix-tuning SEQ_CLS adapter into a ptuning checkpoint in ``out_dir``.
 
     ``backbone`` (a reference or a model object) defaults to the adapter's ``base_model_name_or_path``. The
-    result has pooling ``pooler``, ``shift_positions=True`` and prompt dropout 0 (PEFT has none), labels from
-    the base config's ``id2label`` when it names as many labels as the classifier has, else "0".."n-1".
-    ``prefix_projection`` adapters are accepted: PEFT saves their projected (folded) table.
+    result has pooling ``pooler``, ``shift_positions=True`` and prompt dropout 0 (PEFT has none). Label names:
+    ``labels``, else those ``export_peft`` kept beside the adapter, else the base config's ``id2label`` when it
+    names as many labels as the classifier has, else "0".."n-1". ``prefix_projection`` adapters are accepted: PEFT
+    saves their projected (folded) table. With a named backbone, PEFT itself runs the adapter on a probe batch
+    and its logits must equal the imported checkpoint's, or nothing is written.
     """
     config, weights = read_adapter(adapter_dir)
     check_importable(config)
+    out_dir = _new_folder(out_dir)
+    require_peft_prefix_tuning("import-peft")
     reference = backbone if backbone is not None else config.get("base_model_name_or_path")
     if reference is None:
         raise CheckpointError(f"{adapter_dir} names no base model (base_model_name_or_path): pass backbone=...")
@@ -324,7 +391,7 @@ def import_peft(adapter_dir: str | Path, out_dir: str | Path, backbone: str | Pr
         linear = {"weight": head["out_proj.weight"], "bias": head["out_proj.bias"]}
     else:
         linear = {"weight": head["weight"], "bias": head["bias"]}
-    labels = _labels(model_backbone, linear["weight"].shape[0])
+    labels = _import_labels(adapter_dir, model_backbone, linear["weight"].shape[0], labels)
     model = PromptedModel(
         model_backbone,
         TASK,
@@ -337,7 +404,52 @@ def import_peft(adapter_dir: str | Path, out_dir: str | Path, backbone: str | Pr
     with torch.no_grad():
         model.prompt_encoder.table.copy_(table)
         model.head.classifier.load_state_dict({name: tensor.float() for name, tensor in linear.items()})
+    if isinstance(reference, str):
+        _check_against_peft(model.eval(), reference, adapter_dir)
     extra = {
         "imported_from": {"peft_adapter": str(Path(adapter_dir).resolve()), "peft_version": config.get("peft_version")}
     }
     return model.save_pretrained(out_dir, extra=extra)
+
+
+def _check_against_peft(model: PromptedModel, reference: str, adapter_dir: str | Path) -> None:
+    """PEFT's logits for the adapter on a probe batch must equal the imported model's."""
+    peft = _peft_classes()
+    count = len(model.labels)
+    base = _load(
+        AutoModelForSequenceClassification.from_pretrained,
+        reference,
+        "model",
+        num_labels=count,
+        ignore_mismatched_sizes=True,  # the adapter's saved classifier replaces whatever the folder holds
+    )
+    peft_model = peft.PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    input_ids, attention_mask = _probe_batch(model)
+    with torch.no_grad():
+        ours = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        theirs = peft_model(input_ids=input_ids, attention_mask=attention_mask).logits
+    difference = float((ours - theirs).abs().max())
+    if not difference <= EXACT:
+        raise PtuningError(
+            f"PEFT's logits for {adapter_dir} differ from the imported checkpoint's by {difference:.3g} (> {EXACT}) "
+            "with this peft/transformers version; not written"
+        )
+
+
+def _import_labels(
+    adapter_dir: str | Path, backbone: PreTrainedModel, count: int, given: list[str] | None
+) -> list[str]:
+    """Label names for a classifier of ``count`` rows: given, kept by export_peft, or from the base config."""
+    info_path = Path(adapter_dir) / EXPORT_INFO
+    if given is None and info_path.is_file():
+        try:
+            given = json.loads(info_path.read_text()).get("labels")
+        except json.JSONDecodeError as error:
+            raise CheckpointError(f"{info_path} is not valid JSON: {error}") from error
+    if given is None:
+        return _labels(backbone, count)
+    if len(given) != count or len(set(given)) != count:
+        raise CheckpointError(
+            f"the adapter's classifier has {count} outputs, but the label names {given} are not {count} distinct names"
+        )
+    return [str(label) for label in given]

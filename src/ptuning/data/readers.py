@@ -22,6 +22,14 @@ class TaggedSentence:
     words: list[str]
     tags: list[str]
     source: str = ""
+    lines: list[int] | None = None  # the file line of each word, so errors can point at the word
+
+    def where(self, tag: str) -> str:
+        """The file and line of the first word tagged ``tag`` (the sentence's start when lines are unknown)."""
+        if self.lines is None or tag not in self.tags:
+            return self.source
+        path = self.source.rpartition(":")[0]
+        return f"{path}:{self.lines[self.tags.index(tag)]}"
 
 
 @dataclass
@@ -55,14 +63,15 @@ def read_conll(path: str | Path, tag_column: int = -1) -> list[TaggedSentence]:
     sentences: list[TaggedSentence] = []
     words: list[str] = []
     tags: list[str] = []
+    lines: list[int] = []
     columns: int | None = None
-    start_line = 0
 
     def close_sentence() -> None:
         if words:
-            sentences.append(TaggedSentence(list(words), list(tags), f"{path}:{start_line}"))
+            sentences.append(TaggedSentence(list(words), list(tags), f"{path}:{lines[0]}", list(lines)))
         words.clear()
         tags.clear()
+        lines.clear()
 
     for number, line in enumerate(_open_lines(path), start=1):
         fields = line.split()
@@ -80,10 +89,9 @@ def read_conll(path: str | Path, tag_column: int = -1) -> list[TaggedSentence]:
             raise DataError(
                 f"{path}:{number}: expected {columns} columns like the first token line, found {len(fields)}: {line!r}"
             )
-        if not words:
-            start_line = number
         words.append(fields[0])
         tags.append(fields[tag_column])
+        lines.append(number)
     close_sentence()
     if not sentences:
         raise DataError(f"{path}: no sentences found")

@@ -48,7 +48,8 @@ class Task:
         for example in examples:
             unknown = sorted(set(self.gold(example)) - set(self.label_to_id))
             if unknown:
-                raise DataError(f"{example.source}: label(s) {unknown} unknown to the model; it knows {self.labels}")
+                where = example.where(unknown[0]) if hasattr(example, "where") else example.source
+                raise DataError(f"{where}: label(s) {unknown} unknown to the model; it knows {self.labels}")
 
     def warn_truncated(self, encoded: Encoded) -> Encoded:
         if encoded.truncated:
