@@ -157,3 +157,12 @@ def minilm_tokenizer():
     from ptuning.backbones import load_tokenizer
 
     return load_tokenizer("minilm-l6")
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_folder(tmp_path_factory, minilm_tokenizer):
+    """A tiny random BERT saved with the packaged MiniLM's tokenizer: a named backbone that trains in milliseconds."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tiny_backbone("bert", vocab_size=minilm_tokenizer.vocab_size).save_pretrained(folder)
+    minilm_tokenizer.save_pretrained(folder)
+    return folder

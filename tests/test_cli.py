@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_backbone
 
 from ptuning import PromptConfig, PromptedModel
 from ptuning.cli import build_recipe, main, parser
@@ -67,17 +66,14 @@ def test_empty_training_file(tmp_path, capsys):
 
 
 @pytest.fixture
-def ner_checkpoint(tmp_path, monkeypatch):
+def ner_checkpoint(tmp_path, tiny_backbone_folder):
     """A checkpoint on a tiny BERT whose backbone reference resolves to a saved local folder."""
-    backbone_folder = tmp_path / "backbone"
-    tiny = tiny_backbone("bert", vocab_size=30522)
-    tiny.save_pretrained(backbone_folder)
-    from ptuning.backbones import load_tokenizer
-
-    load_tokenizer("minilm-l6").save_pretrained(backbone_folder)
     torch.manual_seed(0)
     model = PromptedModel.from_backbone(
-        str(backbone_folder), "token-classification", labels=["B-PER", "I-PER", "O"], prompt=PromptConfig(length=2)
+        str(tiny_backbone_folder),
+        "token-classification",
+        labels=["B-PER", "I-PER", "O"],
+        prompt=PromptConfig(length=2),
     )
     folder = tmp_path / "run" / "checkpoint"
     model.save_pretrained(folder, extra={"reader": {"format": "conll", "tag_column": -1}})

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import transformers
 from conftest import BERT_LIKE, random_batch
 from safetensors.torch import load_file, save_file
 from transformers import (
@@ -21,9 +22,13 @@ from transformers import (
 
 from ptuning import CheckpointError, PromptConfig, PromptedModel, PtuningError
 from ptuning.cli import main
-from ptuning.peft_interop import check_exportable, export_peft, import_peft
+from ptuning.peft_interop import check_exportable, export_peft, import_peft, peft_prefix_problem
 
 peft = pytest.importorskip("peft")
+# Where PEFT itself cannot do prefix tuning (transformers 5.24 with peft 0.21.2) the tests that run PEFT are
+# skipped with PEFT's reason, and the refusal tests below still run.
+PROBLEM = peft_prefix_problem()
+needs_peft = pytest.mark.skipif(PROBLEM is not None, reason=f"PEFT prefix tuning cannot run here: {PROBLEM}")
 
 TASK = "sequence-classification"
 LABELS = ["neg", "neu", "pos"]
@@ -76,6 +81,7 @@ def peft_logits(backbone, adapter, input_ids, attention_mask, **base_kwargs):
         return model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
+@needs_peft
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "xlm-roberta"])
 def test_export_loads_in_peft_with_the_same_logits(tmp_path, model_type):
     backbone = save_backbone(tmp_path / "backbone", model_type)
@@ -99,6 +105,7 @@ def test_export_loads_in_peft_with_the_same_logits(tmp_path, model_type):
     assert (ours - theirs).abs().max() <= TOLERANCE
 
 
+@needs_peft
 @pytest.mark.parametrize("model_type", ["bert", "roberta"])
 def test_export_then_import_gives_the_original_logits(tmp_path, model_type):
     backbone = save_backbone(tmp_path / "backbone", model_type)
@@ -116,6 +123,7 @@ def test_export_then_import_gives_the_original_logits(tmp_path, model_type):
     assert (ptuning_logits(imported, input_ids, attention_mask) - original).abs().max() <= TOLERANCE
 
 
+@needs_peft
 def test_import_of_an_adapter_trained_by_peft(tmp_path):
     """An adapter PEFT made itself, with prefix_projection (PEFT saves the projected table) and default labels."""
     backbone = save_backbone(tmp_path / "backbone", id2label=None, num_labels=2)
@@ -139,6 +147,7 @@ def test_import_of_an_adapter_trained_by_peft(tmp_path):
     assert (ptuning_logits(imported, input_ids, attention_mask) - theirs).abs().max() <= TOLERANCE
 
 
+@needs_peft
 def test_unshifted_positions_export_with_a_warning_and_differ(tmp_path):
     backbone = save_backbone(tmp_path / "backbone")
     checkpoint = save_checkpoint(tmp_path / "checkpoint", backbone, shift_positions=False)
@@ -150,6 +159,7 @@ def test_unshifted_positions_export_with_a_warning_and_differ(tmp_path):
     assert (ours - theirs).abs().max() > TOLERANCE  # the documented difference, not a silent match
 
 
+@needs_peft
 def test_other_label_count_warns_and_loads_with_num_labels(tmp_path):
     backbone = save_backbone(tmp_path / "backbone", id2label=None, num_labels=2)
     checkpoint = save_checkpoint(tmp_path / "checkpoint", backbone, labels=["a", "b", "c", "d"])
@@ -206,6 +216,7 @@ def test_unsupported_checkpoints_are_refused(change, message):
         check_exportable({**config, **change})
 
 
+@needs_peft
 def test_non_prefix_adapters_are_refused(tmp_path):
     backbone = save_backbone(tmp_path / "backbone")
     base = AutoModelForSequenceClassification.from_pretrained(backbone)
@@ -225,6 +236,7 @@ def test_non_prefix_adapters_are_refused(tmp_path):
         import_peft(checkpoint, tmp_path / "imported")
 
 
+@needs_peft
 def test_roberta_adapter_with_a_trained_dense_layer_is_refused(tmp_path):
     backbone = save_backbone(tmp_path / "backbone", "roberta")
     adapter = export_peft(save_checkpoint(tmp_path / "checkpoint", backbone), tmp_path / "adapter")
@@ -236,6 +248,7 @@ def test_roberta_adapter_with_a_trained_dense_layer_is_refused(tmp_path):
         import_peft(adapter, tmp_path / "imported")
 
 
+@needs_peft
 def test_export_checks_peft_logits_before_writing(tmp_path, monkeypatch):
     backbone = save_backbone(tmp_path / "backbone")
     checkpoint = save_checkpoint(tmp_path / "checkpoint", backbone)
@@ -245,6 +258,7 @@ def test_export_checks_peft_logits_before_writing(tmp_path, monkeypatch):
     assert not (tmp_path / "adapter").exists()
 
 
+@needs_peft
 def test_cli_export_and_import_round_trip(tmp_path, capsys):
     backbone = save_backbone(tmp_path / "backbone", "bert")
     checkpoint = save_checkpoint(tmp_path / "run" / "checkpoint", backbone)
@@ -256,3 +270,86 @@ def test_cli_export_and_import_round_trip(tmp_path, capsys):
     assert (ptuning_logits(tmp_path / "imported", input_ids, attention_mask) - original).abs().max() <= TOLERANCE
     code = main(["import-peft", str(tmp_path / "nothing"), str(tmp_path / "x")])
     assert code == 2 and "adapter_config.json" in capsys.readouterr().err
+
+
+@needs_peft
+def test_label_names_survive_export_and_import(tmp_path, capsys):
+    """The base config names no labels: the names travel beside the adapter, or are given on import."""
+    backbone = save_backbone(tmp_path / "backbone", id2label=None, num_labels=2)
+    checkpoint = save_checkpoint(tmp_path / "checkpoint", backbone, labels=["fresh", "rotten"])
+    adapter = export_peft(checkpoint, tmp_path / "adapter")
+    assert PromptedModel.read_config(import_peft(adapter, tmp_path / "a"))["labels"] == ["fresh", "rotten"]
+    assert main(["import-peft", str(adapter), str(tmp_path / "b"), "--labels", "bad,good"]) == 0
+    assert PromptedModel.read_config(tmp_path / "b")["labels"] == ["bad", "good"]
+    code = main(["import-peft", str(adapter), str(tmp_path / "c"), "--labels", "one,two,three"])
+    err = capsys.readouterr().err
+    assert code == 2 and "classifier has 2 outputs" in err and not (tmp_path / "c").exists()
+
+
+@needs_peft
+def test_import_checks_peft_logits_before_writing(tmp_path, monkeypatch):
+    backbone = save_backbone(tmp_path / "backbone")
+    adapter = export_peft(save_checkpoint(tmp_path / "checkpoint", backbone), tmp_path / "adapter")
+    monkeypatch.setattr("ptuning.peft_interop.EXACT", -1.0)  # no difference passes: the check must refuse
+    with pytest.raises(PtuningError, match="differ from the imported checkpoint's by 0 .*not written"):
+        import_peft(adapter, tmp_path / "imported")
+    assert not (tmp_path / "imported").exists()
+
+
+@needs_peft
+def test_interop_never_writes_into_a_folder_that_holds_files(tmp_path, capsys):
+    backbone = save_backbone(tmp_path / "backbone")
+    checkpoint = save_checkpoint(tmp_path / "checkpoint", backbone)
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("mine")
+    for argv in (["export-peft", str(checkpoint), str(occupied)], ["import-peft", str(tmp_path), str(occupied)]):
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("already exists and is not an empty folder") == 1  # import stops earlier: not an adapter
+    assert [path.name for path in occupied.iterdir()] == ["notes.txt"]
+
+
+def simulate_transformers_5_24(monkeypatch) -> None:
+    """transformers 5.24's rename, made here: BertModel.forward takes ``cache`` instead of ``past_key_values``,
+    and PEFT's prefix tuning refuses the model exactly as it does on that release."""
+    original = BertModel.forward
+
+    def forward(
+        self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+        cache=None, **kwargs,
+    ):  # fmt: skip
+        return original(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, **kwargs)
+
+    monkeypatch.setattr(BertModel, "forward", forward)
+    peft_prefix_problem.cache_clear()
+
+
+@pytest.fixture
+def forget_peft_probe():
+    yield
+    peft_prefix_problem.cache_clear()  # later tests probe the real stack again
+
+
+def test_where_peft_cannot_prefix_tune_export_and_import_refuse_and_write_nothing(
+    tmp_path, capsys, monkeypatch, forget_peft_probe
+):
+    backbone = save_backbone(tmp_path / "backbone")
+    save_checkpoint(tmp_path / "run" / "checkpoint", backbone)
+    adapter = tmp_path / "adapter"  # made by PEFT itself; saving needs no forward
+    base = AutoModelForSequenceClassification.from_pretrained(backbone)
+    peft.get_peft_model(base, peft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4)).save_pretrained(
+        adapter
+    )
+    simulate_transformers_5_24(monkeypatch)
+    capsys.readouterr()
+    assert "Model does not support past key values" in peft_prefix_problem()
+
+    for command, source in (("export-peft", tmp_path / "run"), ("import-peft", adapter)):
+        out = tmp_path / f"{command}-out"
+        code = main([command, str(source), str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith(f"ptuning: error: {command} needs PEFT's prefix tuning"), err
+        assert f"peft {peft.__version__} and transformers {transformers.__version__}" in err
+        assert "before 5.24" in err and "Nothing was written" in err and "Traceback" not in err
+        assert not out.exists()

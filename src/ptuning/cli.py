@@ -229,8 +229,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless it has none (None, False) or its help states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS) and action.option_strings
+        return f"{text} (default: %(default)s)".strip() if shown and "(default:" not in text else text
+
+
 def parser() -> argparse.ArgumentParser:
-    formatter = argparse.ArgumentDefaultsHelpFormatter
+    formatter = DefaultsFormatter
     main_parser = argparse.ArgumentParser(prog="ptuning", description="P-Tuning v2: deep prompt tuning")
     main_parser.add_argument("--version", action="version", version=f"ptuning {__version__}")
     commands = main_parser.add_subparsers(dest="command", required=True)
@@ -248,8 +257,8 @@ def parser() -> argparse.ArgumentParser:
     eval_parser.add_argument("checkpoint", help=checkpoint_help)
     eval_parser.add_argument("--test", help="file in the format the checkpoint was trained on")
     eval_parser.add_argument("--dataset", help="packaged or hf: dataset to score instead of a file")
-    eval_parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    eval_parser.add_argument("--batch-size", type=_positive_int, default=64)
+    eval_parser.add_argument("--split", default="test", choices=["train", "validation", "test"], help="with --dataset")
+    eval_parser.add_argument("--batch-size", type=_positive_int, default=64, help="examples per forward pass")
     eval_parser.add_argument("--predictions", help="write one JSON line per example (id and prediction) here")
     eval_parser.add_argument("--output-metrics", help="write the metrics as JSON here too")
     eval_parser.set_defaults(handler=command_eval)
@@ -259,7 +268,7 @@ def parser() -> argparse.ArgumentParser:
     )
     predict_parser.add_argument("checkpoint", help=checkpoint_help)
     predict_parser.add_argument("--input", help="input file (default: standard input)")
-    predict_parser.add_argument("--batch-size", type=_positive_int, default=64)
+    predict_parser.add_argument("--batch-size", type=_positive_int, default=64, help="examples per forward pass")
     predict_parser.set_defaults(handler=command_predict)
 
     export_parser = commands.add_parser(
