@@ -34,15 +34,15 @@ demo: setup
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
-# A separate environment with the newest releases pyproject.toml admits (torch stays at the CPU build): an upstream
+# A separate environment with the newest releases pyproject.toml admits (torch held at the CPU build): an upstream
 # release that breaks us shows here first. The versions that differ from the lock are printed before the tests.
 LATEST := .venv-latest
 test-latest:
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
-	$(LATEST)/bin/python -m pip install --quiet $(TORCH)
-	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '$(EXTRAS)'
+	echo "$(TORCH)" > $(LATEST)/torch.txt
+	$(LATEST)/bin/python -m pip install --quiet -c $(LATEST)/torch.txt --upgrade --upgrade-strategy eager -e '$(EXTRAS)'
 	$(LATEST)/bin/python -m pip install --quiet --upgrade --no-deps $(PACKAGED)
 	@echo "newest releases that differ from $(LOCK) (< lock, > latest):"
 	@$(LATEST)/bin/python -m pip freeze --all --exclude-editable | sed 's/+cpu$$//' | sort -f \

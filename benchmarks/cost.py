@@ -27,10 +27,11 @@ import time
 from pathlib import Path
 
 import torch
+from report import times  # benchmarks/ is the script's folder, on sys.path
 from transformers import DataCollatorForTokenClassification
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from ptuning import PromptConfig, PromptedModel
+from ptuning import PromptConfig, PromptedModel, PtuningError
 from ptuning.backbones import load_tokenizer, resolve
 from ptuning.data.packaged import load_packaged
 from ptuning.tasks import make_task
@@ -38,6 +39,27 @@ from ptuning.tasks import make_task
 PROMPT_LENGTH = 16
 BATCH_SIZE = 32
 KINDS = ("deep", "finetune", "peft-prefix", "deep-no-backbone-dropout")
+
+
+def peft_unavailable() -> str | None:
+    """Why PEFT's prefix tuning cannot be measured with the installed versions (None when it can)."""
+    from ptuning.peft_interop import peft_prefix_problem
+
+    try:
+        problem = peft_prefix_problem()
+    except PtuningError as error:  # peft is not installed
+        return str(error)
+    if problem is None:
+        return None
+    import peft
+    import transformers
+
+    return f"peft {peft.__version__} with transformers {transformers.__version__}: {problem}"
+
+
+def ratio(median: dict[str, float], numerator: str, denominator: str) -> float | None:
+    """A step-time ratio, None when one side was not measured."""
+    return median[numerator] / median[denominator] if denominator in median else None
 
 
 def conll_task_and_sentences():
@@ -122,12 +144,16 @@ def examples_per_second(model, parameters, batches: list[dict]) -> float:
 def measure(repeats: int, epoch_sentences: int | None) -> dict:
     """All cost figures; ``epoch_sentences`` bounds the padding comparison (None: the whole training set)."""
     task, sentences = conll_task_and_sentences()
-    models = {kind: build(kind, task.labels) for kind in KINDS}
+    peft_problem = peft_unavailable()
+    kinds = [kind for kind in KINDS if not (kind == "peft-prefix" and peft_problem)]
+    if peft_problem:
+        print(f"PEFT prefix tuning is not measured: {peft_problem}", flush=True)
+    models = {kind: build(kind, task.labels) for kind in kinds}
     optimizers = {kind: torch.optim.AdamW(params, lr=1e-4) for kind, (_, params) in models.items()}
     step_batches = make_batches(task, sentences[: BATCH_SIZE * 64], pad_to=None)
     batch = step_batches[len(step_batches) // 2]  # a typical, mid-length batch of real sentences
     memory = {kind: training_memory(model, params, batch) for kind, (model, params) in models.items()}
-    times: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    times: dict[str, list[float]] = {kind: [] for kind in kinds}
     for kind, (model, _) in models.items():  # warm-up
         timed_step(model, optimizers[kind], batch)
     for _ in range(repeats):
@@ -147,11 +173,12 @@ def measure(repeats: int, epoch_sentences: int | None) -> dict:
         "repeats": repeats,
         "step_seconds_median": median,
         "training_memory_mb": {kind: value / 2**20 for kind, value in memory.items()},
-        "step_time_ratio_vs_finetune": median["deep"] / median["finetune"],
-        "step_time_ratio_vs_peft": median["deep"] / median["peft-prefix"],
+        "peft_prefix_not_measured": peft_problem,
+        "step_time_ratio_vs_finetune": ratio(median, "deep", "finetune"),
+        "step_time_ratio_vs_peft": ratio(median, "deep", "peft-prefix"),
         "peak_mem_ratio_vs_finetune": memory["deep"] / memory["finetune"],
-        "no_backbone_dropout_step_time_ratio_vs_finetune": median["deep-no-backbone-dropout"] / median["finetune"],
-        "no_backbone_dropout_step_time_ratio_vs_peft": median["deep-no-backbone-dropout"] / median["peft-prefix"],
+        "no_backbone_dropout_step_time_ratio_vs_finetune": ratio(median, "deep-no-backbone-dropout", "finetune"),
+        "no_backbone_dropout_step_time_ratio_vs_peft": ratio(median, "deep-no-backbone-dropout", "peft-prefix"),
         "epoch_sentences": len(epoch),
         "examples_per_second": {"dynamic_padding_length_grouped": dynamic, "padded_to_128": padded},
         "epoch_speedup_vs_pad128": dynamic / padded,
@@ -160,16 +187,17 @@ def measure(repeats: int, epoch_sentences: int | None) -> dict:
 
 def summary(result: dict) -> str:
     lines = [
-        f"{kind:>12}: step {result['step_seconds_median'][kind] * 1000:6.0f} ms, "
-        f"training memory {result['training_memory_mb'][kind]:7.1f} MB"
-        for kind in KINDS
+        f"{kind:>12}: step {step * 1000:6.0f} ms, training memory {result['training_memory_mb'][kind]:7.1f} MB"
+        for kind, step in result["step_seconds_median"].items()
     ]
+    if result.get("peft_prefix_not_measured"):
+        lines.append(f"PEFT prefix tuning not measured: {result['peft_prefix_not_measured']}")
     lines.append(
-        f"deep / finetune step time {result['step_time_ratio_vs_finetune']:.2f}x, deep / PEFT prefix "
-        f"{result['step_time_ratio_vs_peft']:.2f}x, deep / finetune training memory "
+        f"deep / finetune step time {times(result['step_time_ratio_vs_finetune'])}, deep / PEFT prefix "
+        f"{times(result['step_time_ratio_vs_peft'])}, deep / finetune training memory "
         f"{result['peak_mem_ratio_vs_finetune']:.2f}x; without backbone dropout deep / finetune "
-        f"{result['no_backbone_dropout_step_time_ratio_vs_finetune']:.2f}x, deep / PEFT prefix "
-        f"{result['no_backbone_dropout_step_time_ratio_vs_peft']:.2f}x"
+        f"{times(result['no_backbone_dropout_step_time_ratio_vs_finetune'])}, deep / PEFT prefix "
+        f"{times(result['no_backbone_dropout_step_time_ratio_vs_peft'])}"
     )
     speeds = result["examples_per_second"]
     lines.append(

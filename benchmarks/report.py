@@ -75,6 +75,11 @@ def plot_depth(ablations: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def times(value: float | None) -> str:
+    """A ratio as printed: 0.72x, or why it is missing."""
+    return "not measured" if value is None else f"{value:.2f}x"
+
+
 def plot_cost(cost: dict[str, Any], path: Path) -> None:
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     kinds = list(cost["step_seconds_median"])
@@ -326,14 +331,19 @@ def write(results: Path = RESULTS) -> Path:
             "| --- | --- | --- |",
             *[f"| {k} | {steps[k] * 1000:.0f} | {cost['training_memory_mb'][k]:.1f} |" for k in steps],
             "",
-            f"- deep / finetune step time: **{cost['step_time_ratio_vs_finetune']:.2f}x**; deep / PEFT prefix tuning: "
-            f"**{cost['step_time_ratio_vs_peft']:.2f}x**; deep / finetune training memory: "
+            *(
+                [f"- PEFT prefix tuning was not measured: {cost['peft_prefix_not_measured']}"]
+                if cost.get("peft_prefix_not_measured")
+                else []
+            ),
+            f"- deep / finetune step time: **{times(cost['step_time_ratio_vs_finetune'])}**; deep / PEFT prefix "
+            f"tuning: **{times(cost['step_time_ratio_vs_peft'])}**; deep / finetune training memory: "
             f"**{cost['peak_mem_ratio_vs_finetune']:.2f}x** (all with the backbone's dropout active).",
             *(
                 [
                     "- deep as the study trains it, backbone dropout off: "
-                    f"**{cost['no_backbone_dropout_step_time_ratio_vs_finetune']:.2f}x** finetune, "
-                    f"**{cost['no_backbone_dropout_step_time_ratio_vs_peft']:.2f}x** PEFT prefix tuning."
+                    f"**{times(cost['no_backbone_dropout_step_time_ratio_vs_finetune'])}** finetune, "
+                    f"**{times(cost['no_backbone_dropout_step_time_ratio_vs_peft'])}** PEFT prefix tuning."
                 ]
                 if "no_backbone_dropout_step_time_ratio_vs_peft" in cost
                 else []

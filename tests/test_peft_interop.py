@@ -249,13 +249,17 @@ def test_roberta_adapter_with_a_trained_dense_layer_is_refused(tmp_path):
 
 
 @needs_peft
-def test_export_checks_peft_logits_before_writing(tmp_path, monkeypatch):
+@pytest.mark.parametrize("direction", ["export", "import"])
+def test_peft_logits_are_checked_before_writing(tmp_path, monkeypatch, direction):
     backbone = save_backbone(tmp_path / "backbone")
     checkpoint = save_checkpoint(tmp_path / "checkpoint", backbone)
+    if direction == "import":
+        checkpoint = export_peft(checkpoint, tmp_path / "adapter")
+    write = export_peft if direction == "export" else import_peft
     monkeypatch.setattr("ptuning.peft_interop.EXACT", -1.0)  # no difference passes: the check must refuse
-    with pytest.raises(PtuningError, match="logits differ from the checkpoint's by 0 .*not written"):
-        export_peft(checkpoint, tmp_path / "adapter")
-    assert not (tmp_path / "adapter").exists()
+    with pytest.raises(PtuningError, match="differ from ptuning's by 0 .*not written"):
+        write(checkpoint, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 @needs_peft
@@ -284,16 +288,6 @@ def test_label_names_survive_export_and_import(tmp_path, capsys):
     code = main(["import-peft", str(adapter), str(tmp_path / "c"), "--labels", "one,two,three"])
     err = capsys.readouterr().err
     assert code == 2 and "classifier has 2 outputs" in err and not (tmp_path / "c").exists()
-
-
-@needs_peft
-def test_import_checks_peft_logits_before_writing(tmp_path, monkeypatch):
-    backbone = save_backbone(tmp_path / "backbone")
-    adapter = export_peft(save_checkpoint(tmp_path / "checkpoint", backbone), tmp_path / "adapter")
-    monkeypatch.setattr("ptuning.peft_interop.EXACT", -1.0)  # no difference passes: the check must refuse
-    with pytest.raises(PtuningError, match="differ from the imported checkpoint's by 0 .*not written"):
-        import_peft(adapter, tmp_path / "imported")
-    assert not (tmp_path / "imported").exists()
 
 
 @needs_peft

@@ -233,3 +233,34 @@ def test_a_part_without_the_results_it_builds_on_names_the_part_to_run_first(tmp
         study.rows_of(tmp_path, "data", "data-longer")
     (tmp_path / "data.json").write_text(json.dumps({"rows": [_row("conll2003-ner", "finetune", 84.0, 88.0)]}))
     assert study.rows_of(tmp_path, "data", "data-longer")[0]["mean"] == 84.0
+
+
+def test_cost_without_peft_prefix_tuning_says_why_and_reports_the_rest(tmp_path) -> None:
+    """Where PEFT cannot prefix-tune (transformers 5.24 with peft 0.21.2) the cost part measures the rest."""
+    import cost
+
+    steps = {"deep": 0.5, "finetune": 1.0, "deep-no-backbone-dropout": 0.4}
+    median = dict(steps)
+    result = {
+        "batch_size": 32,
+        "prompt_length": 16,
+        "batch_tokens": [32, 40],
+        "repeats": 3,
+        "step_seconds_median": steps,
+        "training_memory_mb": {"deep": 100.0, "finetune": 300.0, "deep-no-backbone-dropout": 60.0},
+        "peft_prefix_not_measured": "peft 0.21.2 with transformers 5.24.0: ValueError: Model does not support ...",
+        "step_time_ratio_vs_finetune": cost.ratio(median, "deep", "finetune"),
+        "step_time_ratio_vs_peft": cost.ratio(median, "deep", "peft-prefix"),
+        "peak_mem_ratio_vs_finetune": 1 / 3,
+        "no_backbone_dropout_step_time_ratio_vs_finetune": cost.ratio(median, "deep-no-backbone-dropout", "finetune"),
+        "no_backbone_dropout_step_time_ratio_vs_peft": cost.ratio(median, "deep-no-backbone-dropout", "peft-prefix"),
+        "epoch_sentences": 64,
+        "examples_per_second": {"dynamic_padding_length_grouped": 20.0, "padded_to_128": 5.0},
+        "epoch_speedup_vs_pad128": 4.0,
+    }
+    printed = cost.summary(result)
+    assert "PEFT prefix tuning not measured: peft 0.21.2 with transformers 5.24.0" in printed
+    assert "deep / finetune step time 0.50x, deep / PEFT prefix not measured" in printed
+    (tmp_path / "cost.json").write_text(json.dumps(result))
+    text = report.write(tmp_path).read_text()
+    assert "PEFT prefix tuning was not measured: peft 0.21.2" in text and "**0.50x**" in text

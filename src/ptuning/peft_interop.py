@@ -168,6 +168,20 @@ def _probe_batch(model: PromptedModel) -> tuple[torch.Tensor, torch.Tensor]:
     return input_ids, attention_mask
 
 
+def check_same_logits(model: PromptedModel, peft_model: torch.nn.Module, subject: str) -> None:
+    """PEFT's logits on a probe batch must equal ours within ``EXACT``, or nothing is written."""
+    input_ids, attention_mask = _probe_batch(model)
+    with torch.no_grad():
+        ours = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        theirs = peft_model(input_ids=input_ids, attention_mask=attention_mask).logits
+    difference = float((ours - theirs).abs().max())
+    if not difference <= EXACT:
+        raise PtuningError(
+            f"PEFT's logits for {subject} differ from ptuning's by {difference:.3g} (> {EXACT}) with peft "
+            f"{_peft_classes().__version__} and transformers {transformers.__version__}; not written"
+        )
+
+
 def export_peft(checkpoint_dir: str | Path, out_dir: str | Path, backbone: str | None = None) -> Path:
     """Write the ptuning checkpoint ``checkpoint_dir`` as a PEFT prefix-tuning SEQ_CLS adapter in ``out_dir``.
 
@@ -240,16 +254,7 @@ def export_peft(checkpoint_dir: str | Path, out_dir: str | Path, backbone: str |
             head.load_state_dict(model.head.classifier.state_dict())
     peft_model.eval()
     if prompt.shift_positions:
-        input_ids, attention_mask = _probe_batch(model)
-        with torch.no_grad():
-            ours = model(input_ids=input_ids, attention_mask=attention_mask).logits
-            theirs = peft_model(input_ids=input_ids, attention_mask=attention_mask).logits
-        difference = float((ours - theirs).abs().max())
-        if not difference <= EXACT:
-            raise PtuningError(
-                f"the PEFT adapter's logits differ from the checkpoint's by {difference:.3g} (> {EXACT}) with this "
-                "peft/transformers version; not written"
-            )
+        check_same_logits(model, peft_model, f"the adapter of {checkpoint_dir}")
     peft_model.save_pretrained(str(out_dir))
     info = {"labels": labels, "exported_from": str(Path(checkpoint_dir).resolve()), "prompt": prompt.to_dict()}
     (out_dir / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
@@ -423,17 +428,7 @@ def _check_against_peft(model: PromptedModel, reference: str, adapter_dir: str |
         num_labels=count,
         ignore_mismatched_sizes=True,  # the adapter's saved classifier replaces whatever the folder holds
     )
-    peft_model = peft.PeftModel.from_pretrained(base, str(adapter_dir)).eval()
-    input_ids, attention_mask = _probe_batch(model)
-    with torch.no_grad():
-        ours = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        theirs = peft_model(input_ids=input_ids, attention_mask=attention_mask).logits
-    difference = float((ours - theirs).abs().max())
-    if not difference <= EXACT:
-        raise PtuningError(
-            f"PEFT's logits for {adapter_dir} differ from the imported checkpoint's by {difference:.3g} (> {EXACT}) "
-            "with this peft/transformers version; not written"
-        )
+    check_same_logits(model, peft.PeftModel.from_pretrained(base, str(adapter_dir)).eval(), str(adapter_dir))
 
 
 def _import_labels(
