@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import random_batch, tiny_backbone
+from safetensors.torch import load_file
 
-from ptuning import CheckpointError, PromptConfig, PromptedModel
+from ptuning import CheckpointError, PromptConfig, PromptedModel, PtuningError
 from ptuning.model import CONFIG_NAME, WEIGHTS_NAME
+
+FORMAT1 = Path(__file__).parent / "data" / "format1"
 
 
 def trained_like(task="token-classification") -> PromptedModel:
@@ -41,8 +45,16 @@ def test_checkpoint_holds_only_the_trainable_part(tmp_path):
     weights = (tmp_path / WEIGHTS_NAME).stat().st_size
     assert weights < 4 * (model.trainable_parameters() + 200)  # float32 plus the safetensors header
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
-    assert config["backbone_shape"]["model_type"] == "bert" and config["backbone"] is None
-    assert config["prompt"]["length"] == 4 and config["extra"]["reader"]["tag_column"] == 3
+    assert config["ptuning_format"] == 2 and config["backbone_shape"]["model_type"] == "bert"
+    assert config["backbone"] is None and config["prompts"]["default"]["length"] == 4
+    task = config["tasks"]["default"]
+    assert task["kind"] == "token-classification" and task["prompt"] == "default"
+    assert task["extra"]["reader"]["tag_column"] == 3
+    assert set(load_file(str(tmp_path / WEIGHTS_NAME))) == {
+        "prompts.default.table",
+        "heads.default.classifier.weight",
+        "heads.default.classifier.bias",
+    }
 
 
 def test_backbone_of_another_shape_is_refused(tmp_path):
@@ -58,8 +70,12 @@ def test_same_shape_other_weights_warns(tmp_path):
     other = tiny_backbone("bert")
     with torch.no_grad():
         other.embeddings.word_embeddings.weight.mul_(1.5)
-    with pytest.warns(UserWarning, match="other embedding weights"):
-        PromptedModel.from_pretrained(tmp_path, backbone=other)
+    with pytest.warns(UserWarning, match="embedding weights differ"):
+        PromptedModel.from_pretrained(tmp_path, backbone=other)  # a backbone passed on purpose: warned
+    model = PromptedModel(other, None)
+    with pytest.raises(CheckpointError, match="embedding weights differ.*cannot share this backbone"):
+        model.load_task(tmp_path)  # onto a backbone that serves other tasks: refused
+    assert model.task_names == []
 
 
 def test_missing_or_broken_checkpoints(tmp_path):
@@ -71,3 +87,57 @@ def test_missing_or_broken_checkpoints(tmp_path):
     (tmp_path / CONFIG_NAME).write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         PromptedModel.from_pretrained(tmp_path, backbone=tiny_backbone())
+
+
+@pytest.mark.parametrize("name", ["ner", "sent", "probe"])
+def test_format_1_checkpoints_predict_exactly_as_before(name, tmp_path):
+    """Checkpoints written before format 2 (tests/data/format1) give the logits they gave then, and re-save as 2."""
+    input_ids, attention_mask = random_batch(batch_size=3, length=9)
+    expected = load_file(str(FORMAT1 / "logits.safetensors"))[name]
+    model = PromptedModel.from_pretrained(FORMAT1 / name, backbone=tiny_backbone("bert")).eval()
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=input_ids, attention_mask=attention_mask).logits, expected)
+    assert model.task_names == ["default"] and model.extra["reader"]["format"] == "conll"
+    model.save_pretrained(tmp_path)
+    again = PromptedModel.from_pretrained(tmp_path, backbone=tiny_backbone("bert")).eval()
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=input_ids, attention_mask=attention_mask).logits, expected)
+
+
+def test_unknown_format_version_is_refused(tmp_path):
+    trained_like().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({**config, "ptuning_format": 3}))
+    with pytest.raises(CheckpointError, match="format 3; this ptuning reads formats 1 and 2"):
+        PromptedModel.from_pretrained(tmp_path, backbone=tiny_backbone())
+
+
+def test_several_checkpoints_share_one_backbone(tmp_path):
+    """Each task loaded onto the backbone answers as its own checkpoint did; the backbone is held once."""
+    input_ids, attention_mask = random_batch(batch_size=3, length=9)
+    logits = load_file(str(FORMAT1 / "logits.safetensors"))
+    model = PromptedModel.from_pretrained({"ner": FORMAT1 / "ner", "sent": FORMAT1 / "sent"}, backbone=tiny_backbone())
+    assert model.load_task(FORMAT1 / "probe", name="probe") == ["probe"]
+    assert model.task_names == ["ner", "sent", "probe"]
+    backbone_parameters = sum(p.numel() for p in model.backbone.parameters())
+    stored = sum(p.numel() for p in model.prompts.parameters()) + sum(p.numel() for p in model.heads.parameters())
+    assert model.total_parameters() == backbone_parameters + stored
+    model.eval()
+    for name in model.task_names:
+        with torch.no_grad():
+            assert torch.equal(model.use(name)(input_ids=input_ids, attention_mask=attention_mask).logits, logits[name])
+    with pytest.raises(PtuningError, match="a task named .ner. is loaded already"):
+        model.load_task(FORMAT1 / "ner", name="ner")
+    model.save_pretrained(tmp_path)  # format 2 holds all three, and loads back whole
+    again = PromptedModel.from_pretrained(tmp_path, backbone=tiny_backbone()).eval()
+    assert again.task_names == ["ner", "sent", "probe"] and again.tasks["sent"].labels == ["neg", "pos"]
+    with torch.no_grad():
+        assert torch.equal(again.use("sent")(input_ids=input_ids, attention_mask=attention_mask).logits, logits["sent"])
+
+
+def test_a_model_of_several_tasks_needs_a_task_named(tmp_path):
+    model = PromptedModel.from_pretrained({"ner": FORMAT1 / "ner", "sent": FORMAT1 / "sent"}, backbone=tiny_backbone())
+    with pytest.raises(PtuningError, match=r"several tasks \(ner, sent\): choose one with model.use"):
+        _ = model.labels
+    with pytest.raises(PtuningError, match="no task named 'pos'; loaded: ner, sent"):
+        model.use("pos")

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from ptuning import PromptedModel
 from ptuning.cli import main
 from ptuning.train import Recipe, train
 
@@ -152,5 +153,4 @@ def test_labels_come_from_the_whole_training_set_when_it_is_subsampled(tmp_path)
         )
     )
     assert metrics["train_examples"] == 1 and "f1" in metrics["validation"]
-    config = json.loads((tmp_path / "run" / "checkpoint" / "ptuning_config.json").read_text())
-    assert config["labels"] == ["B-LOC", "B-PER", "O"]
+    assert PromptedModel.read_task(tmp_path / "run")["labels"] == ["B-LOC", "B-PER", "O"]

@@ -136,7 +136,7 @@ def test_backbone_dropout_off_keeps_the_backbone_deterministic_in_training(metho
             below_head = [
                 p
                 for name, p in model.named_parameters()
-                if p.requires_grad and not name.startswith("head.") and "pooler" not in name
+                if p.requires_grad and not name.startswith("heads.") and "pooler" not in name
             ]
             assert below_head and all(p.grad is not None for p in below_head)
             with torch.no_grad():

@@ -96,7 +96,7 @@ def test_export_loads_in_peft_with_the_same_logits(tmp_path, model_type):
     assert config["modules_to_save"] == ["classifier", "score"]
     weights = load_file(str(adapter / "adapter_model.safetensors"))
     assert torch.equal(
-        weights["prompt_embeddings"], load_file(str(checkpoint / "ptuning_model.safetensors"))["prompt_encoder.table"]
+        weights["prompt_embeddings"], load_file(str(checkpoint / "ptuning_model.safetensors"))["prompts.default.table"]
     )
 
     input_ids, attention_mask = random_batch(batch_size=3, length=9)
@@ -113,7 +113,7 @@ def test_export_then_import_gives_the_original_logits(tmp_path, model_type):
     adapter = export_peft(checkpoint, tmp_path / "adapter")
     imported = import_peft(adapter, tmp_path / "imported")
 
-    config = PromptedModel.read_config(imported)
+    config = PromptedModel.read_task(imported)
     assert (
         config["labels"] == LABELS and config["pooling"] == "pooler" and config["backbone"] == str(backbone.resolve())
     )
@@ -140,7 +140,7 @@ def test_import_of_an_adapter_trained_by_peft(tmp_path):
     model.eval().save_pretrained(tmp_path / "adapter")
     imported = import_peft(tmp_path / "adapter", tmp_path / "imported")
 
-    assert PromptedModel.read_config(imported)["labels"] == ["0", "1"]
+    assert PromptedModel.read_task(imported)["labels"] == ["0", "1"]
     input_ids, attention_mask = random_batch(batch_size=3, length=9)
     with torch.no_grad():
         theirs = model(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -282,9 +282,9 @@ def test_label_names_survive_export_and_import(tmp_path, capsys):
     backbone = save_backbone(tmp_path / "backbone", id2label=None, num_labels=2)
     checkpoint = save_checkpoint(tmp_path / "checkpoint", backbone, labels=["fresh", "rotten"])
     adapter = export_peft(checkpoint, tmp_path / "adapter")
-    assert PromptedModel.read_config(import_peft(adapter, tmp_path / "a"))["labels"] == ["fresh", "rotten"]
+    assert PromptedModel.read_task(import_peft(adapter, tmp_path / "a"))["labels"] == ["fresh", "rotten"]
     assert main(["import-peft", str(adapter), str(tmp_path / "b"), "--labels", "bad,good"]) == 0
-    assert PromptedModel.read_config(tmp_path / "b")["labels"] == ["bad", "good"]
+    assert PromptedModel.read_task(tmp_path / "b")["labels"] == ["bad", "good"]
     code = main(["import-peft", str(adapter), str(tmp_path / "c"), "--labels", "one,two,three"])
     err = capsys.readouterr().err
     assert code == 2 and "classifier has 2 outputs" in err and not (tmp_path / "c").exists()

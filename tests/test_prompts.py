@@ -104,7 +104,7 @@ def test_training_moves_only_prompt_and_head():
     model = prompted(arch="roberta", task="sequence-classification", dropout=0.1)
     frozen_before = {name: tensor.clone() for name, tensor in model.backbone.state_dict().items()}
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"prompt_encoder.table", "head.classifier.weight", "head.classifier.bias"}
+    assert trainable == {"prompts.default.table", "heads.default.classifier.weight", "heads.default.classifier.bias"}
     prompt_before = model.prompt_encoder.table.detach().clone()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()

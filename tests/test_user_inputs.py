@@ -161,7 +161,7 @@ def test_validation_labels_missing_from_training_are_declared_with_labels(
 
     code, _, err = run_cli(capsys, *argv, "--labels", "O,B-PER,I-PER,B-LOC,B-ORG")
     assert code == 0, err
-    assert PromptedModel.read_config(tmp_path / "run")["labels"] == ["O", "B-PER", "I-PER", "B-LOC", "B-ORG"]
+    assert PromptedModel.read_task(tmp_path / "run")["labels"] == ["O", "B-PER", "I-PER", "B-LOC", "B-ORG"]
     labels_file = tmp_path / "labels.txt"
     labels_file.write_text("O\nB-PER\n")
     code, _, err = run_cli(capsys, *argv, "--labels", str(labels_file), "--overwrite")

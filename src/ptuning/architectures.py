@@ -87,11 +87,13 @@ def max_text_length(backbone: nn.Module, taken: int) -> int:
     return backbone.config.max_position_embeddings - first_text_position(backbone) - taken
 
 
-def shifted_position_ids(backbone: nn.Module, input_ids: torch.Tensor, shift: int) -> torch.Tensor:
-    """The model's default position ids moved ``shift`` places on, as the reference code's prefix does."""
+def shifted_position_ids(backbone: nn.Module, input_ids: torch.Tensor, shift: int | torch.Tensor) -> torch.Tensor:
+    """The model's default position ids moved ``shift`` places on, as the reference code's prefix does (an int, or
+    (batch, 1) per example when a batch mixes tasks)."""
     embeddings = getattr(backbone, "embeddings", None)
     if _counts_from_padding(embeddings):  # as RoBERTa's create_position_ids_from_input_ids (MPNet's has no shift)
         real = input_ids.ne(embeddings.padding_idx).long()
         return (torch.cumsum(real, dim=1) + shift) * real + embeddings.padding_idx
     length = input_ids.shape[1]
-    return torch.arange(shift, shift + length, device=input_ids.device).expand(input_ids.shape[0], length)
+    positions = torch.arange(length, device=input_ids.device) + shift  # (length,) or (batch, length)
+    return positions.expand(input_ids.shape[0], length)

@@ -1,16 +1,67 @@
-"""Task heads (randomly initialized linear layers) and how a text becomes one vector."""
+"""Task heads (randomly initialized linear layers), the kinds of head a task can have, and how a text becomes one
+vector. A head kind is defined here once: its width, whether it reads a pooled vector or every token, its loss and
+its output class; the model composes them, whatever the backbone and the prompt.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+from transformers.modeling_outputs import (
+    ModelOutput,
+    MultipleChoiceModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
 
 from .config import POOLINGS
 from .errors import PtuningError
 
-TASKS = ("sequence-classification", "token-classification", "question-answering", "multiple-choice", "causal-lm")
-# Tasks whose head outputs a fixed number of scores rather than one per label name.
-HEAD_WIDTH = {"question-answering": 2, "multiple-choice": 1}
+
+def label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the last axis; label -100 (sub-tokens, special tokens, padding) is ignored."""
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+
+def span_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Extractive QA: logits (batch, tokens, 2) score start and end; labels (batch, 2) hold the answer's start and
+    end token (0, the first token, when there is none)."""
+    start = nn.functional.cross_entropy(logits[..., 0], labels[:, 0])
+    return (start + nn.functional.cross_entropy(logits[..., 1], labels[:, 1])) / 2
+
+
+def choice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Multiple choice: logits (batch, choices) compete; labels (batch,) the right choice."""
+    return nn.functional.cross_entropy(logits, labels)
+
+
+@dataclass(frozen=True)
+class HeadKind:
+    """width: a fixed number of outputs, or None for one per label name. pooled: the head reads one vector per text
+    (the pooling's), else every token. choices: inputs are (batch, choices, tokens), each choice scored alone."""
+
+    width: int | None
+    pooled: bool
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    output: type[ModelOutput]
+    choices: bool = False
+
+    @property
+    def labelled(self) -> bool:
+        return self.width is None
+
+
+HEAD_KINDS: dict[str, HeadKind] = {
+    "sequence-classification": HeadKind(None, True, label_loss, SequenceClassifierOutput),
+    "token-classification": HeadKind(None, False, label_loss, TokenClassifierOutput),
+    "question-answering": HeadKind(2, False, span_loss, TokenClassifierOutput),
+    "multiple-choice": HeadKind(1, True, choice_loss, MultipleChoiceModelOutput, choices=True),
+}
+CAUSAL_LM = "causal-lm"  # prefix-tuning for generation: the backbone's own language-modelling head, no task head
+TASKS = (*HEAD_KINDS, CAUSAL_LM)
 
 
 class LinearHead(nn.Module):

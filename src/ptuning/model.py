@@ -1,10 +1,16 @@
-"""PromptedModel: a frozen backbone + a prompt + a task head; saves and loads only the trainable part."""
+"""PromptedModel: one frozen backbone and named tasks, each a prompt and a head; saves only the trainable part.
+
+A task reads one prompt (several tasks may share a prompt: multi-task training) and has its own head and labels.
+Prompts and heads are kept by name in ``nn.ModuleDict``s, so one copy of the backbone serves every task loaded onto
+it, and one forward may mix examples of different tasks (``task_ids``).
+"""
 
 from __future__ import annotations
 
 import importlib
 import json
 import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,26 +19,21 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from transformers.modeling_outputs import (
-    CausalLMOutputWithPast,
-    MultipleChoiceModelOutput,
-    SequenceClassifierOutput,
-    TokenClassifierOutput,
-)
+from transformers.modeling_outputs import CausalLMOutputWithPast, ModelOutput
 
 from . import architectures
 from .backbones import load_backbone, load_tokenizer
 from .config import PromptConfig
 from .errors import CheckpointError, PtuningError, UnsupportedModelError
-from .heads import HEAD_WIDTH, TASKS, LinearHead, check_pooling, pool
+from .heads import CAUSAL_LM, HEAD_KINDS, TASKS, LinearHead, check_pooling, pool
 from .prompts.attention import LayerPrompts, active_prompts, prompted_implementation
-from .prompts.encoder import PromptEncoder, split_key_values
+from .prompts.encoder import PromptEncoder, gather_key_values, split_key_values
 
 CONFIG_NAME = "ptuning_config.json"
 WEIGHTS_NAME = "ptuning_model.safetensors"
 FINETUNED_BACKBONE = "backbone"
-LABELLED_TASKS = ("sequence-classification", "token-classification")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: one task (keys "task", "labels", "prompt"); 2: named "prompts" and "tasks"
+DEFAULT_TASK = "default"
 SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
 
@@ -73,41 +74,134 @@ def stored_share(stored: int, trainable: int, total: int) -> float:
     return stored / (total - trainable + stored)
 
 
-class PromptedModel(nn.Module):
-    """Transformers backbone + prompt + task head, composed: any method x any supported backbone x any head.
+@dataclass
+class TaskEntry:
+    """A named task: its head kind (or ``causal-lm``), the prompt it reads, labels, pooling, and what the command
+    line keeps with it (``extra``: how its data is read, decoding options)."""
 
-    For every method but ``finetune`` the backbone is frozen and only ``prompt_encoder`` and ``head``
-    have ``requires_grad``. For ``task="causal-lm"`` the backbone keeps its language-modelling head
-    (frozen) and there is no task head: that is prefix-tuning for generation.
+    kind: str
+    prompt: str
+    labels: list[str]
+    pooling: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MixedTaskOutput:
+    """The outputs of a batch whose examples belong to several tasks: each task's head output on its rows.
+
+    ``outputs[name].logits`` holds the rows ``rows[name]`` of the batch, in batch order; :meth:`per_example` lists
+    every example's logits in input order.
+    """
+
+    outputs: dict[str, ModelOutput]
+    rows: dict[str, torch.Tensor]
+
+    def per_example(self) -> list[torch.Tensor]:
+        count = sum(len(rows) for rows in self.rows.values())
+        logits: list[torch.Tensor] = [torch.empty(0)] * count
+        for name, rows in self.rows.items():
+            for position, row in enumerate(rows.tolist()):
+                logits[row] = self.outputs[name].logits[position]
+        return logits
+
+
+class PromptedModel(nn.Module):
+    """A frozen transformers backbone + named tasks, composed: any method x any supported backbone x any head.
+
+    For every method but ``finetune`` the backbone is frozen and only the prompts and heads have
+    ``requires_grad``. For ``task="causal-lm"`` the backbone keeps its language-modelling head (frozen) and there is
+    no task head: that is prefix-tuning for generation. Built with one task (named ``name``); :meth:`add_task` and
+    :meth:`load_task` add more on the same backbone. The single-task attributes (``task``, ``labels``, ``head``,
+    ``prompt_encoder``, ``prompt_config``, ...) refer to the only task, or to the one chosen with :meth:`use`.
     """
 
     def __init__(
         self,
         backbone: PreTrainedModel,
-        task: str,
-        labels: list[str],
+        task: str | None,
+        labels: list[str] | None = None,
         prompt: PromptConfig | None = None,
         backbone_reference: str | None = None,
         pooling: str | None = None,
         folded: bool = False,
+        name: str = DEFAULT_TASK,
+        causal_lm: bool = False,
     ):
         super().__init__()
+        causal_lm = causal_lm or task == CAUSAL_LM
+        if causal_lm and (not hasattr(backbone, "generate") or backbone.base_model is backbone):
+            raise PtuningError("task 'causal-lm' needs a model with its language-modelling head (AutoModelForCausalLM)")
+        self.transformer = backbone if causal_lm else backbone.base_model
+        self.spec = architectures.architecture(self.backbone.config)
+        self.backbone_reference = backbone_reference
+        self.prompts = nn.ModuleDict()
+        self.heads = nn.ModuleDict()
+        self.prompt_configs: dict[str, PromptConfig] = {}
+        self.prompted_layers_of: dict[str, list[int]] = {}
+        self.tasks: dict[str, TaskEntry] = {}
+        self.active: str | None = None
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self.transformer.requires_grad_(False)
+        if task is not None:
+            self.add_task(name, task, labels or [], prompt=prompt or PromptConfig(), pooling=pooling, folded=folded)
+
+    @property
+    def backbone(self) -> PreTrainedModel:
+        """The transformer body (without any language-modelling head)."""
+        return self.transformer.base_model
+
+    # tasks --------------------------------------------------------------------------------------
+
+    def add_task(
+        self,
+        name: str,
+        task: str,
+        labels: list[str],
+        prompt: PromptConfig | None = None,
+        pooling: str | None = None,
+        shared_prompt: str | None = None,
+        folded: bool = False,
+    ) -> None:
+        """A new task ``name`` (head kind ``task``) with a fresh head, and a fresh ``prompt`` or the prompt of the
+        task ``shared_prompt`` (multi-task training: one prompt, a head per task)."""
+        if name in self.tasks:
+            raise PtuningError(f"a task named {name!r} is loaded already (tasks: {', '.join(self.tasks)})")
+        if not name or "." in name:
+            raise PtuningError(f"task names are non-empty and without '.', got {name!r}")
         if task not in TASKS:
             raise PtuningError(f"unknown task {task!r}; supported: {', '.join(TASKS)}")
-        self.task = task
-        self.prompt_config = prompt or PromptConfig()
-        method = self.prompt_config.method
-        if task == "causal-lm":
-            if not hasattr(backbone, "generate") or backbone.base_model is backbone:
-                raise PtuningError(
-                    "task 'causal-lm' needs a model with its language-modelling head (AutoModelForCausalLM)"
-                )
-            if method != "deep":
-                raise PtuningError(f"task 'causal-lm' supports method 'deep' (prefix-tuning), not {method!r}")
-        else:
-            backbone = backbone.base_model
-        self.transformer = backbone
-        self.spec = architectures.architecture(self.backbone.config)
+        labels = [str(label) for label in labels]
+        labelled = task in HEAD_KINDS and HEAD_KINDS[task].labelled
+        if len(set(labels)) != len(labels) or (labelled and not labels):
+            raise PtuningError(f"labels must be distinct and non-empty, got {labels}")
+        if task == CAUSAL_LM and self.transformer is self.backbone:
+            raise PtuningError("task 'causal-lm' needs a model with its language-modelling head (AutoModelForCausalLM)")
+        prompt_name = shared_prompt or name
+        if shared_prompt is None:
+            self._add_prompt(prompt_name, prompt or PromptConfig(), folded, causal=task == CAUSAL_LM)
+        elif shared_prompt not in self.prompt_configs:
+            raise PtuningError(
+                f"no prompt named {shared_prompt!r} to share (prompts: {', '.join(self.prompt_configs)})"
+            )
+        pooling = pooling or ("last" if self.spec.decoder else "cls")
+        if task != CAUSAL_LM:
+            check_pooling(pooling, self.backbone)
+            width = HEAD_KINDS[task].width or len(labels)
+            dropout = getattr(self.backbone.config, "hidden_dropout_prob", 0.1)
+            self.heads[name] = LinearHead(self.backbone.config.hidden_size, width, dropout)
+        self.tasks[name] = TaskEntry(task, prompt_name, labels, pooling)
+
+    def _add_prompt(self, name: str, config: PromptConfig, folded: bool, causal: bool) -> None:
+        method = config.method
+        if causal and method != "deep":
+            raise PtuningError(f"task 'causal-lm' supports method 'deep' (prefix-tuning), not {method!r}")
+        finetuned = [other for other, known in self.prompt_configs.items() if known.method == "finetune"]
+        if self.prompt_configs and (method == "finetune" or finetuned):
+            raise PtuningError(
+                "a fine-tuned backbone serves its own task only: fine-tuning changes the weights every other task "
+                f"relies on (tasks here: {', '.join(self.tasks)})"
+            )
         if method == "deep" and self.spec.route != "interface":
             importlib.import_module(f".prompts.{self.spec.route}", __package__).install(self.backbone)
         elif method == "deep":
@@ -116,28 +210,17 @@ class PromptedModel(nn.Module):
                     f"{type(self.backbone).__name__} does not route attention through transformers' AttentionInterface"
                 )
             self.transformer.set_attn_implementation(prompted_implementation(self.backbone.config._attn_implementation))
-        self.transformer.requires_grad_(method == "finetune")
-        self.labels = [str(label) for label in labels]
-        if len(set(self.labels)) != len(self.labels) or (task in LABELLED_TASKS and not self.labels):
-            raise PtuningError(f"labels must be distinct and non-empty, got {self.labels}")
-        self.backbone_reference = backbone_reference
-        self.pooling = pooling or ("last" if self.spec.decoder else "cls")
-        self.prompt_encoder = self._build_prompt_encoder(folded) if self.prompt_config.has_prompt else None
-        self.head = None
-        if task != "causal-lm":
-            check_pooling(self.pooling, self.backbone)
-            dropout = getattr(self.backbone.config, "hidden_dropout_prob", 0.1)
-            width = HEAD_WIDTH.get(task, len(self.labels))
-            self.head = LinearHead(self.backbone.config.hidden_size, width, dropout)
-        self._tokenizer: PreTrainedTokenizerBase | None = None
-        self.extra: dict[str, Any] = {}
+        if method == "finetune":
+            self.transformer.requires_grad_(True)
+        self.prompt_configs[name] = config
+        if config.has_prompt:
+            self.prompts[name] = self._build_prompt_encoder(name, config, folded)
 
-    def _build_prompt_encoder(self, folded: bool) -> PromptEncoder:
-        config = self.prompt_config
+    def _build_prompt_encoder(self, name: str, config: PromptConfig, folded: bool) -> PromptEncoder:
         if config.method == "deep":
             num_layers, kv_heads, head_dim = architectures.attention_geometry(self.backbone.config)
-            self.prompted_layers = config.prompted_layers(num_layers)
-            width = len(self.prompted_layers) * 2 * kv_heads * head_dim
+            self.prompted_layers_of[name] = config.prompted_layers(num_layers)
+            width = len(self.prompted_layers_of[name]) * 2 * kv_heads * head_dim
             return PromptEncoder(config, width, kv_heads * head_dim, folded=folded)
         embeddings = self.backbone.get_input_embeddings().weight
         initial = None
@@ -148,10 +231,73 @@ class PromptedModel(nn.Module):
                 initial = torch.randn(config.length, embeddings.shape[1]) * embeddings.detach().std()
         return PromptEncoder(config, embeddings.shape[1], embeddings.shape[1], initial=initial, folded=folded)
 
+    def use(self, name: str) -> PromptedModel:
+        """Make ``name`` the task that calls without ``task_ids`` (and the single-task attributes) refer to."""
+        self._entry(name)
+        self.active = name
+        return self
+
     @property
-    def backbone(self) -> PreTrainedModel:
-        """The transformer body (without any language-modelling head)."""
-        return self.transformer.base_model
+    def task_names(self) -> list[str]:
+        """The loaded tasks, in the order ``task_ids`` index them."""
+        return list(self.tasks)
+
+    @property
+    def default_task(self) -> str:
+        if self.active is not None:
+            return self.active
+        if len(self.tasks) == 1:
+            return next(iter(self.tasks))
+        raise PtuningError(
+            f"this model holds several tasks ({', '.join(self.tasks)}): choose one with model.use(name) or pass "
+            "task_ids"
+        )
+
+    def _entry(self, name: str | None = None) -> TaskEntry:
+        name = self.default_task if name is None else name
+        if name not in self.tasks:
+            raise PtuningError(f"no task named {name!r}; loaded: {', '.join(self.tasks) or 'none'}")
+        return self.tasks[name]
+
+    # the single-task view (the only task, or the one chosen with use()) --------------------------
+
+    @property
+    def task(self) -> str:
+        return self._entry().kind
+
+    @property
+    def labels(self) -> list[str]:
+        return self._entry().labels
+
+    @property
+    def pooling(self) -> str:
+        return self._entry().pooling
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return self._entry().extra
+
+    @extra.setter
+    def extra(self, value: dict[str, Any]) -> None:
+        self._entry().extra = value
+
+    @property
+    def prompt_config(self) -> PromptConfig:
+        return self.prompt_configs[self._entry().prompt]
+
+    @property
+    def prompt_encoder(self) -> PromptEncoder | None:
+        name = self._entry().prompt
+        return self.prompts[name] if name in self.prompts else None  # noqa: SIM401 - ModuleDict has no get()
+
+    @property
+    def head(self) -> LinearHead | None:
+        name = self.default_task
+        return self.heads[name] if name in self.heads else None  # noqa: SIM401 - ModuleDict has no get()
+
+    @property
+    def prompted_layers(self) -> list[int]:
+        return self.prompted_layers_of[self._entry().prompt]
 
     # construction -------------------------------------------------------------------------------
 
@@ -164,6 +310,7 @@ class PromptedModel(nn.Module):
         labels: list[str] | None = None,
         prompt: PromptConfig | None = None,
         pooling: str | None = None,
+        name: str = DEFAULT_TASK,
     ) -> PromptedModel:
         """Wrap ``backbone`` (alias, local path, hub name, or a built transformers model) for ``task``.
 
@@ -171,15 +318,15 @@ class PromptedModel(nn.Module):
         ``question-answering`` and ``multiple-choice``.
         """
         if labels is None:
-            if num_labels is None and task in LABELLED_TASKS:
+            if num_labels is None and task in HEAD_KINDS and HEAD_KINDS[task].labelled:
                 raise PtuningError("give labels or num_labels")
             labels = [str(index) for index in range(num_labels or 0)]
         elif num_labels is not None and num_labels != len(labels):
             raise PtuningError(f"num_labels={num_labels} but {len(labels)} labels were given")
         reference = backbone if isinstance(backbone, str) else None
         if isinstance(backbone, str):
-            backbone = load_backbone(backbone, causal_lm=task == "causal-lm")
-        return cls(backbone, task, labels, prompt, backbone_reference=reference, pooling=pooling)
+            backbone = load_backbone(backbone, causal_lm=task == CAUSAL_LM)
+        return cls(backbone, task, labels, prompt, backbone_reference=reference, pooling=pooling, name=name)
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -195,17 +342,22 @@ class PromptedModel(nn.Module):
 
     # forward ------------------------------------------------------------------------------------
 
-    @property
-    def max_text_length(self) -> int:
-        """Longest input the position table allows: input-level prompts and shifted positions take places."""
-        config = self.prompt_config
+    def text_room(self, prompt: str | None = None) -> int:
+        """Longest input the position table allows under a prompt: input-level prompts and shifted positions take
+        places."""
+        config = self.prompt_configs[prompt or self._entry().prompt]
         taken = config.length if config.input_level or (config.method == "deep" and config.shift_positions) else 0
         return architectures.max_text_length(self.backbone, taken)
 
+    @property
+    def max_text_length(self) -> int:
+        """Longest input the position table allows under the task's prompt."""
+        return self.text_room()
+
     def train(self, mode: bool = True) -> PromptedModel:
-        """Training mode; the backbone stays in eval mode (no dropout) when ``backbone_dropout`` is off."""
+        """Training mode; the backbone stays in eval mode (no dropout) when a prompt sets ``backbone_dropout`` off."""
         super().train(mode)
-        if mode and not self.prompt_config.backbone_dropout:
+        if mode and not all(config.backbone_dropout for config in self.prompt_configs.values()):
             self.transformer.eval()
         return self
 
@@ -214,66 +366,139 @@ class PromptedModel(nn.Module):
         by_layer = self.layer_prompts(batch_size).key_values
         return [by_layer.get(layer) for layer in range(self.backbone.config.num_hidden_layers)]
 
-    def layer_prompts(self, batch_size: int) -> LayerPrompts:
-        """The deep prompt of one forward call, as the attention function receives it."""
-        if self.prompt_config.method != "deep":
-            raise PtuningError(f"method {self.prompt_config.method!r} has no per-layer prompt")
+    def _check_deep(self, prompt: str) -> None:
+        if self.prompt_configs[prompt].method != "deep":
+            raise PtuningError(f"method {self.prompt_configs[prompt].method!r} has no per-layer prompt")
         if self.training and self.backbone.is_activation_checkpointing:
             # recomputation in backward runs outside the prompt's context: its gradients would be silently wrong
             raise PtuningError("deep prompts do not support activation (gradient) checkpointing of the backbone")
-        _, kv_heads, head_dim = architectures.attention_geometry(self.backbone.config)
-        table = self.prompt_encoder()
-        return LayerPrompts(split_key_values(table, self.prompted_layers, kv_heads, head_dim, batch_size))
 
-    def _check_length(self, length: int) -> None:
-        if length > self.max_text_length:
+    def layer_prompts(self, batch_size: int, prompt: str | None = None) -> LayerPrompts:
+        """The deep prompt of one forward call, as the attention function receives it (one prompt for the batch)."""
+        prompt = prompt or self._entry().prompt
+        self._check_deep(prompt)
+        _, kv_heads, head_dim = architectures.attention_geometry(self.backbone.config)
+        table = self.prompts[prompt]()  # (length, layers * 2 * kv_heads * head_dim)
+        return LayerPrompts(split_key_values(table, self.prompted_layers_of[prompt], kv_heads, head_dim, batch_size))
+
+    def mixed_layer_prompts(self, prompts: list[str], rows: torch.Tensor) -> LayerPrompts:
+        """The deep prompts of a batch whose example ``i`` reads ``prompts[rows[i]]``: gathered per layer by index,
+        shorter prompts left-padded with masked columns."""
+        for prompt in prompts:
+            self._check_deep(prompt)
+        _, kv_heads, head_dim = architectures.attention_geometry(self.backbone.config)
+        tables = [(self.prompts[prompt](), self.prompted_layers_of[prompt]) for prompt in prompts]
+        key_values, visible = gather_key_values(tables, rows, kv_heads, head_dim)
+        return LayerPrompts(key_values, visible)
+
+    def _check_length(self, length: int, prompts: list[str]) -> None:
+        room = min(self.text_room(prompt) for prompt in prompts)
+        if length > room:
             raise PtuningError(
                 f"input of {length} tokens is longer than this backbone's position table allows "
-                f"({self.max_text_length} tokens with this prompt); truncate it"
+                f"({room} tokens with this prompt); truncate it"
             )
 
+    def _position_shift(self, prompt: str) -> int:
+        config = self.prompt_configs[prompt]
+        return config.length if config.method == "deep" and config.shift_positions else 0
+
     def _backbone_inputs(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        prompt: str,
+        shift: torch.Tensor | int = 0,
     ) -> dict[str, Any]:
-        """Keyword arguments for the transformer: the text, and the prompt as the method puts it in."""
-        self._check_length(input_ids.shape[1])
+        """Keyword arguments for the transformer: the text, and an input-level prompt as its method puts it in."""
         inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
-        config = self.prompt_config
-        if config.method == "deep" and config.shift_positions:
-            inputs["position_ids"] = architectures.shifted_position_ids(self.backbone, input_ids, config.length)
+        if torch.is_tensor(shift) or shift:
+            inputs["position_ids"] = architectures.shifted_position_ids(self.backbone, input_ids, shift)
+        config = self.prompt_configs[prompt]
         if config.input_level:
             batch_size = input_ids.shape[0]
-            prompt = self.prompt_encoder().unsqueeze(0).expand(batch_size, -1, -1)
-            text = self.backbone.get_input_embeddings()(inputs.pop("input_ids"))
-            inputs["inputs_embeds"] = torch.cat([prompt.to(text.dtype), text], dim=1)
+            prompt_vectors = self.prompts[prompt]().unsqueeze(0).expand(batch_size, -1, -1)  # (batch, P, embedding)
+            text = self.backbone.get_input_embeddings()(inputs.pop("input_ids"))  # (batch, T, embedding)
+            inputs["inputs_embeds"] = torch.cat([prompt_vectors.to(text.dtype), text], dim=1)  # (batch, P + T, emb)
             if attention_mask is None:
                 attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
             inputs["attention_mask"] = torch.cat(
                 [attention_mask.new_ones(batch_size, config.length), attention_mask], 1
-            )
+            )  # (batch, P + T)
             if token_type_ids is not None:
                 inputs["token_type_ids"] = torch.cat(
                     [token_type_ids.new_zeros(batch_size, config.length), token_type_ids], 1
                 )
         return inputs
 
+    def _run_backbone(self, inputs: dict[str, Any], prompts: LayerPrompts | None, **kwargs: Any) -> Any:
+        """The transformer's forward with the deep prompts (if any) active, proving every prompted layer took its."""
+        if prompts is None:
+            return self.transformer(**inputs, **kwargs) if kwargs else self.backbone(**inputs)
+        with active_prompts(prompts):
+            output = self.transformer(**inputs, **kwargs) if kwargs else self.backbone(**inputs)
+        prompts.check_all_consumed(architectures.model_type_of(self.backbone.config))
+        return output
+
     def encode(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        task_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The backbone's last hidden state (batch, length, hidden) of the text tokens under the prompt."""
-        inputs = self._backbone_inputs(input_ids, attention_mask, token_type_ids)
-        if self.prompt_config.method != "deep":
-            hidden = self.backbone(**inputs).last_hidden_state
-            return hidden[:, self.prompt_config.length :] if self.prompt_config.input_level else hidden
-        with active_prompts(self.layer_prompts(input_ids.shape[0])) as prompts:
-            hidden = self.backbone(**inputs).last_hidden_state
-        prompts.check_all_consumed(architectures.model_type_of(self.backbone.config))
+        """The backbone's last hidden state (batch, length, hidden) of the text tokens, each example under its task's
+        prompt (``task_ids`` indexes :attr:`task_names`; without it, every example is the default task's)."""
+        if task_ids is None:
+            return self._encode_one(input_ids, attention_mask, token_type_ids, self._entry().prompt)
+        row_prompts = [self.tasks[self.task_names[index]].prompt for index in task_ids.tolist()]
+        prompts = list(dict.fromkeys(row_prompts))
+        if len(prompts) == 1:
+            return self._encode_one(input_ids, attention_mask, token_type_ids, prompts[0])
+        # layer-level prompts (deep, or none) share one forward; an input-level prompt lengthens the input its own way
+        layer_level = [prompt for prompt in prompts if not self.prompt_configs[prompt].input_level]
+        groups = [layer_level] * bool(layer_level) + [[p] for p in prompts if self.prompt_configs[p].input_level]
+        if len(groups) == 1:
+            return self._encode_mixed(input_ids, attention_mask, token_type_ids, row_prompts)
+        hidden: torch.Tensor | None = None
+        for group in groups:
+            rows = torch.tensor([i for i, prompt in enumerate(row_prompts) if prompt in group], device=input_ids.device)
+            ids, mask, types = (None if t is None else t[rows] for t in (input_ids, attention_mask, token_type_ids))
+            if len(group) == 1:
+                part = self._encode_one(ids, mask, types, group[0])  # (rows, T, hidden)
+            else:
+                part = self._encode_mixed(ids, mask, types, [row_prompts[i] for i in rows.tolist()])
+            if hidden is None:
+                hidden = part.new_zeros(*input_ids.shape[:2], part.shape[-1])  # (batch, T, hidden)
+            hidden = hidden.index_copy(0, rows, part)
         return hidden
+
+    def _encode_one(self, input_ids, attention_mask, token_type_ids, prompt: str) -> torch.Tensor:
+        """Every example under one prompt: (batch, T, hidden)."""
+        self._check_length(input_ids.shape[1], [prompt])
+        config = self.prompt_configs[prompt]
+        inputs = self._backbone_inputs(input_ids, attention_mask, token_type_ids, prompt, self._position_shift(prompt))
+        deep = self.layer_prompts(input_ids.shape[0], prompt) if config.method == "deep" else None
+        hidden = self._run_backbone(inputs, deep).last_hidden_state  # (batch, [P +] T, hidden)
+        return hidden[:, config.length :] if config.input_level else hidden
+
+    def _encode_mixed(self, input_ids, attention_mask, token_type_ids, row_prompts: list[str]) -> torch.Tensor:
+        """Examples under different layer-level prompts (deep, or none) in one backbone forward: (batch, T, hidden)."""
+        prompts = list(dict.fromkeys(row_prompts))
+        self._check_length(input_ids.shape[1], prompts)
+        deep = [prompt for prompt in prompts if self.prompt_configs[prompt].method == "deep"]
+        index = {prompt: position for position, prompt in enumerate(deep)}
+        # a row without a deep prompt (linear probe) reads index len(deep): every column of every layer masked
+        rows = torch.tensor([index.get(p, len(deep)) for p in row_prompts], device=input_ids.device)  # (batch,)
+        shifts = torch.tensor([[self._position_shift(p)] for p in row_prompts], device=input_ids.device)  # (batch, 1)
+        inputs = self._backbone_inputs(
+            input_ids, attention_mask, token_type_ids, prompts[0], shifts if bool(shifts.any()) else 0
+        )
+        layer_prompts = self.mixed_layer_prompts(deep, rows) if deep else None
+        return self._run_backbone(inputs, layer_prompts).last_hidden_state
 
     def forward(
         self,
@@ -281,51 +506,71 @@ class PromptedModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-    ) -> SequenceClassifierOutput | TokenClassifierOutput | CausalLMOutputWithPast:
-        if self.task == "causal-lm":
-            inputs = self._backbone_inputs(input_ids, attention_mask, token_type_ids)
-            with active_prompts(self.layer_prompts(input_ids.shape[0])) as prompts:
-                output = self.transformer(**inputs, labels=labels, use_cache=False)
-            prompts.check_all_consumed(architectures.model_type_of(self.backbone.config))
-            return output
-        if self.task == "multiple-choice":
-            return self._multiple_choice(input_ids, attention_mask, token_type_ids, labels)
-        hidden = self.encode(input_ids, attention_mask, token_type_ids)
-        if self.task == "sequence-classification":
-            logits = self.head(pool(hidden, attention_mask, self.pooling, self.backbone))
-            output_class = SequenceClassifierOutput
+        task_ids: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        """One task's head output (``task_ids`` absent, or naming one task), or for a batch mixing tasks a
+        :class:`MixedTaskOutput` (each task's head on its own rows, one backbone forward for all)."""
+        if task_ids is not None:
+            present = sorted(set(task_ids.tolist()))
+            if present[0] < 0 or present[-1] >= len(self.tasks):
+                raise PtuningError(f"task_ids index the {len(self.tasks)} tasks {self.task_names}, got {present}")
+            if len(present) > 1:
+                if labels is not None:
+                    raise PtuningError("a batch that mixes tasks takes no labels: train one task per batch")
+                return self._mixed_forward(input_ids, attention_mask, token_type_ids, task_ids, present)
+            name = self.task_names[present[0]]
         else:
-            logits = self.head(hidden)
-            output_class = TokenClassifierOutput
-        loss = None
-        if labels is not None and self.task == "question-answering":
-            # labels (batch, 2): start and end token of the answer (0, the first token, when there is none)
-            loss = (
-                nn.functional.cross_entropy(logits[..., 0], labels[:, 0])
-                + nn.functional.cross_entropy(logits[..., 1], labels[:, 1])
-            ) / 2
-        elif labels is not None:
-            loss = nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+            name = self.default_task
+        entry = self.tasks[name]
+        if entry.kind == CAUSAL_LM:
+            inputs = self._backbone_inputs(
+                input_ids, attention_mask, token_type_ids, entry.prompt, self._position_shift(entry.prompt)
             )
-        return output_class(loss=loss, logits=logits)
+            self._check_length(input_ids.shape[1], [entry.prompt])
+            prompts = self.layer_prompts(input_ids.shape[0], entry.prompt)
+            output: CausalLMOutputWithPast = self._run_backbone(inputs, prompts, labels=labels, use_cache=False)
+            return output
+        kind = HEAD_KINDS[entry.kind]
+        shape = input_ids.shape  # (batch, [choices,] T)
+        if kind.choices:  # each (context, choice) pair is encoded alone; the choices' scores compete
+            input_ids, attention_mask, token_type_ids = (
+                None if tensor is None else tensor.reshape(-1, shape[-1])
+                for tensor in (input_ids, attention_mask, token_type_ids)
+            )
+        hidden = self._encode_one(input_ids, attention_mask, token_type_ids, entry.prompt)  # (batch, T, hidden)
+        logits = self._head(name, hidden, attention_mask)
+        if kind.choices:
+            logits = logits.view(shape[0], shape[1])  # (batch, choices)
+        loss = None if labels is None else kind.loss(logits, labels)
+        return kind.output(loss=loss, logits=logits)
 
-    def _multiple_choice(self, input_ids, attention_mask, token_type_ids, labels) -> MultipleChoiceModelOutput:
-        """Inputs (batch, choices, length): each (context, choice) pair is scored, the scores compete."""
-        batch_size, choices, length = input_ids.shape
+    def _head(self, name: str, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """The task's head on its rows' hidden states: (rows, labels) pooled, or (rows, T, width) per token."""
+        entry = self.tasks[name]
+        features = (
+            pool(hidden, attention_mask, entry.pooling, self.backbone) if HEAD_KINDS[entry.kind].pooled else hidden
+        )
+        return self.heads[name](features)
 
-        def flat(tensor: torch.Tensor | None) -> torch.Tensor | None:
-            return None if tensor is None else tensor.reshape(batch_size * choices, length)
-
-        hidden = self.encode(flat(input_ids), flat(attention_mask), flat(token_type_ids))
-        logits = self.head(pool(hidden, flat(attention_mask), self.pooling, self.backbone)).view(batch_size, choices)
-        loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
-        return MultipleChoiceModelOutput(loss=loss, logits=logits)
+    def _mixed_forward(self, input_ids, attention_mask, token_type_ids, task_ids, present: list[int]):
+        names = self.task_names
+        kinds = {self.tasks[names[index]].kind for index in present}
+        if any(kind not in HEAD_KINDS or HEAD_KINDS[kind].choices for kind in kinds):
+            raise PtuningError("multiple-choice and causal-lm tasks run one task per batch, not mixed with others")
+        hidden = self.encode(input_ids, attention_mask, token_type_ids, task_ids=task_ids)  # (batch, T, hidden)
+        outputs, rows = {}, {}
+        for index in present:  # each head on its own rows (a sub-batch), in batch order
+            name = names[index]
+            rows[name] = (task_ids == index).nonzero().squeeze(1)
+            mask = None if attention_mask is None else attention_mask[rows[name]]
+            logits = self._head(name, hidden[rows[name]], mask)
+            outputs[name] = HEAD_KINDS[self.tasks[name].kind].output(logits=logits)
+        return MixedTaskOutput(outputs=outputs, rows=rows)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """``transformers`` generation with the prefix in every layer at every step (task ``causal-lm``)."""
-        if self.task != "causal-lm":
+        if self.task != CAUSAL_LM:
             raise PtuningError("generate() needs task 'causal-lm'")
         with active_prompts(self.layer_prompts(input_ids.shape[0])):
             return self.transformer.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
@@ -339,11 +584,11 @@ class PromptedModel(nn.Module):
         return sum(parameter.numel() for parameter in self.parameters())
 
     def stored_parameters(self) -> int:
-        """Parameters a checkpoint holds: the folded prompt table and the head (the whole model for finetune)."""
-        if self.prompt_config.method == "finetune":
+        """Parameters a checkpoint holds: the folded prompt tables and the heads (the whole model for finetune)."""
+        if any(config.method == "finetune" for config in self.prompt_configs.values()):
             return self.total_parameters()
-        table = 0 if self.prompt_encoder is None else self.prompt_encoder.folded_table().numel()
-        return table + (0 if self.head is None else sum(p.numel() for p in self.head.parameters()))
+        tables = sum(encoder.folded_table().numel() for encoder in self.prompts.values())
+        return tables + sum(parameter.numel() for parameter in self.heads.parameters())
 
     def stored_share(self) -> float:
         return stored_share(self.stored_parameters(), self.trainable_parameters(), self.total_parameters())
@@ -361,21 +606,23 @@ class PromptedModel(nn.Module):
     # save / load --------------------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        """Write the trainable part (the prompt folded into a flat table, and the head) and a JSON config.
+        """Write the trainable part (each prompt folded into a flat table, each head) and a JSON config.
 
         ``finetune`` checkpoints also hold the whole tuned backbone (with its tokenizer) in ``backbone/``.
-        ``extra`` is stored under ``"extra"`` (the CLI keeps how its data was read there).
+        ``extra`` replaces the default task's ``extra`` (the CLI keeps how its data was read there).
         """
+        if extra is not None:
+            self.extra = extra
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {}
         with torch.no_grad():
-            if self.prompt_encoder is not None:
-                tensors["prompt_encoder.table"] = self.prompt_encoder.folded_table().detach().contiguous()
-            if self.head is not None:
-                tensors.update({f"head.{name}": t.detach().contiguous() for name, t in self.head.state_dict().items()})
+            for name, encoder in self.prompts.items():
+                tensors[f"prompts.{name}.table"] = encoder.folded_table().detach().contiguous()
+            for name, head in self.heads.items():
+                tensors.update({f"heads.{name}.{key}": t.detach().contiguous() for key, t in head.state_dict().items()})
         save_file(tensors, str(directory / WEIGHTS_NAME))
-        if self.prompt_config.method == "finetune":  # the tuned backbone is part of the result
+        if any(config.method == "finetune" for config in self.prompt_configs.values()):  # part of the result
             self.backbone.save_pretrained(directory / FINETUNED_BACKBONE)
             if self._tokenizer is not None or self.backbone_reference is not None:
                 self.tokenizer.save_pretrained(directory / FINETUNED_BACKBONE)
@@ -384,18 +631,15 @@ class PromptedModel(nn.Module):
             "backbone": self.backbone_reference,
             "backbone_shape": _backbone_shape(self.backbone.config),
             "backbone_fingerprint": _backbone_fingerprint(self.backbone),
-            "task": self.task,
-            "labels": self.labels,
-            "pooling": self.pooling,
-            "prompt": self.prompt_config.to_dict(),
-            "extra": extra or {},
+            "prompts": {name: config.to_dict() for name, config in self.prompt_configs.items()},
+            "tasks": {name: asdict(entry) for name, entry in self.tasks.items()},
         }
         (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         return directory
 
     @staticmethod
     def read_config(directory: str | Path) -> dict[str, Any]:
-        """The JSON config of a checkpoint (or run) folder."""
+        """The JSON config of a checkpoint (or run) folder, in format 2 (a format-1 config is converted)."""
         path = checkpoint_folder(directory) / CONFIG_NAME
         if not path.is_file():
             raise CheckpointError(f"{directory} is not a ptuning checkpoint: {CONFIG_NAME} is missing")
@@ -403,32 +647,68 @@ class PromptedModel(nn.Module):
             config = json.loads(path.read_text())
         except json.JSONDecodeError as error:
             raise CheckpointError(f"{path} is not valid JSON: {error}") from error
-        missing = [key for key in ("backbone", "backbone_shape", "task", "labels", "prompt") if key not in config]
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{path} is not a ptuning checkpoint config (a JSON object)")
+        version = config.get("ptuning_format", 1)
+        if version == 1:
+            missing = [key for key in ("backbone", "backbone_shape", "task", "labels", "prompt") if key not in config]
+            if missing:
+                raise CheckpointError(f"{path} lacks {missing}")
+            task = {
+                "kind": config["task"],
+                "prompt": DEFAULT_TASK,
+                "labels": config["labels"],
+                "pooling": config.get("pooling"),
+                "extra": config.get("extra", {}),
+            }
+            return {**config, "prompts": {DEFAULT_TASK: config["prompt"]}, "tasks": {DEFAULT_TASK: task}}
+        if version != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{path} is checkpoint format {version!r}; this ptuning reads formats 1 and {FORMAT_VERSION}: "
+                "upgrade ptuning to load it"
+            )
+        missing = [key for key in ("backbone", "backbone_shape", "prompts", "tasks") if key not in config]
         if missing:
             raise CheckpointError(f"{path} lacks {missing}")
         return config
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, backbone: str | PreTrainedModel | None = None) -> PromptedModel:
-        """Restore a saved prompt and head onto ``backbone`` (default: the backbone named in the checkpoint).
-
-        ``directory`` is a checkpoint folder or the run folder of ``ptuning train`` holding ``checkpoint/``.
-        """
-        directory = checkpoint_folder(directory)
+    def read_task(cls, directory: str | Path, name: str | None = None) -> dict[str, Any]:
+        """One task of a checkpoint as a flat dict: its ``task`` (head kind), ``labels``, ``pooling``, ``prompt``
+        (settings), ``extra``, and the checkpoint's ``backbone`` and ``backbone_shape``. ``name`` may be omitted
+        when the checkpoint holds one task."""
         config = cls.read_config(directory)
-        finetuned = Path(directory) / FINETUNED_BACKBONE
-        if backbone is None and finetuned.is_dir():
-            backbone = str(finetuned)
-        if backbone is None:
-            if config["backbone"] is None:
-                raise CheckpointError(
-                    f"{directory} was trained on a backbone object, not a named one: pass backbone=..."
-                )
-            backbone = config["backbone"]
-        reference = backbone if isinstance(backbone, str) else config["backbone"]
-        causal_lm = config["task"] == "causal-lm"
-        model_backbone = load_backbone(backbone, causal_lm=causal_lm) if isinstance(backbone, str) else backbone
-        actual = _backbone_shape(model_backbone.config)
+        tasks = config["tasks"]
+        if name is None and len(tasks) != 1:
+            raise PtuningError(f"{directory} holds the tasks {', '.join(tasks)}: name one")
+        if name is not None and name not in tasks:
+            raise PtuningError(f"{directory} holds no task {name!r}; it holds {', '.join(tasks)}")
+        entry = tasks[name] if name is not None else next(iter(tasks.values()))
+        return {
+            "task": entry["kind"],
+            "labels": entry["labels"],
+            "pooling": entry.get("pooling"),
+            "prompt": config["prompts"][entry["prompt"]],
+            "extra": entry.get("extra", {}),
+            "backbone": config["backbone"],
+            "backbone_shape": config["backbone_shape"],
+        }
+
+    @staticmethod
+    def _read_state(directory: Path, config: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The checkpoint's tensors under format-2 names (format 1 stored one ``prompt_encoder`` and one ``head``)."""
+        state = read_weights(directory / WEIGHTS_NAME)
+        if config.get("ptuning_format", 1) == 1:
+            prefixes = {"prompt_encoder.": f"prompts.{DEFAULT_TASK}.", "head.": f"heads.{DEFAULT_TASK}."}
+            state = {
+                next((new + key[len(old) :] for old, new in prefixes.items() if key.startswith(old)), key): tensor
+                for key, tensor in state.items()
+            }
+        return state
+
+    def _check_backbone(self, directory: Path, config: dict[str, Any], fingerprint: str) -> None:
+        """Refuse a checkpoint made for another backbone shape; for other weights refuse or warn (``fingerprint``)."""
+        actual = _backbone_shape(self.backbone.config)
         expected = config["backbone_shape"]
         differences = [
             f"{key}: checkpoint {expected.get(key)}, backbone {actual[key]}"
@@ -439,33 +719,94 @@ class PromptedModel(nn.Module):
             raise CheckpointError(
                 f"checkpoint {directory} was trained for another backbone shape ({'; '.join(differences)})"
             )
-        model = cls(
-            model_backbone,
-            config["task"],
-            config["labels"],
-            PromptConfig.from_dict(config["prompt"]),
-            backbone_reference=reference,
-            pooling=config.get("pooling"),
-            folded=True,
-        )
-        if config.get("backbone_fingerprint") not in (None, _backbone_fingerprint(model.backbone)):
-            warnings.warn(
-                f"checkpoint {directory} was trained on a backbone with other embedding weights than "
-                f"{reference!r}; its predictions may be wrong",
-                stacklevel=2,
+        if config.get("backbone_fingerprint") not in (None, _backbone_fingerprint(self.backbone)):
+            message = (
+                f"checkpoint {directory} was trained on backbone {config.get('backbone')!r}, whose embedding weights "
+                f"differ from those of the loaded backbone {self.backbone_reference!r}"
             )
-        weights_path = directory / WEIGHTS_NAME
-        state = read_weights(weights_path)
-        own = model.state_dict()
-        expected_keys = {name for name in own if name.startswith(("prompt_encoder.", "head."))}
-        problems = sorted(expected_keys ^ set(state))
+            if fingerprint == "refuse":
+                raise CheckpointError(f"{message}: it cannot share this backbone")
+            warnings.warn(f"{message}; its predictions may be wrong", stacklevel=3)
+
+    def load_task(self, directory: str | Path, name: str | None = None, fingerprint: str = "refuse") -> list[str]:
+        """Add the tasks of a saved checkpoint (or run folder) onto this model's backbone; returns their names.
+
+        ``name`` renames the task of a single-task checkpoint. A checkpoint of another backbone shape is refused
+        naming both; one of the same shape but other weights too (``fingerprint="warn"`` only warns).
+        """
+        directory = checkpoint_folder(directory)
+        config = self.read_config(directory)
+        self._check_backbone(directory, config, fingerprint)
+        tasks: dict[str, dict[str, Any]] = config["tasks"]
+        if name is not None and len(tasks) != 1:
+            raise PtuningError(f"{directory} holds tasks {', '.join(tasks)}: it cannot be loaded under one name")
+        renamed = {old: (name if name is not None else old) for old in tasks}
+        taken = sorted(set(renamed.values()) & set(self.tasks))
+        if taken:
+            raise PtuningError(f"{directory}: a task named {taken[0]!r} is loaded already; give it another name")
+        # prompts are keyed by the task that owns them; a shared prompt keeps its first task's key
+        prompt_key = {prompt: renamed.get(prompt, prompt) for prompt in config["prompts"]}
+        clash = sorted(key for key in prompt_key.values() if key in self.prompt_configs)
+        if clash:
+            raise PtuningError(
+                f"{directory}: a prompt named {clash[0]!r} is loaded already; load it under another name"
+            )
+        state = self._read_state(directory, config)
+        for prompt, values in config["prompts"].items():
+            self._add_prompt(prompt_key[prompt], PromptConfig.from_dict(values), folded=True, causal=False)
+        for old, values in tasks.items():
+            new = renamed[old]
+            self.add_task(new, values["kind"], values["labels"], pooling=values.get("pooling"),
+                          shared_prompt=prompt_key[values["prompt"]])  # fmt: skip
+            self.tasks[new].extra = values.get("extra", {})
+        expected = {
+            f"prompts.{p}.table": f"prompts.{key}.table" for p, key in prompt_key.items() if key in self.prompts
+        }
+        for old, new in renamed.items():
+            if new in self.heads:
+                expected.update({f"heads.{old}.{key}": f"heads.{new}.{key}" for key in self.heads[new].state_dict()})
+        problems = sorted(set(expected) ^ set(state))
+        own = self.state_dict()
         problems += [
-            f"{name} {tuple(state[name].shape)} != {tuple(own[name].shape)}"
-            for name in expected_keys & set(state)
-            if state[name].shape != own[name].shape
+            f"{saved} {tuple(state[saved].shape)} != {tuple(own[mine].shape)}"
+            for saved, mine in expected.items()
+            if saved in state and state[saved].shape != own[mine].shape
         ]
         if problems:
-            raise CheckpointError(f"{weights_path} does not match its config: {problems}")
-        model.load_state_dict(state, strict=False)
-        model.extra = config.get("extra", {})
+            for new in renamed.values():  # leave the model as it was
+                self.tasks.pop(new, None)
+                self.heads.pop(new, None)
+            for key in prompt_key.values():
+                self.prompt_configs.pop(key, None)
+                self.prompts.pop(key, None)
+            raise CheckpointError(f"{directory / WEIGHTS_NAME} does not match its config: {problems}")
+        self.load_state_dict({mine: state[saved] for saved, mine in expected.items()}, strict=False)
+        return list(renamed.values())
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path | dict[str, str | Path], backbone: str | PreTrainedModel | None = None
+    ) -> PromptedModel:
+        """Restore saved prompts and heads onto ``backbone`` (default: the backbone named in the checkpoint).
+
+        ``directory`` is a checkpoint folder or the run folder of ``ptuning train`` holding ``checkpoint/``; or a
+        mapping ``{name: folder}`` to load several single-task checkpoints onto one backbone under those names.
+        """
+        sources = directory if isinstance(directory, dict) else {None: directory}
+        first = checkpoint_folder(next(iter(sources.values())))
+        config = cls.read_config(first)
+        finetuned = first / FINETUNED_BACKBONE
+        if backbone is None and finetuned.is_dir():
+            backbone = str(finetuned)
+        if backbone is None:
+            if config["backbone"] is None:
+                raise CheckpointError(f"{first} was trained on a backbone object, not a named one: pass backbone=...")
+            backbone = config["backbone"]
+        reference = backbone if isinstance(backbone, str) else config["backbone"]
+        causal_lm = any(task["kind"] == CAUSAL_LM for task in config["tasks"].values())
+        model_backbone = load_backbone(backbone, causal_lm=causal_lm) if isinstance(backbone, str) else backbone
+        model = cls(model_backbone, None, backbone_reference=reference, causal_lm=causal_lm)
+        for name, source in sources.items():
+            # a backbone passed on purpose (a copy, another precision) may differ in its weights: warn only
+            model.load_task(source, name, fingerprint="refuse" if isinstance(directory, dict) else "warn")
         return model

@@ -192,7 +192,7 @@ def export_peft(checkpoint_dir: str | Path, out_dir: str | Path, backbone: str |
     another ``num_labels`` than its config has.
     """
     checkpoint_dir = checkpoint_folder(checkpoint_dir)
-    config = PromptedModel.read_config(checkpoint_dir)
+    config = PromptedModel.read_task(checkpoint_dir)
     check_exportable(config)
     out_dir = _new_folder(out_dir)
     reference = backbone or config["backbone"]

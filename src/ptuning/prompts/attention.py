@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -27,6 +28,15 @@ SDPA = "ptuning_sdpa"
 EAGER = "ptuning_eager"
 
 
+class PromptColumns(NamedTuple):
+    """One layer's prompt for the attention: keys and values (batch, kv_heads, P, head_dim), and which of the P
+    columns are real per example (batch, P), or None when all are."""
+
+    key: torch.Tensor
+    value: torch.Tensor
+    visible: torch.Tensor | None
+
+
 class LayerPrompts:
     """The prompt keys/values of one forward call, by layer index, and which layers consumed them.
 
@@ -35,12 +45,17 @@ class LayerPrompts:
     the order of their calls within the forward.
     """
 
-    def __init__(self, key_values: dict[int, tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(
+        self,
+        key_values: dict[int, tuple[torch.Tensor, torch.Tensor]],
+        visible: dict[int, torch.Tensor | None] | None = None,
+    ):
         self.key_values = key_values
+        self.visible = visible or {}  # per layer (batch, P): which prompt columns are real (mixed-task batches)
         self.consumed: set[int] = set()
         self.calls = 0
 
-    def take(self, module: nn.Module, batch_size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def take(self, module: nn.Module, batch_size: int) -> PromptColumns | None:
         layer = getattr(module, "layer_idx", None)
         if layer is None:
             layer = self.calls
@@ -49,12 +64,16 @@ class LayerPrompts:
         if pair is None:
             return None
         self.consumed.add(layer)
-        prompt_batch = pair[0].shape[0]
+        key, value = pair  # (batch, kv_heads, P, head_dim) each
+        visible = self.visible.get(layer)  # (batch, P) or None: every column real
+        prompt_batch = key.shape[0]
         if prompt_batch != batch_size:  # generate() with beams or several samples repeats each example
             if batch_size % prompt_batch:
                 raise ValueError(f"prompt batch {prompt_batch} does not divide the attention batch {batch_size}")
-            pair = tuple(t.repeat_interleave(batch_size // prompt_batch, dim=0) for t in pair)
-        return pair
+            repeat = batch_size // prompt_batch
+            key, value = (t.repeat_interleave(repeat, dim=0) for t in (key, value))
+            visible = None if visible is None else visible.repeat_interleave(repeat, dim=0)
+        return PromptColumns(key, value, visible)
 
     def check_all_consumed(self, model_type: str) -> None:
         missing = sorted(set(self.key_values) - self.consumed)
@@ -83,13 +102,33 @@ def active_prompts(prompts: LayerPrompts) -> Iterator[LayerPrompts]:
         _ACTIVE_PROMPTS.reset(token)
 
 
-def _extend_mask(mask: torch.Tensor | None, prompt_length: int) -> torch.Tensor | None:
-    """Add ``prompt_length`` always-visible key columns in front of a boolean or additive mask."""
+def extend_mask(
+    mask: torch.Tensor | None, prompt_length: int, visible: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """Add ``prompt_length`` key columns in front of a boolean (True: attend) or additive mask (batch, *, q, k):
+    open, or per example where ``visible`` (batch, P) says so. Give a mask whenever ``visible`` is given."""
     if mask is None:
         return None
-    visible = torch.ones if mask.dtype == torch.bool else torch.zeros
-    prefix = visible(*mask.shape[:-1], prompt_length, dtype=mask.dtype, device=mask.device)
+    if visible is None:
+        fill = torch.ones if mask.dtype == torch.bool else torch.zeros
+        prefix = fill(*mask.shape[:-1], prompt_length, dtype=mask.dtype, device=mask.device)  # (batch, *, q, P)
+        return torch.cat([prefix, mask], dim=-1)
+    mask = mask.expand(visible.shape[0], *mask.shape[1:])  # a mask shared by the batch becomes per example
+    opened = visible.view(visible.shape[0], *[1] * (mask.dim() - 2), prompt_length)  # (batch, 1.., 1, P)
+    opened = opened.expand(*mask.shape[:-1], prompt_length)  # (batch, *, q, P)
+    if mask.dtype == torch.bool:
+        return torch.cat([opened, mask], dim=-1)
+    prefix = torch.zeros(opened.shape, dtype=mask.dtype, device=mask.device).masked_fill(
+        ~opened, torch.finfo(mask.dtype).min
+    )
     return torch.cat([prefix, mask], dim=-1)
+
+
+def open_mask(query: torch.Tensor, key_length: int, additive: bool) -> torch.Tensor:
+    """An all-open mask (1, 1, q, k) for when the model passed none but the prompt columns need one."""
+    if additive:
+        return torch.zeros(1, 1, query.shape[2], key_length, dtype=query.dtype, device=query.device)
+    return torch.ones(1, 1, query.shape[2], key_length, dtype=torch.bool, device=query.device)
 
 
 def _causal_mask(query: torch.Tensor, key_length: int, additive: bool) -> torch.Tensor:
@@ -115,15 +154,17 @@ def _model_eager_attention(module: nn.Module) -> Callable:
 
 def _prompted(base: Callable[[nn.Module], Callable], additive_mask: bool) -> Callable:
     def attention(module, query, key, value, attention_mask, **kwargs):
+        # query (batch, heads, q, head_dim); key, value (batch, kv_heads, k, head_dim); mask (batch, 1, q, k) or None
         prompts = _ACTIVE_PROMPTS.get()
-        pair = prompts.take(module, query.shape[0]) if prompts is not None else None
-        if pair is not None:
-            prompt_key, prompt_value = pair
+        prompt = prompts.take(module, query.shape[0]) if prompts is not None else None
+        if prompt is not None:
             if attention_mask is None and getattr(module, "is_causal", False) and query.shape[2] > 1:
-                attention_mask = _causal_mask(query, key.shape[2], additive_mask)
-            key = torch.cat([prompt_key.to(key.dtype), key], dim=2)
-            value = torch.cat([prompt_value.to(value.dtype), value], dim=2)
-            attention_mask = _extend_mask(attention_mask, prompt_key.shape[2])
+                attention_mask = _causal_mask(query, key.shape[2], additive_mask)  # (1, 1, q, k)
+            elif attention_mask is None and prompt.visible is not None:
+                attention_mask = open_mask(query, key.shape[2], additive_mask)  # (1, 1, q, k)
+            key = torch.cat([prompt.key.to(key.dtype), key], dim=2)  # (batch, kv_heads, P + k, head_dim)
+            value = torch.cat([prompt.value.to(value.dtype), value], dim=2)  # (batch, kv_heads, P + k, head_dim)
+            attention_mask = extend_mask(attention_mask, prompt.key.shape[2], prompt.visible)  # (batch, 1, q, P + k)
         return base(module)(module, query, key, value, attention_mask, **kwargs)
 
     return attention

@@ -17,7 +17,7 @@ from transformers.models.deberta import modeling_deberta as v1
 from transformers.models.deberta_v2 import modeling_deberta_v2 as v2
 
 from ..errors import UnsupportedModelError
-from .attention import current_prompts
+from .attention import current_prompts, extend_mask
 
 
 def _v1_parts(module, hidden_states, query_states, relative_pos, rel_embeddings):
@@ -76,28 +76,28 @@ def _forward(
 ):
     """DisentangledSelfAttention.forward with this layer's prompt keys/values prepended, if any."""
     prompts = current_prompts()
-    pair = prompts.take(self, hidden_states.shape[0]) if prompts is not None else None
-    if pair is None:
+    prompt = prompts.take(self, hidden_states.shape[0]) if prompts is not None else None
+    if prompt is None:
         return type(self).forward(
             self, hidden_states, attention_mask, output_attentions, query_states, relative_pos, rel_embeddings
         )
     parts = _v1_parts if isinstance(self, v1.DisentangledSelfAttention) else _v2_parts
+    # query, key, value (batch, heads, T, head_dim); bias (batch, heads, T, T) or None
     query, key, value, bias = parts(self, hidden_states, query_states, relative_pos, rel_embeddings)
-    prompt_key, prompt_value = (tensor.to(key.dtype) for tensor in pair)
+    prompt_key, prompt_value = prompt.key.to(key.dtype), prompt.value.to(value.dtype)  # (batch, heads, P, head_dim)
     length = prompt_key.shape[2]
 
-    scores = torch.matmul(query, torch.cat([prompt_key, key], dim=2).transpose(-1, -2))
+    scores = torch.matmul(query, torch.cat([prompt_key, key], dim=2).transpose(-1, -2))  # (batch, heads, T, P + T)
     if bias is not None:  # no relative position between the text and the prompt
         scores = scores + nn.functional.pad(bias, (length, 0))
     talking_logits, talking_weights = getattr(self, "head_logits_proj", None), getattr(self, "head_weights_proj", None)
     if talking_logits is not None:
         scores = talking_logits(scores.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-    mask = attention_mask.bool()
-    mask = torch.cat([mask.new_ones(*mask.shape[:-1], length), mask], dim=-1)
+    mask = extend_mask(attention_mask.bool(), length, prompt.visible)  # (batch, 1, T, P + T)
     probs = self.dropout(nn.functional.softmax(scores.masked_fill(~mask, torch.finfo(scores.dtype).min), dim=-1))
     if talking_weights is not None:
         probs = talking_weights(probs.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-    context = torch.matmul(probs, torch.cat([prompt_value, value], dim=2)).transpose(1, 2).flatten(2)
+    context = torch.matmul(probs, torch.cat([prompt_value, value], dim=2)).transpose(1, 2).flatten(2)  # (batch, T, H)
     return context, (probs if output_attentions else None)
 
 

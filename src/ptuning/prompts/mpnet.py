@@ -14,26 +14,29 @@ from torch import nn
 from transformers.models.mpnet.modeling_mpnet import MPNetSelfAttention
 
 from ..errors import UnsupportedModelError
-from .attention import _extend_mask, current_prompts
+from .attention import current_prompts, extend_mask, open_mask
 
 
 def _forward(self, hidden_states, attention_mask=None, position_bias=None, output_attentions=False, **kwargs):
     """MPNetSelfAttention.forward with this layer's prompt keys/values prepended, if any."""
     prompts = current_prompts()
-    pair = prompts.take(self, hidden_states.shape[0]) if prompts is not None else None
-    if pair is None:
+    prompt = prompts.take(self, hidden_states.shape[0]) if prompts is not None else None
+    if prompt is None:
         return type(self).forward(self, hidden_states, attention_mask, position_bias, output_attentions, **kwargs)
     shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
+    # query, key, value: (batch, heads, T, head_dim)
     query, key, value = (proj(hidden_states).view(shape).transpose(1, 2) for proj in (self.q, self.k, self.v))
-    prompt_key, prompt_value = (tensor.to(key.dtype) for tensor in pair)
-    length = prompt_key.shape[2]
+    length = prompt.key.shape[2]
 
-    key, value = torch.cat([prompt_key, key], dim=2), torch.cat([prompt_value, value], dim=2)
-    scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(self.attention_head_size)
+    key = torch.cat([prompt.key.to(key.dtype), key], dim=2)  # (batch, heads, P + T, head_dim)
+    value = torch.cat([prompt.value.to(value.dtype), value], dim=2)  # (batch, heads, P + T, head_dim)
+    scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(self.attention_head_size)  # (batch, h, T, P + T)
     if position_bias is not None:  # no relative position between the text and the prompt
         scores = scores + nn.functional.pad(position_bias, (length, 0))
+    if attention_mask is None and prompt.visible is not None:
+        attention_mask = open_mask(query, hidden_states.shape[1], additive=True)  # (1, 1, T, T)
     if attention_mask is not None:
-        scores = scores + _extend_mask(attention_mask, length)
+        scores = scores + extend_mask(attention_mask, length, prompt.visible)  # additive (batch, 1, *, P + T)
     probs = self.dropout(nn.functional.softmax(scores, dim=-1))
     output = self.o(torch.matmul(probs, value).transpose(1, 2).flatten(2))
     return (output, probs) if output_attentions else (output,)
