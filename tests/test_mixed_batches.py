@@ -147,6 +147,8 @@ def test_tasks_share_a_prompt_with_a_head_each():
     assert model.tasks["pos"].prompt == "ner"
     with pytest.raises(PtuningError, match="no prompt named 'chunk' to share"):
         model.add_task("x", "token-classification", ["A"], shared_prompt="chunk")
+    with pytest.raises(PtuningError, match="not a torch Module attribute, got 'train'"):
+        model.add_task("train", "token-classification", ["A"], prompt=PromptConfig(length=2))
     with pytest.raises(PtuningError, match="a fine-tuned backbone serves its own task only"):
         model.add_task("full", "token-classification", ["A"], prompt=PromptConfig(method="finetune"))
 

@@ -92,3 +92,14 @@ def test_prediction_format_lists_entities(minilm_tokenizer):
     ]
     with pytest.raises(DataError, match=r"<stdin>:2: expected"):
         task.parse_input('{"tokens": 1}', {"tokens": 1}, "<stdin>:2")
+
+
+def test_a_text_encodes_the_same_whatever_its_batch_mates(minilm_tokenizer):
+    """A single text next to a text pair is still encoded as a single text (no empty second segment)."""
+    task = make_task("sequence-classification", minilm_tokenizer, ["neg", "pos"], 64)
+    single = LabeledText("a good film", None, "pos")
+    alone = task.encode([single]).inputs[0]
+    beside_a_pair = task.encode([LabeledText("dull", "and long", "neg"), single]).inputs
+    assert beside_a_pair[1] == alone
+    assert minilm_tokenizer.convert_ids_to_tokens(alone["input_ids"]).count("[SEP]") == 1
+    assert minilm_tokenizer.convert_ids_to_tokens(beside_a_pair[0]["input_ids"]).count("[SEP]") == 2

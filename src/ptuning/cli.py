@@ -118,14 +118,17 @@ def build_recipe(flags: dict[str, Any]) -> Recipe:
     return Recipe.from_dict(values, source=str(config or "flags"))
 
 
-def _load_for_inference(path: str):
+def _load_for_inference(path: str, task: str | None = None):
+    """The model of a checkpoint (or run) folder and the Task of the task it answers (``task``: which one, when the
+    checkpoint holds several)."""
     from .model import PromptedModel
-    from .tasks import make_task
+    from .predictor import task_for
 
     model = PromptedModel.from_pretrained(path)
-    max_length = min(model.extra.get("max_length") or model.max_text_length, model.max_text_length)
-    task_name = model.extra.get("task_name", model.task)
-    return model, make_task(task_name, model.tokenizer, model.labels, max_length, **model.extra.get("task_options", {}))
+    if task is None and len(model.task_names) > 1:
+        raise PtuningError(f"{path} holds several tasks ({', '.join(model.task_names)}): choose one with --task NAME")
+    model.use(task or model.task_names[0])
+    return model, task_for(model, model.default_task)
 
 
 def command_train(args: argparse.Namespace) -> None:
@@ -153,7 +156,7 @@ def command_train(args: argparse.Namespace) -> None:
 def command_eval(args: argparse.Namespace) -> None:
     from .data.sources import load_dataset, read_examples
 
-    model, task = _load_for_inference(args.checkpoint)
+    model, task = _load_for_inference(args.checkpoint, args.task)
     if args.test:
         examples = read_examples(args.test, model.extra.get("reader") or {})
     else:
@@ -173,8 +176,8 @@ def command_eval(args: argparse.Namespace) -> None:
     print(json.dumps(metrics, indent=2))
 
 
-def _read_inputs(task, stream, name: str) -> list[Any]:
-    examples = []
+def _input_records(stream, name: str):
+    """(line, its JSON object or None for plain text, "file:line") for every non-blank input line."""
     for number, line in enumerate(stream, start=1):
         line = line.rstrip("\n")
         if not line.strip():
@@ -185,23 +188,37 @@ def _read_inputs(task, stream, name: str) -> list[Any]:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise DataError(f"{name}:{number}: not a JSON object ({error.msg})") from error
-        examples.append(task.parse_input(line, record, f"{name}:{number}"))
-    return examples
+        yield line, record, f"{name}:{number}"
+
+
+def _read_input_records(path: str | None) -> list[tuple[str, Any, str]]:
+    if path is None or path == "-":
+        return list(_input_records(sys.stdin, "<stdin>"))
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{file}: no such file")
+    with file.open(encoding="utf-8") as handle:
+        return list(_input_records(handle, str(file)))
 
 
 def command_predict(args: argparse.Namespace) -> None:
-    model, task = _load_for_inference(args.checkpoint)
-    if args.input:
-        path = Path(args.input)
-        if not path.is_file():
-            raise DataError(f"{path}: no such file")
-        with path.open(encoding="utf-8") as handle:
-            examples = _read_inputs(task, handle, str(path))
+    from .predictor import Predictor, parse_sources
+
+    sources = parse_sources(args.checkpoints)
+    if sources is not None:  # several tasks on one backbone: each input names its task
+        if args.task:
+            raise PtuningError("--task picks a task of one checkpoint; with NAME=DIR each input names its task")
+        predictor = Predictor.from_checkpoints(sources, args.batch_size)
+        requests = [predictor.parse(record, source) for _, record, source in _read_input_records(args.input)]
+        answers = predictor.predict(requests)
     else:
-        examples = _read_inputs(task, sys.stdin, "<stdin>")
-    predictions = task.predict(model, examples, args.batch_size)
-    for example, prediction in zip(examples, predictions, strict=True):
-        print(json.dumps(task.format_prediction(example, prediction), ensure_ascii=False))
+        model, task = _load_for_inference(args.checkpoints[0], args.task)
+        records = _read_input_records(args.input)
+        examples = [task.parse_input(line, record, source) for line, record, source in records]
+        predictions = task.predict(model, examples, args.batch_size)
+        answers = [task.format_prediction(e, p) for e, p in zip(examples, predictions, strict=True)]
+    for answer in answers:
+        print(json.dumps(answer, ensure_ascii=False))
 
 
 def command_export_peft(args: argparse.Namespace) -> None:
@@ -255,6 +272,7 @@ def parser() -> argparse.ArgumentParser:
         "eval", help="score a checkpoint on labelled data; prints JSON", formatter_class=formatter
     )
     eval_parser.add_argument("checkpoint", help=checkpoint_help)
+    eval_parser.add_argument("--task", help="the task to score, when the checkpoint holds several")
     eval_parser.add_argument("--test", help="file in the format the checkpoint was trained on")
     eval_parser.add_argument("--dataset", help="packaged or hf: dataset to score instead of a file")
     eval_parser.add_argument("--split", default="test", choices=["train", "validation", "test"], help="with --dataset")
@@ -264,10 +282,19 @@ def parser() -> argparse.ArgumentParser:
     eval_parser.set_defaults(handler=command_eval)
 
     predict_parser = commands.add_parser(
-        "predict", help="predict text lines or JSON lines; writes JSON lines", formatter_class=formatter
+        "predict",
+        help="predict text lines or JSON lines; writes JSON lines (several tasks: predict ner=DIR1 sent=DIR2)",
+        formatter_class=formatter,
     )
-    predict_parser.add_argument("checkpoint", help=checkpoint_help)
-    predict_parser.add_argument("--input", help="input file (default: standard input)")
+    predict_parser.add_argument(
+        "checkpoints",
+        nargs="+",
+        metavar="[NAME=]DIR",
+        help=f"{checkpoint_help}; or several as NAME=DIR on one backbone, each input a JSON line naming its task "
+        '({"task": NAME, ...})',
+    )
+    predict_parser.add_argument("--task", help="the task to use, when the checkpoint holds several")
+    predict_parser.add_argument("--input", help="input file, - for standard input (default: standard input)")
     predict_parser.add_argument("--batch-size", type=_positive_int, default=64, help="examples per forward pass")
     predict_parser.set_defaults(handler=command_predict)
 

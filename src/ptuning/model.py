@@ -167,8 +167,8 @@ class PromptedModel(nn.Module):
         task ``shared_prompt`` (multi-task training: one prompt, a head per task)."""
         if name in self.tasks:
             raise PtuningError(f"a task named {name!r} is loaded already (tasks: {', '.join(self.tasks)})")
-        if not name or "." in name:
-            raise PtuningError(f"task names are non-empty and without '.', got {name!r}")
+        if not name or "." in name or hasattr(nn.ModuleDict, name):
+            raise PtuningError(f"task names are non-empty, without '.' and not a torch Module attribute, got {name!r}")
         if task not in TASKS:
             raise PtuningError(f"unknown task {task!r}; supported: {', '.join(TASKS)}")
         labels = [str(label) for label in labels]

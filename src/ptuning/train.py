@@ -22,7 +22,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from .data.readers import label_set
 from .data.sources import load_splits
 from .errors import DataError, PtuningError
-from .model import PromptedModel
+from .model import DEFAULT_TASK, PromptedModel
 from .recipe import Recipe
 from .tasks import make_task, model_task, task_class
 from .tasks.base import Task
@@ -115,6 +115,11 @@ def train(recipe: Recipe) -> dict[str, Any]:
     return metrics
 
 
+def run_task_name(recipe: Recipe) -> str:
+    """The name a run's task gets in its checkpoint: the dataset's, else "default" (files are often train.*)."""
+    return recipe.dataset.replace(".", "-") if recipe.dataset else DEFAULT_TASK
+
+
 def _labels(recipe: Recipe, gold, examples: list[Any]) -> list[str]:
     """The declared label set (``--labels``), else every label of the whole training set."""
     declared = recipe.declared_labels()
@@ -136,7 +141,12 @@ def _train(recipe: Recipe, output: Path, final_output: Path) -> dict[str, Any]:
 
     set_seed(recipe.seed)
     model = PromptedModel.from_backbone(
-        recipe.model, model_task(task_name), labels=labels, prompt=recipe.prompt_config(), pooling=recipe.pooling
+        recipe.model,
+        model_task(task_name),
+        labels=labels,
+        prompt=recipe.prompt_config(),
+        pooling=recipe.pooling,
+        name=run_task_name(recipe),
     )
     # QA windows: 256 tokens (with a stride) unless asked otherwise; CPU cost grows with window length
     default_length = 256 if task_name == "question-answering" else model.max_text_length

@@ -102,9 +102,19 @@ class Task:
 
 
 def run_model(
-    model: torch.nn.Module, inputs: list[dict[str, Any]], collator, batch_size: int, per_token: bool
+    model: torch.nn.Module,
+    inputs: list[dict[str, Any]],
+    collator,
+    batch_size: int,
+    per_token: bool | list[bool],
+    task_ids: list[int] | None = None,
 ) -> list[np.ndarray]:
-    """Logits per example, in input order; batches are formed by length so little padding is computed."""
+    """Logits per feature, in input order; batches are formed by length so little padding is computed.
+
+    With ``task_ids`` (one per feature, indexing the model's tasks) a batch mixes tasks: one backbone forward,
+    each task's head on its own rows; ``per_token`` is then given per feature.
+    """
+    per_feature = per_token if isinstance(per_token, list) else [per_token] * len(inputs)
     order = sorted(range(len(inputs)), key=lambda index: _token_count(inputs[index]["input_ids"]))
     results: list[np.ndarray] = [np.empty(0)] * len(inputs)
     was_training = model.training
@@ -114,9 +124,14 @@ def run_model(
         for start in tqdm(batches, desc="predict", unit="batch", leave=False, disable=len(batches) < 4):
             indices = order[start : start + batch_size]
             batch = collator([{k: v for k, v in inputs[i].items() if k in MODEL_INPUTS} for i in indices])
-            logits = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}).logits.float().numpy()
+            arguments = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+            if task_ids is not None:
+                arguments["task_ids"] = torch.tensor([task_ids[i] for i in indices])
+            output = model(**arguments)
+            rows = output.per_example() if hasattr(output, "per_example") else output.logits
             for row, index in enumerate(indices):
-                results[index] = logits[row, : len(inputs[index]["input_ids"])] if per_token else logits[row]
+                logits = rows[row].float().numpy()
+                results[index] = logits[: len(inputs[index]["input_ids"])] if per_feature[index] else logits
     model.train(was_training)
     return results
 

@@ -21,25 +21,30 @@ class SequenceClassificationTask(Task):
     def gold(example: LabeledText) -> list[str]:
         return [] if example.label is None else [example.label]
 
-    def _tokenize(self, examples: list[LabeledText], truncation: bool):
-        texts = [example.text for example in examples]
-        pairs = [example.text_pair for example in examples]
-        has_pairs = any(pair is not None for pair in pairs)
-        return self.tokenizer(
-            texts,
-            [pair or "" for pair in pairs] if has_pairs else None,
-            truncation=truncation,
-            max_length=self.max_length if truncation else None,
-        )
+    def _tokenize(self, examples: list[LabeledText], truncation: bool) -> list[dict[str, Any]]:
+        """Features per example: a pair only where the example has one, so batch-mates never change an encoding."""
+        features: list[dict[str, Any]] = [{}] * len(examples)
+        for paired in (False, True):
+            rows = [index for index, example in enumerate(examples) if (example.text_pair is not None) == paired]
+            if not rows:
+                continue
+            batch = self.tokenizer(
+                [examples[index].text for index in rows],
+                [examples[index].text_pair for index in rows] if paired else None,
+                truncation=truncation,
+                max_length=self.max_length if truncation else None,
+            )
+            for position, index in enumerate(rows):
+                features[index] = {key: batch[key][position] for key in batch}
+        return features
 
     def encode(self, examples: list[LabeledText], with_labels: bool = True) -> Encoded:
-        batch = self._tokenize(examples, truncation=False)
-        inputs = [{key: batch[key][index] for key in batch} for index in range(len(examples))]
+        inputs = self._tokenize(examples, truncation=False)
         too_long = [index for index, item in enumerate(inputs) if len(item["input_ids"]) > self.max_length]
         if too_long:
             shortened = self._tokenize([examples[index] for index in too_long], truncation=True)
             for row, index in enumerate(too_long):
-                inputs[index] = {key: shortened[key][row] for key in shortened}
+                inputs[index] = shortened[row]
         if with_labels:
             for item, example in zip(inputs, examples, strict=True):
                 item["labels"] = self.label_to_id[example.label]

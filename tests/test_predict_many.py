@@ -1,0 +1,85 @@
+"""``ptuning predict NAME=DIR ...``: one backbone answers a stream that interleaves tasks, as each checkpoint alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ptuning.cli import main
+
+NER = "Peter B-PER\nBlackburn I-PER\nruns O\n\nOslo B-LOC\ncalls O\n\nMary B-PER\nsings O\n"
+SENTIMENT = "text,label\ngood film,pos\nbad film,neg\nfine acting,pos\ndull plot,neg\n"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_backbone_folder):
+    """Two runs on one tiny backbone: NER (prompt length 2) and sentiment (length 5, its own layers)."""
+    folder = tmp_path_factory.mktemp("runs")
+    (folder / "ner.conll").write_text(NER)
+    (folder / "sent.csv").write_text(SENTIMENT)
+    common = ["--model", str(tiny_backbone_folder), "--max-steps", "3", "--batch-size", "2", "--lr", "0.1"]
+    ner = ["train", "--train", str(folder / "ner.conll"), "--prompt-length", "2", "--output", str(folder / "ner")]
+    sent = ["train", "--train", str(folder / "sent.csv"), "--prompt-length", "5", "--prompt-layers", "1,2"]
+    assert main([*ner, *common]) == 0
+    assert main([*sent, "--output", str(folder / "sent"), *common]) == 0
+    return folder
+
+
+def predict(capsys, tmp_path, lines: list[str], *checkpoints: str) -> tuple[int, list[dict], str]:
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(line + "\n" for line in lines))
+    capsys.readouterr()
+    code = main(["predict", *checkpoints, "--input", str(inputs)])
+    captured = capsys.readouterr()
+    return code, [json.loads(line) for line in captured.out.splitlines()], captured.err
+
+
+def assert_same_answer(mixed: dict, alone: dict) -> None:
+    """Labels, tags, words exactly; probabilities to 1e-5 (a padded batch sums in another order)."""
+    assert mixed.keys() == alone.keys()
+    for key, value in alone.items():
+        if key == "probability":
+            assert abs(mixed[key] - value) <= 1e-5
+        elif key == "probabilities":
+            assert all(abs(mixed[key][label] - p) <= 1e-5 for label, p in value.items())
+        else:
+            assert mixed[key] == value, key
+
+
+def test_interleaved_tasks_answer_as_each_checkpoint_alone(runs, tmp_path, capsys):
+    records = [
+        {"task": "ner", "text": "Peter visited Oslo"},
+        {"task": "sent", "text": "a good film"},
+        {"task": "ner", "words": ["Mary", "sings", "in", "Oslo", "today"]},
+        {"task": "sent", "text": "dull", "text_pair": "and long"},
+        {"task": "sent", "text": "fine acting all along the way, and a plot that never drags"},
+        {"task": "ner", "text": "Blackburn"},
+    ]
+    lines = [json.dumps(record) for record in records]
+    code, answers, err = predict(capsys, tmp_path, lines, f"ner={runs / 'ner'}", f"sent={runs / 'sent'}")
+    assert code == 0, err
+    assert len(answers) == len(records)
+    for record, answer in zip(records, answers, strict=True):
+        alone_record = {key: value for key, value in record.items() if key != "task"}
+        code, (alone,), _ = predict(capsys, tmp_path, [json.dumps(alone_record)], str(runs / record["task"]))
+        assert code == 0
+        assert_same_answer(answer, alone)
+    assert "tags" in answers[0] and "label" in answers[1]
+
+
+def test_unknown_task_and_plain_text_are_refused_naming_the_line(runs, tmp_path, capsys):
+    sources = (f"ner={runs / 'ner'}", f"sent={runs / 'sent'}")
+    code, _, err = predict(
+        capsys, tmp_path, ['{"task": "ner", "text": "Oslo"}', '{"task": "pos", "text": "x"}'], *sources
+    )
+    assert code == 2 and "in.jsonl:2: unknown task 'pos'; loaded tasks: ner, sent" in err
+    code, _, err = predict(capsys, tmp_path, ["Peter runs"], *sources)
+    assert code == 2 and "in.jsonl:1: expected a JSON object naming its task" in err
+    code, _, err = predict(capsys, tmp_path, ["x"], str(runs / "ner"), f"sent={runs / 'sent'}")
+    assert code == 2 and "name each one: NAME=DIR" in err
+
+
+def test_one_checkpoint_keeps_plain_text_lines(runs, tmp_path, capsys):
+    code, answers, _ = predict(capsys, tmp_path, ["Peter visited Oslo", '{"words": ["Mary"]}'], str(runs / "ner"))
+    assert code == 0 and [answer["words"] for answer in answers] == [["Peter", "visited", "Oslo"], ["Mary"]]
