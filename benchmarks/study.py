@@ -147,7 +147,7 @@ def _child(settings: dict[str, Any], threads: int, queue) -> None:
 
     try:
         with tempfile.TemporaryDirectory() as folder:
-            queue.put(train(Recipe(**settings, output=folder)))
+            queue.put(train(Recipe.from_dict({**settings, "output": folder})))
     except BaseException as error:  # the parent waits on the queue: always answer
         queue.put({"error": f"{type(error).__name__}: {error}"})
         raise
@@ -262,6 +262,11 @@ def row_point(row: dict[str, Any]) -> Point:
     return Point(row["lr"], row["prompt_length"], row.get("backbone_dropout"))
 
 
+def recipe_setting(recipe: dict[str, Any], key: str, default: Any) -> Any:
+    """A prompt setting of a journaled run's recipe: nested under "prompt" since checkpoint format 2, flat before."""
+    return recipe.get("prompt", recipe).get(key, recipe.get(key, default))
+
+
 def mean_or_none(values: list[float | None]) -> float | None:
     return None if None in values else statistics.fmean(values)
 
@@ -284,7 +289,7 @@ def parity_row(
         "validation": statistics.fmean(m["validation"][primary] for m in seed_runs),
         **point._asdict(),
         # as trained (the point leaves it to the method's default when None)
-        "backbone_dropout": best_metrics["recipe"].get("backbone_dropout", True),
+        "backbone_dropout": recipe_setting(best_metrics["recipe"], "backbone_dropout", True),
         "grid": [{**grid_point._asdict(), "validation": m["validation"].get(primary)} for grid_point, m in grid],
         "trainable_parameters": best_metrics["trainable_parameters"],
         "trainable_share": best_metrics["trainable_share"],

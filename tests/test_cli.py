@@ -19,11 +19,11 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 def test_default_recipe_and_flag_overrides(tmp_path):
     default = build_recipe({})
-    assert (default.dataset, default.model, default.method) == ("conll2003-ner", "minilm-l6", "deep")
+    assert (default.dataset, default.model, default.prompt.method) == ("conll2003-ner", "minilm-l6", "deep")
     recipe_path = tmp_path / "r.yaml"
     recipe_path.write_text("dataset: rotten-tomatoes\nlr: 0.02\nprompt-length: 8\n")
     recipe = build_recipe({"config": str(recipe_path), "lr": 0.005})
-    assert (recipe.dataset, recipe.lr, recipe.prompt_length) == ("rotten-tomatoes", 0.005, 8)
+    assert (recipe.dataset, recipe.lr, recipe.prompt.length) == ("rotten-tomatoes", 0.005, 8)
     assert build_recipe({"train": "x.conll"}).dataset is None
     # another method than the recipe's drops the recipe's lr for that method's default, unless --lr is given
     finetune = build_recipe({"method": "finetune"})
@@ -39,9 +39,9 @@ def test_default_recipe_and_flag_overrides(tmp_path):
 
 
 def test_backbone_dropout_flag_reaches_the_prompt_config():
-    assert build_recipe({}).prompt_config().backbone_dropout is True
+    assert build_recipe({}).prompt.backbone_dropout is True
     assert parser().parse_args(["train", "--no-backbone-dropout"]).backbone_dropout is False
-    assert build_recipe({"backbone_dropout": False}).prompt_config().backbone_dropout is False
+    assert build_recipe({"backbone_dropout": False}).prompt.backbone_dropout is False
 
 
 def test_unknown_recipe_key_is_refused(tmp_path, capsys):

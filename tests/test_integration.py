@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import set_seed
 
-from ptuning import PromptedModel
+from ptuning import PromptConfig, PromptedModel
 from ptuning.cli import main
 from ptuning.data.packaged import load_packaged
 from ptuning.tasks import make_task
@@ -33,7 +33,7 @@ def test_training_lowers_loss_writes_metrics_and_predicts(tmp_path, capsys):
         max_steps=30,
         batch_size=16,
         lr=3e-2,
-        prompt_length=8,
+        prompt=PromptConfig(length=8),
         output=str(tmp_path / "run"),
     )
     metrics = train(recipe)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ptuning import PromptedModel
+from ptuning import PromptConfig, PromptedModel
 from ptuning.cli import main
 from ptuning.train import Recipe, train
 
@@ -111,7 +111,7 @@ def test_task_trains_evaluates_and_predicts(task, tmp_path, capsys):
             test=str(data),
             max_steps=3,
             batch_size=4,
-            prompt_length=4,
+            prompt=PromptConfig(length=4),
             output=str(tmp_path / "run"),
         )
     )
@@ -148,7 +148,7 @@ def test_labels_come_from_the_whole_training_set_when_it_is_subsampled(tmp_path)
             max_train_samples=1,
             max_steps=1,
             batch_size=1,
-            prompt_length=2,
+            prompt=PromptConfig(length=2),
             output=str(tmp_path / "run"),
         )
     )

@@ -146,7 +146,7 @@ def test_backbone_dropout_off_keeps_the_backbone_deterministic_in_training(metho
 def test_method_settings_are_validated():
     with pytest.raises(PtuningError, match="reparam 'lstm' does not apply to method 'deep'"):
         PromptConfig(method="deep", reparam="lstm")
-    with pytest.raises(PtuningError, match="unknown prompt method 'prefix'"):
+    with pytest.raises(PtuningError, match=r"method \(--method\) is 'prefix'; expected one of: deep, shallow"):
         PromptConfig(method="prefix")
     assert PromptConfig(method="ptuning-v1").reparam == "lstm"
 

@@ -32,15 +32,17 @@ def test_search_space_per_method() -> None:
 
 def test_settings_are_valid_recipes() -> None:
     point = study.Point(3e-3, 64)
-    prompted = Recipe(**study.settings_for(study.FULL, "conll2003-ner", "deep-mlp", point, 1), output="x")
-    assert (prompted.method, prompted.reparam, prompted.prompt_length) == ("deep", "mlp", 64)
-    assert prompted.prompt_dropout == study.PROMPT_DROPOUT and prompted.backbone_dropout is False
+    prompted = Recipe.from_dict(
+        {**study.settings_for(study.FULL, "conll2003-ner", "deep-mlp", point, 1), "output": "x"}
+    )
+    assert (prompted.prompt.method, prompted.prompt.reparam, prompted.prompt.length) == ("deep", "mlp", 64)
+    assert prompted.prompt.dropout == study.PROMPT_DROPOUT and prompted.prompt.backbone_dropout is False
     assert prompted.max_train_samples == study.FULL.train_examples and prompted.seed == 1
     finetune = study.settings_for(study.FULL, "rotten-tomatoes", "finetune", study.Point(5e-5, None, True), 0)
     assert "prompt_length" not in finetune and "prompt_dropout" not in finetune
     assert "backbone_dropout" not in finetune  # the default: runs journaled before the option stay reusable
     without = study.settings_for(study.FULL, "rotten-tomatoes", "finetune", study.Point(5e-5, None, False), 0)
-    assert Recipe(**without, output="x").backbone_dropout is False
+    assert Recipe.from_dict({**without, "output": "x"}).prompt.backbone_dropout is False
 
 
 def _row(task: str, method: str, mean: float, validation: float) -> dict:
@@ -87,7 +89,7 @@ class RecordingRunner:
         return [
             {
                 "primary_metric": "f1",
-                "recipe": dataclasses.asdict(Recipe(**settings, output="x")),
+                "recipe": Recipe.from_dict({**settings, "output": "x"}).to_dict(),
                 "test": {"f1": 80.0 + settings["seed"]},
                 "validation": {"f1": 81.0},
                 "validation_curve": [[1.0, 70.0 + settings["seed"]], [2.0, 81.0]],

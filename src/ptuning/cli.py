@@ -16,7 +16,7 @@ import yaml
 
 from . import __version__
 from .errors import DataError, PtuningError
-from .recipe import Recipe, flag_name, lr_family
+from .recipe import Recipe, lr_family
 
 DEFAULT_RECIPE = "conll2003-ner-minilm"
 
@@ -56,37 +56,37 @@ def _none_or_str(text: str) -> str | None:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per Recipe field, with its help and default; a flag given overrides the recipe's key."""
+    """One flag per recipe key (the Recipe's fields, its prompt's among them), with its help and default."""
+    from .config import PromptConfig
+    from .settings import declared_fields, flag_name, key_of, value_type
+
     parser.add_argument(
         "--config", default=argparse.SUPPRESS, help="YAML recipe (path or packaged name); flags override its keys"
     )
-    hints = typing.get_type_hints(Recipe)
-    for item in dataclasses.fields(Recipe):
-        meta = item.metadata
-        if meta.get("flag") is False:
-            continue
-        hint = hints[item.name]
+    owners = [(Recipe, item) for item in dataclasses.fields(Recipe)]
+    owners = [pair for owner, item in owners for pair in (
+        [(PromptConfig, inner) for inner in declared_fields(PromptConfig)] if item.name == "prompt" else [(owner, item)]
+    )]  # fmt: skip
+    for owner, item in owners:
+        meta, key = item.metadata, key_of(item)
+        hint = typing.get_type_hints(owner)[item.name]
         default = meta.get("default_help") or ("none" if item.default is None else item.default)
         help_text = meta["help"] if hint is bool else f"{meta['help']} (default: {default})"
-        options: dict[str, Any] = {
-            "dest": item.name,
-            "default": argparse.SUPPRESS,
-            "help": help_text.replace("%", "%%"),
-        }
+        options: dict[str, Any] = {"dest": key, "default": argparse.SUPPRESS, "help": help_text.replace("%", "%%")}
         if hint is bool:
-            flag = flag_name(item.name) if not item.default else flag_name(f"no_{item.name}")
+            flag = flag_name(key) if not item.default else flag_name(f"no_{key}")
             parser.add_argument(flag, action="store_false" if item.default else "store_true", **options)
             continue
-        wanted = next(arg for arg in (typing.get_args(hint) or (hint,)) if arg is not type(None))
+        wanted = value_type(hint)
         if typing.get_origin(wanted) is list:
             options["type"], options["metavar"] = _layers, "I,J,..."
-        elif item.name == "reparam":
+        elif key == "reparam":
             options["type"] = _none_or_str
         else:
             options["type"] = wanted
         if meta.get("choices"):
             options["choices"] = meta["choices"]
-        parser.add_argument(flag_name(item.name), **options)
+        parser.add_argument(flag_name(key), **options)
 
 
 def build_recipe(flags: dict[str, Any]) -> Recipe:
@@ -139,7 +139,7 @@ def command_train(args: argparse.Namespace) -> None:
     prepare_output(Path(recipe.output), recipe.overwrite)  # before minutes of loading, not after
     metrics = train(recipe)
     primary = metrics["primary_metric"]
-    whole = ", the whole fine-tuned backbone included" if metrics["recipe"]["method"] == "finetune" else ""
+    whole = ", the whole fine-tuned backbone included" if recipe.prompt.method == "finetune" else ""
     scores = ", ".join(
         f"{split} {primary} {metrics[split][primary]:.2f}" for split in ("validation", "test") if metrics[split]
     )

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .errors import PtuningError
+from .settings import at_least, check_settings, setting, share
 
 METHODS = ("deep", "shallow", "ptuning-v1", "finetune", "linear-probe")
 PROMPTED_METHODS = ("deep", "shallow", "ptuning-v1")
@@ -17,54 +18,44 @@ POOLINGS = ("cls", "mean", "last", "pooler")
 
 @dataclass
 class PromptConfig:
-    """Settings of the prompt.
+    """Settings of the prompt; each field's help is its documentation, and its ``key`` its name in recipes and
+    flags (``--prompt-length``).
 
-    method: ``"deep"`` is P-Tuning v2: trainable key/value vectors prepended in the self-attention of
-        every layer in ``layers`` (``None`` = all layers). ``"shallow"`` is prompt tuning (Lester et al.):
-        trainable embeddings prepended at the input only. ``"ptuning-v1"``: input prompts produced by a
-        prompt encoder. ``"finetune"``: no prompt, every backbone weight trains. ``"linear-probe"``: no
-        prompt, only the head trains.
-    length: number of prompt vectors (per layer for ``deep``).
-    reparam: how the prompt table is produced. ``deep``: ``None`` trains the table directly, ``"mlp"``
-        goes through Embedding -> Linear -> Tanh -> Linear (the paper's reparameterization).
-        ``ptuning-v1``: ``"lstm"`` (bidirectional LSTM + MLP, default) or ``"mlp"``. Folded into a flat
-        table on save either way.
-    reparam_hidden: width of the reparameterization's hidden layer.
-    init: ``shallow`` only: ``"random"`` or ``"vocab"`` (copies of random vocabulary embeddings).
-    dropout: dropout on the prompt vectors during training (the reference code uses 0.1).
-    shift_positions: ``True`` shifts the text's position ids by ``length`` as the reference code and PEFT
-        do (text may then only be ``max_position_embeddings - length`` long); ``False`` keeps them.
-    backbone_dropout: ``True`` keeps the backbone's own dropout active in training, as the reference code
-        and PEFT do; ``False`` runs the backbone without dropout (the task head keeps its own). Dropout masks
-        are ~12% of a MiniLM training step on CPU (profiled).
+    ``deep`` is P-Tuning v2: trainable key/value vectors prepended in the self-attention of every layer in
+    ``layers``. ``shallow`` is prompt tuning (Lester et al.): trainable embeddings prepended at the input only;
+    ``ptuning-v1``: input prompts produced by a prompt encoder; ``finetune``: no prompt, every backbone weight
+    trains; ``linear-probe``: no prompt, only the head trains. A reparameterization is folded into a flat table on
+    save either way.
     """
 
-    method: str = "deep"
-    length: int = 16
-    layers: list[int] | None = None
-    reparam: str | None = None
-    reparam_hidden: int = 512
-    init: str = "random"
-    dropout: float = 0.1
-    shift_positions: bool = False
-    backbone_dropout: bool = True
+    method: str = setting("deep", "deep is P-Tuning v2; the others are the baselines", choices=METHODS)
+    length: int = setting(16, "prompt vectors (per layer for deep)", key="prompt_length", check=at_least(1))
+    layers: list[int] | None = setting(None, "layer indices to prompt", key="prompt_layers", default_help="all layers")
+    reparam: str | None = setting(
+        None,
+        "deep: none, or mlp (Embedding -> Linear -> Tanh -> Linear, the paper's); ptuning-v1: lstm or mlp",
+        default_help="none; lstm for ptuning-v1",
+    )
+    reparam_hidden: int = setting(512, "hidden width of the reparameterization", check=at_least(1))
+    init: str = setting(
+        "random", "shallow: random, or vocab (copies of random vocabulary embeddings)", key="prompt_init",
+        choices=INITS,
+    )  # fmt: skip
+    dropout: float = setting(0.1, "dropout on the prompt vectors while training", key="prompt_dropout", check=share)
+    shift_positions: bool = setting(
+        False, "shift the text's position ids by the prompt length, as the reference code and PEFT do"
+    )
+    backbone_dropout: bool = setting(
+        True, "train with the backbone's own dropout (off: faster CPU steps, the head keeps its own)"
+    )
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise PtuningError(f"unknown prompt method {self.method!r}; supported: {', '.join(METHODS)}")
+        check_settings(self)
         if self.method == "ptuning-v1" and self.reparam is None:
             self.reparam = "lstm"
         allowed = REPARAMS.get(self.method, (None,))
         if self.reparam not in allowed:
             raise PtuningError(f"reparam {self.reparam!r} does not apply to method {self.method!r}; allowed: {allowed}")
-        if self.init not in INITS:
-            raise PtuningError(f"unknown init {self.init!r}; supported: {', '.join(INITS)}")
-        if self.length < 1:
-            raise PtuningError(f"prompt length must be at least 1, got {self.length}")
-        if self.reparam_hidden < 1:
-            raise PtuningError(f"reparam_hidden must be at least 1, got {self.reparam_hidden}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise PtuningError(f"prompt dropout must be in [0, 1), got {self.dropout}")
         if self.layers is not None:
             if not self.layers:
                 raise PtuningError("layers must name at least one layer, or be None for every layer")

@@ -5,16 +5,15 @@ here, before anything heavy is loaded.
 
 from __future__ import annotations
 
-import typing
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .config import INITS, METHODS, POOLINGS, PromptConfig
+from .config import POOLINGS, PromptConfig
 from .data.packaged import PACKAGED_DATASETS
 from .data.sources import FORMAT_TASKS
 from .errors import PtuningError
+from .settings import at_least, check_settings, key_of, non_negative, positive, setting, share
 from .tasks import TASK_FAMILIES
 
 # by learning-rate family (see lr_family): a deep prompt through the MLP collapses at the flat table's 1e-2
@@ -29,25 +28,6 @@ def lr_family(method: str, reparam: str | None) -> str:
     return "deep-mlp" if method == "deep" and reparam == "mlp" else method
 
 
-Check = Callable[[Any], str | None]
-
-
-def at_least(minimum: int) -> Check:
-    return lambda value: None if value >= minimum else f"must be at least {minimum}"
-
-
-def positive(value: float) -> str | None:
-    return None if value > 0 else "must be positive"
-
-
-def non_negative(value: float) -> str | None:
-    return None if value >= 0 else "must be 0 or more"
-
-
-def share(value: float) -> str | None:
-    return None if 0 <= value < 1 else "must be in [0, 1)"
-
-
 def steps_or_unset(value: int) -> str | None:
     return None if value == -1 or value >= 1 else "must be at least 1 (or -1: train for --epochs)"
 
@@ -56,19 +36,6 @@ def dataset_name(value: str) -> str | None:
     if value.startswith("hf:") or value in PACKAGED_DATASETS:
         return None
     return f"is neither a packaged dataset ({', '.join(PACKAGED_DATASETS)}) nor hf:NAME[:CONFIG]"
-
-
-def setting(
-    default: Any,
-    help: str,
-    *,
-    choices: tuple | None = None,
-    check: Check | None = None,
-    default_help: str | None = None,
-) -> Any:
-    """A recipe field with what its flag shows: help, choices, and a check of its value."""
-    metadata = {"help": help, "choices": choices, "check": check, "default_help": default_help}
-    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -101,19 +68,7 @@ class Recipe:
     tokens_column: str = setting("tokens", "hf: datasets, token classification: the words column")
     tags_column: str = setting("ner_tags", "hf: datasets, token classification: the tags column")
     model: str = setting("minilm-l6", "backbone: alias (minilm-l6), local folder, or hub name")
-    method: str = setting("deep", "deep is P-Tuning v2; the others are the baselines", choices=METHODS)
-    prompt_length: int = setting(16, "prompt vectors (per layer for deep)", check=at_least(1))
-    prompt_layers: list[int] | None = setting(
-        None, "comma-separated layer indices to prompt", default_help="all layers"
-    )
-    reparam: str | None = setting(
-        None, "deep: none or mlp; ptuning-v1: lstm or mlp", default_help="none; lstm for ptuning-v1"
-    )
-    reparam_hidden: int = setting(512, "hidden width of the reparameterization", check=at_least(1))
-    prompt_init: str = setting("random", "shallow: initial prompt embeddings", choices=INITS)
-    prompt_dropout: float = setting(0.1, "dropout on the prompt vectors while training", check=share)
-    shift_positions: bool = setting(False, "shift text positions by the prompt length, as the reference code and PEFT")
-    backbone_dropout: bool = setting(True, "train with the backbone's dropout off (the head keeps its own)")
+    prompt: PromptConfig = field(default_factory=PromptConfig)  # its fields are flags and recipe keys too
     pooling: str | None = setting(
         None,
         "sequence classification: how a text becomes one vector",
@@ -149,34 +104,32 @@ class Recipe:
     overwrite: bool = setting(
         False, "replace a non-empty --output folder (the old run stays until the new one has succeeded)"
     )
-    extra: dict[str, Any] = field(default_factory=dict, metadata={"flag": False})
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for item in fields(self):
-            if item.metadata.get("flag") is False:
-                continue
-            value = _typed(item.name, hints[item.name], getattr(self, item.name))
-            setattr(self, item.name, value)
-            if value is None:
-                continue
-            choices, check = item.metadata.get("choices"), item.metadata.get("check")
-            if choices and value not in choices:
-                raise PtuningError(f"{_named(item.name)} is {value!r}; expected one of: {', '.join(choices)}")
-            problem = check(value) if check else None
-            if problem:
-                raise PtuningError(f"{_named(item.name)} {problem}, got {value!r}")
-        self.prompt_config()  # the combination (method x reparam x layers) is checked by PromptConfig itself
+        check_settings(self)
+
+    @classmethod
+    def keys(cls) -> dict[str, tuple[str, str | None]]:
+        """Every recipe key: (field, prompt field or None); the prompt's settings are keys of the recipe too."""
+        own = {key_of(item): (item.name, None) for item in fields(cls) if item.name != "prompt"}
+        return {**own, **{key_of(item): ("prompt", item.name) for item in fields(PromptConfig)}}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "recipe") -> Recipe:
+        """A recipe from flat keys (``prompt_length: 16``, as YAML recipes and flags give them), or with the prompt
+        nested as ``to_dict`` writes it (``prompt: {length: 16}``)."""
         values = {key.replace("-", "_"): value for key, value in values.items()}
-        known = {item.name for item in fields(cls)}
-        unknown = sorted(set(values) - known)
+        keys = cls.keys()
+        unknown = sorted(set(values) - set(keys) - {"prompt"})
         if unknown:
-            raise PtuningError(f"{source}: unknown keys {unknown}; known: {sorted(known - {'extra'})}")
+            raise PtuningError(f"{source}: unknown keys {unknown}; known: {sorted(keys)}")
+        nested = values.pop("prompt", None) or {}
+        if not isinstance(nested, dict):
+            raise PtuningError(f"{source}: prompt must be a mapping of prompt settings, got {nested!r}")
+        own = {keys[key][0]: value for key, value in values.items() if keys[key][1] is None}
+        prompt = {**nested, **{keys[key][1]: value for key, value in values.items() if keys[key][1] is not None}}
         try:
-            return cls(**values)
+            return cls(**own, prompt=PromptConfig.from_dict(prompt))
         except PtuningError as error:
             raise PtuningError(f"{source}: {error}") from error
 
@@ -188,27 +141,14 @@ class Recipe:
         fine-tuning ~5e-5."""
         if self.lr is not None:
             return self.lr
-        return DEFAULT_LEARNING_RATES.get(lr_family(self.method, self.reparam), PROMPT_LEARNING_RATE)
+        return DEFAULT_LEARNING_RATES.get(lr_family(self.prompt.method, self.prompt.reparam), PROMPT_LEARNING_RATE)
 
     def warmup(self) -> float:
         """The given warmup share, else 10% for the deep MLP (without, it collapsed to one class on some
         seeds: measured on rotten-tomatoes) and none for the rest, as in the reference code."""
         if self.warmup_ratio is not None:
             return self.warmup_ratio
-        return 0.1 if lr_family(self.method, self.reparam) == "deep-mlp" else 0.0
-
-    def prompt_config(self) -> PromptConfig:
-        return PromptConfig(
-            method=self.method,
-            length=self.prompt_length,
-            layers=self.prompt_layers,
-            reparam=self.reparam,
-            reparam_hidden=self.reparam_hidden,
-            init=self.prompt_init,
-            dropout=self.prompt_dropout,
-            shift_positions=self.shift_positions,
-            backbone_dropout=self.backbone_dropout,
-        )
+        return 0.1 if lr_family(self.prompt.method, self.prompt.reparam) == "deep-mlp" else 0.0
 
     def declared_labels(self) -> list[str] | None:
         """The label set of ``labels``: read from a file (one per line) or split at commas; None if not given."""
@@ -224,34 +164,3 @@ class Recipe:
         if repeated:
             raise PtuningError(f"{where}: labels {repeated} are listed more than once")
         return labels
-
-
-def flag_name(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _named(name: str) -> str:
-    return f"{name} ({flag_name(name)})"
-
-
-def _typed(name: str, hint: Any, value: Any) -> Any:
-    """``value`` as the field's type (ints accepted for floats), or an error naming the field and the type."""
-    if value is None:
-        if type(None) in typing.get_args(hint):
-            return None
-        raise PtuningError(f"{_named(name)} needs a value")
-    wanted = next(arg for arg in (typing.get_args(hint) or (hint,)) if arg is not type(None))
-    origin = typing.get_origin(wanted) or wanted
-    if origin is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if origin is float and isinstance(value, str):  # YAML reads 1e-2 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if origin is list and isinstance(value, list) and all(type(item) is int for item in value):
-        return value
-    if origin is not list and type(value) is origin:
-        return value
-    expected = "a list of integers" if origin is list else f"a {origin.__name__}"
-    raise PtuningError(f"{_named(name)} must be {expected}, got {value!r}")

@@ -144,7 +144,7 @@ def _train(recipe: Recipe, output: Path, final_output: Path) -> dict[str, Any]:
         recipe.model,
         model_task(task_name),
         labels=labels,
-        prompt=recipe.prompt_config(),
+        prompt=recipe.prompt,
         pooling=recipe.pooling,
         name=run_task_name(recipe),
     )
