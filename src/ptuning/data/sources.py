@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError, PtuningError
+from ..tasks import file_reader, squad_reader
 from .hf import load_hf
 from .packaged import Splits, load_packaged
 from .readers import read_conll, read_labeled_texts
@@ -23,38 +24,27 @@ if TYPE_CHECKING:
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 HF_COLUMNS = ("text_column", "pair_column", "label_column", "tokens_column", "tags_column")
 
-# --task values that name a file format: (task, how its files are read and decoded)
+# --task values that name a file format rather than a task family: (family, how its files are read and decoded)
 FORMAT_TASKS: dict[str, tuple[str, dict[str, Any]]] = {
-    "squad": ("question-answering", {"format": "squad", "options": {"version_2": False}}),
-    "squad_v2": ("question-answering", {"format": "squad", "options": {"version_2": True}}),
-    "srl": ("srl", {"format": "srl"}),
+    "squad": ("question-answering", squad_reader(None)),
+    "squad_v2": ("question-answering", squad_reader(None, version_2=True)),
     **{name: (task, {"format": "superglue", "task": name}) for name, task in SUPERGLUE_TASKS.items()},
 }
 
 
 def file_task(recipe: Recipe) -> tuple[str, dict[str, Any]]:
-    """The task and reader for ``--train`` files: from ``--task``, else from the file's extension."""
+    """The task family and reader for ``--train`` files: from ``--task``, else from the file's extension."""
     if recipe.task in FORMAT_TASKS:
         return FORMAT_TASKS[recipe.task]
     suffix = Path(recipe.train or "").suffix.lower()
-    task = recipe.task or (
+    family = recipe.task or (
         "question-answering"
         if suffix == ".json"
         else "sequence-classification"
         if suffix in TABLE_SUFFIXES
         else "token-classification"
     )
-    if task == "question-answering":
-        return FORMAT_TASKS["squad"]
-    if task == "token-classification":
-        return task, {"format": "conll", "tag_column": recipe.tag_column}
-    reader = {
-        "format": "table",
-        "text_column": recipe.text_column,
-        "pair_column": recipe.pair_column,
-        "label_column": recipe.label_column,
-    }
-    return task, reader
+    return family, file_reader(family, recipe)
 
 
 def describe(reader: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """Per task family: features from raw examples, decoding of predictions, and scores.
 
-The registry names each task family and the model head it trains; a family's Task class is imported on first use,
-so the command line answers ``--help`` and argument errors without loading torch or transformers.
+The registry defines each task family once: the kind of head it trains (``heads.HEAD_KINDS``: width, loss), its
+Task class (imported on first use, so the command line answers ``--help`` and argument errors without loading
+torch or transformers), and how its files are read. Adding a family is an entry here and its Task module.
 """
 
 from __future__ import annotations
@@ -48,20 +49,43 @@ def _srl() -> type[Task]:
     return SRLTask
 
 
+def conll_reader(settings: Any) -> dict[str, Any]:
+    return {"format": "conll", "tag_column": settings.tag_column}
+
+
+def table_reader(settings: Any) -> dict[str, Any]:
+    columns = ("text_column", "pair_column", "label_column")
+    return {"format": "table", **{column: getattr(settings, column) for column in columns}}
+
+
+def squad_reader(settings: Any, version_2: bool = False) -> dict[str, Any]:
+    return {"format": "squad", "options": {"version_2": version_2}}
+
+
+def srl_reader(settings: Any) -> dict[str, Any]:
+    return {"format": "srl"}
+
+
+def copa_reader(settings: Any) -> dict[str, Any]:
+    return {"format": "superglue", "task": "copa"}
+
+
 @dataclass(frozen=True)
 class TaskFamily:
-    """A task family: the PromptedModel head it trains, and its Task class (loaded on first use)."""
+    """A task family: the head kind it trains (a ``heads.HEAD_KINDS`` name), its Task class (loaded on first use),
+    and the reader of its local files, made from the recipe's column settings (kept in the checkpoint)."""
 
     model_task: str
     load: Callable[[], type[Task]]
+    reader: Callable[[Any], dict[str, Any]]
 
 
 TASK_FAMILIES: dict[str, TaskFamily] = {
-    "sequence-classification": TaskFamily("sequence-classification", _sequence_classification),
-    "token-classification": TaskFamily("token-classification", _token_classification),
-    "question-answering": TaskFamily("question-answering", _question_answering),
-    "multiple-choice": TaskFamily("multiple-choice", _multiple_choice),
-    "srl": TaskFamily("token-classification", _srl),
+    "sequence-classification": TaskFamily("sequence-classification", _sequence_classification, table_reader),
+    "token-classification": TaskFamily("token-classification", _token_classification, conll_reader),
+    "question-answering": TaskFamily("question-answering", _question_answering, squad_reader),
+    "multiple-choice": TaskFamily("multiple-choice", _multiple_choice, copa_reader),
+    "srl": TaskFamily("token-classification", _srl, srl_reader),
 }
 
 
@@ -79,6 +103,11 @@ def model_task(name: str) -> str:
     return _family(name).model_task
 
 
+def file_reader(name: str, settings: Any) -> dict[str, Any]:
+    """How the local files of task family ``name`` are read, with the recipe's column settings."""
+    return _family(name).reader(settings)
+
+
 def make_task(
     name: str, tokenizer: PreTrainedTokenizerBase, labels: list[str], max_length: int, **options: Any
 ) -> Task:
@@ -86,4 +115,4 @@ def make_task(
     return task_class(name)(tokenizer, labels, max_length, **options)
 
 
-__all__ = ["TASK_FAMILIES", "TaskFamily", "make_task", "model_task", "task_class"]
+__all__ = ["TASK_FAMILIES", "TaskFamily", "file_reader", "make_task", "model_task", "task_class"]
