@@ -48,8 +48,9 @@ TASKS = {
 
 def build_model() -> PromptedModel:
     torch.manual_seed(0)
-    model = PromptedModel.from_backbone("minilm-l6", *TASKS["ner"][:1], num_labels=TASKS["ner"][1],
-                                       prompt=TASKS["ner"][2], name="ner")  # fmt: skip
+    model = PromptedModel.from_backbone(
+        "minilm-l6", *TASKS["ner"][:1], num_labels=TASKS["ner"][1], prompt=TASKS["ner"][2], name="ner"
+    )
     for name, (head, labels, prompt) in list(TASKS.items())[1:]:
         model.add_task(name, head, [str(i) for i in range(labels)], prompt=prompt)
     return model.eval()
@@ -124,8 +125,11 @@ def overhead(model: PromptedModel, batch: dict, repeats: int) -> dict[str, float
                 times[kind].append(time.perf_counter() - started)
     model.active = None
     median = {kind: statistics.median(values[1:]) for kind, values in times.items()}
-    return {"prompted_ms": median["prompted"] * 1000, "plain_ms": median["plain"] * 1000,
-            "ratio": median["prompted"] / median["plain"]}  # fmt: skip
+    return {
+        "prompted_ms": median["prompted"] * 1000,
+        "plain_ms": median["plain"] * 1000,
+        "ratio": median["prompted"] / median["plain"],
+    }
 
 
 def measure(sentences: int, size: int, repeats: int, windows: list[int]) -> dict:
@@ -159,7 +163,7 @@ def measure(sentences: int, size: int, repeats: int, windows: list[int]) -> dict
         "tasks": {
             name: {"head": head, "prompt_length": prompt.length, "layers": prompt.layers or "all"}
             for name, (head, _, prompt) in TASKS.items()
-        },  # fmt: skip
+        },
         "sentences": len(features),
         "batch": size,
         "repeats": repeats,
@@ -182,12 +186,12 @@ def summary(result: dict) -> str:
             *[
                 f"  {name:>6}: {speed:7.1f} examples/s ({result['forwards'][name]} forwards)"
                 for name, speed in speeds.items()
-            ],  # fmt: skip
+            ],
             *[
                 f"{window} (arrivals a server may reorder by length): mixed / single-task streams "
                 f"{ratio['mixed_vs_single']:.2f}x, mixed / switching per task {ratio['mixed_vs_switch']:.2f}x"
                 for window, ratio in result["ratios"].items()
-            ],  # fmt: skip
+            ],
             f"prompted forward {cost['prompted_ms']:.1f} ms vs plain backbone {cost['plain_ms']:.1f} ms: "
             f"{cost['ratio']:.2f}x",
         ]

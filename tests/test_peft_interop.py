@@ -310,9 +310,15 @@ def simulate_transformers_5_24(monkeypatch) -> None:
     original = BertModel.forward
 
     def forward(
-        self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-        cache=None, **kwargs,
-    ):  # fmt: skip
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        cache=None,
+        **kwargs,
+    ):
         return original(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, **kwargs)
 
     monkeypatch.setattr(BertModel, "forward", forward)

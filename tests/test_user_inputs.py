@@ -32,9 +32,23 @@ def conll_files(tmp_path):
 def tiny_train(tmp_path, backbone, train, validation, *extra: str) -> list[str]:
     """Flags of a two-step training run on the tiny backbone."""
     return [
-        "train", "--train", str(train), "--validation", str(validation), "--model", str(backbone),
-        "--max-steps", "2", "--batch-size", "2", "--prompt-length", "2", "--output", str(tmp_path / "run"), *extra,
-    ]  # fmt: skip
+        "train",
+        "--train",
+        str(train),
+        "--validation",
+        str(validation),
+        "--model",
+        str(backbone),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--prompt-length",
+        "2",
+        "--output",
+        str(tmp_path / "run"),
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -51,7 +65,7 @@ def tiny_train(tmp_path, backbone, train, validation, *extra: str) -> list[str]:
         (["--eval-batch-size", "-2"], "eval_batch_size (--eval-batch-size) must be at least 1, got -2"),
         (["--max-train-samples", "0"], "max_train_samples (--max-train-samples) must be at least 1, got 0"),
         (["--weight-decay", "-0.1"], "weight_decay (--weight-decay) must be 0 or more, got -0.1"),
-        (["--dataset", "conll2003"], "dataset (--dataset) is neither a packaged dataset"),
+        (["--dataset", "conll2003-ner,conll2003"], "dataset (--dataset) names 'conll2003', neither a packaged dataset"),
         (["--method", "shallow", "--reparam", "mlp"], "reparam 'mlp' does not apply to method 'shallow'"),
     ],
 )

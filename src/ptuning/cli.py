@@ -64,11 +64,19 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", default=argparse.SUPPRESS, help="YAML recipe (path or packaged name); flags override its keys"
     )
     owners = [(Recipe, item) for item in dataclasses.fields(Recipe)]
-    owners = [pair for owner, item in owners for pair in (
-        [(PromptConfig, inner) for inner in declared_fields(PromptConfig)] if item.name == "prompt" else [(owner, item)]
-    )]  # fmt: skip
+    owners = [
+        pair
+        for owner, item in owners
+        for pair in (
+            [(PromptConfig, inner) for inner in declared_fields(PromptConfig)]
+            if item.name == "prompt"
+            else [(owner, item)]
+        )
+    ]
     for owner, item in owners:
         meta, key = item.metadata, key_of(item)
+        if not meta.get("cli", True):
+            continue
         hint = typing.get_type_hints(owner)[item.name]
         default = meta.get("default_help") or ("none" if item.default is None else item.default)
         help_text = meta["help"] if hint is bool else f"{meta['help']} (default: {default})"

@@ -12,6 +12,7 @@ METHODS = ("deep", "shallow", "ptuning-v1", "finetune", "linear-probe")
 PROMPTED_METHODS = ("deep", "shallow", "ptuning-v1")
 REPARAMS = {"deep": (None, "mlp"), "shallow": (None,), "ptuning-v1": ("lstm", "mlp")}
 INITS = ("random", "vocab")
+DEFAULT_TASK = "default"  # the name of the task of a model built with one, and of a single-task run on files
 # how a text becomes one vector for sequence heads (heads.pool): first token, mean, last real token, backbone pooler
 POOLINGS = ("cls", "mean", "last", "pooler")
 
@@ -38,9 +39,11 @@ class PromptConfig:
     )
     reparam_hidden: int = setting(512, "hidden width of the reparameterization", check=at_least(1))
     init: str = setting(
-        "random", "shallow: random, or vocab (copies of random vocabulary embeddings)", key="prompt_init",
+        "random",
+        "shallow: random, or vocab (copies of random vocabulary embeddings)",
+        key="prompt_init",
         choices=INITS,
-    )  # fmt: skip
+    )
     dropout: float = setting(0.1, "dropout on the prompt vectors while training", key="prompt_dropout", check=share)
     shift_positions: bool = setting(
         False, "shift the text's position ids by the prompt length, as the reference code and PEFT do"

@@ -23,7 +23,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast, ModelOutput
 
 from . import architectures
 from .backbones import load_backbone, load_tokenizer
-from .config import PromptConfig
+from .config import DEFAULT_TASK, PromptConfig
 from .errors import CheckpointError, PtuningError, UnsupportedModelError
 from .heads import CAUSAL_LM, HEAD_KINDS, TASKS, LinearHead, check_pooling, pool
 from .prompts.attention import LayerPrompts, active_prompts, prompted_implementation
@@ -33,7 +33,6 @@ CONFIG_NAME = "ptuning_config.json"
 WEIGHTS_NAME = "ptuning_model.safetensors"
 FINETUNED_BACKBONE = "backbone"
 FORMAT_VERSION = 2  # 1: one task (keys "task", "labels", "prompt"); 2: named "prompts" and "tasks"
-DEFAULT_TASK = "default"
 SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
 
@@ -756,8 +755,13 @@ class PromptedModel(nn.Module):
             self._add_prompt(prompt_key[prompt], PromptConfig.from_dict(values), folded=True, causal=False)
         for old, values in tasks.items():
             new = renamed[old]
-            self.add_task(new, values["kind"], values["labels"], pooling=values.get("pooling"),
-                          shared_prompt=prompt_key[values["prompt"]])  # fmt: skip
+            self.add_task(
+                new,
+                values["kind"],
+                values["labels"],
+                pooling=values.get("pooling"),
+                shared_prompt=prompt_key[values["prompt"]],
+            )
             self.tasks[new].extra = values.get("extra", {})
         expected = {
             f"prompts.{p}.table": f"prompts.{key}.table" for p, key in prompt_key.items() if key in self.prompts

@@ -119,9 +119,13 @@ def peft_prefix_problem() -> str | None:
     peft = _peft_classes()
     torch_state = torch.random.get_rng_state()
     tiny = BertConfig(
-        vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
+        vocab_size=16,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=8,
         max_position_embeddings=16,
-    )  # fmt: skip
+    )
     try:
         model = peft.get_peft_model(
             BertForSequenceClassification(tiny), peft.PrefixTuningConfig(task_type=PEFT_TASK, num_virtual_tokens=2)

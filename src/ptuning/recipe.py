@@ -5,11 +5,12 @@ here, before anything heavy is loaded.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .config import POOLINGS, PromptConfig
+from .config import DEFAULT_TASK, POOLINGS, PromptConfig
 from .data.packaged import PACKAGED_DATASETS
 from .data.sources import FORMAT_TASKS
 from .errors import PtuningError
@@ -33,9 +34,51 @@ def steps_or_unset(value: int) -> str | None:
 
 
 def dataset_name(value: str) -> str | None:
-    if value.startswith("hf:") or value in PACKAGED_DATASETS:
+    unknown = [name for name in value.split(",") if not (name.startswith("hf:") or name in PACKAGED_DATASETS)]
+    if not unknown:
         return None
-    return f"is neither a packaged dataset ({', '.join(PACKAGED_DATASETS)}) nor hf:NAME[:CONFIG]"
+    return f"names {unknown[0]!r}, neither a packaged dataset ({', '.join(PACKAGED_DATASETS)}) nor hf:NAME[:CONFIG]"
+
+
+def sampling(value: str) -> str | None:
+    """proportional, uniform, or temperature:T with T > 0."""
+    if value in ("proportional", "uniform"):
+        return None
+    kind, _, temperature = value.partition(":")
+    try:
+        if kind == "temperature" and float(temperature) > 0:
+            return None
+    except ValueError:
+        pass
+    return "must be proportional, uniform or temperature:T (T > 0)"
+
+
+def task_weights(sampling: str, sizes: list[int]) -> list[float]:
+    """How often each task's batches are drawn: by size, evenly, or by size ** (1 / T) (T = 1: by size)."""
+    if sampling == "uniform":
+        weights = [1.0] * len(sizes)
+    else:
+        power = 1.0 if sampling == "proportional" else 1.0 / float(sampling.partition(":")[2])
+        weights = [size**power for size in sizes]
+    return [weight / sum(weights) for weight in weights]
+
+
+# what each task of a multi-task recipe sets for itself (the ``tasks:`` entries of a YAML recipe)
+PER_TASK_KEYS = (
+    "name",
+    "dataset",
+    "train",
+    "validation",
+    "test",
+    "task",
+    "labels",
+    "tag_column",
+    "text_column",
+    "pair_column",
+    "label_column",
+    "tokens_column",
+    "tags_column",
+)
 
 
 @dataclass
@@ -100,6 +143,21 @@ class Recipe:
     max_eval_samples: int | None = setting(
         None, "score a fixed subsample of validation and test of this size", check=at_least(1)
     )
+    task_names: str | None = setting(
+        None, "names of the tasks of a multi-task run, comma-separated", default_help="the dataset names"
+    )
+    task_sampling: str = setting(
+        "proportional",
+        "multi-task: which task each batch comes from: proportional (to its size), uniform, or temperature:T "
+        "(size ** 1/T)",
+        check=sampling,
+    )
+    tasks: list[dict[str, Any]] | None = setting(
+        None, "multi-task: one mapping per task of its data keys (name, dataset or train, ...)", cli=False
+    )
+    init_from: str | None = setting(
+        None, "start from a run's prompt (and its head for the task, when it has one): multi-task, then single"
+    )
     output: str = setting("runs/ptuning", "run folder: checkpoint/, metrics.json, train.log, log.json")
     overwrite: bool = setting(
         False, "replace a non-empty --output folder (the old run stays until the new one has succeeded)"
@@ -149,6 +207,42 @@ class Recipe:
         if self.warmup_ratio is not None:
             return self.warmup_ratio
         return 0.1 if lr_family(self.prompt.method, self.prompt.reparam) == "deep-mlp" else 0.0
+
+    def parts(self) -> list[tuple[str, Recipe]]:
+        """(task name, recipe of that task alone) for every task: several for ``--dataset a,b,c``, ``--train
+        a.conll,b.conll`` (with as many --validation/--test files, or none) or a ``tasks:`` list; one otherwise."""
+        if self.tasks is not None:
+            entries = [dict(entry) for entry in self.tasks]
+        else:
+            lists = {key: getattr(self, key).split(",") for key in ("dataset", "train") if getattr(self, key)}
+            if not lists or all(len(values) == 1 for values in lists.values()):
+                return [(self.task_names or (self.dataset or DEFAULT_TASK).replace(".", "-"), self)]
+            key, values = next(iter(lists.items()))
+            entries = [{key: value} for value in values]
+            for split in ("validation", "test"):
+                files = getattr(self, split).split(",") if getattr(self, split) else []
+                if files and len(files) != len(entries):
+                    raise PtuningError(f"{len(entries)} training sets but {len(files)} {split} files; give one each")
+                for entry, file in zip(entries, files, strict=False):
+                    entry[split] = file
+        names = self.task_names.split(",") if self.task_names else []
+        if names and len(names) != len(entries):
+            raise PtuningError(f"{len(entries)} tasks but {len(names)} task names ({self.task_names})")
+        parts = []
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, dict) or set(entry) - set(PER_TASK_KEYS):
+                raise PtuningError(f"tasks[{index}]: a task sets only {', '.join(PER_TASK_KEYS)}; got {entry!r}")
+            name = names[index] if names else entry.pop("name", None)
+            entry.pop("name", None)
+            if not entry.get("dataset") and not entry.get("train"):
+                raise PtuningError(f"tasks[{index}]: give dataset or train")
+            data = {"dataset": None, "train": None, "validation": None, "test": None, **entry}
+            name = name or (data["dataset"] or Path(data["train"]).stem).replace(".", "-")
+            parts.append((name, dataclasses.replace(self, tasks=None, task_names=None, **data)))
+        taken = sorted({name for name, _ in parts if [n for n, _ in parts].count(name) > 1})
+        if taken:
+            raise PtuningError(f"two tasks are named {taken[0]!r}: give --task-names (or name: in the recipe)")
+        return parts
 
     def declared_labels(self) -> list[str] | None:
         """The label set of ``labels``: read from a file (one per line) or split at commas; None if not given."""

@@ -37,10 +37,12 @@ def setting(
     choices: tuple | None = None,
     check: Check | None = None,
     default_help: str | None = None,
+    cli: bool = True,
 ) -> Any:
     """A field with what its flag shows: help, choices, a check of its value, and ``key``, its name in recipes and
-    flags when the field's own name is too short to say what it sets (``length`` -> ``prompt_length``)."""
-    metadata = {"help": help, "key": key, "choices": choices, "check": check, "default_help": default_help}
+    flags when the field's own name is too short to say what it sets (``length`` -> ``prompt_length``). ``cli``:
+    whether it is a flag too, or a recipe key only."""
+    metadata = {"help": help, "key": key, "choices": choices, "check": check, "default_help": default_help, "cli": cli}
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -100,9 +102,13 @@ def typed(key: str, hint: Any, value: Any) -> Any:
             return float(value)
         except ValueError:
             pass
-    if origin is list and isinstance(value, list) and all(type(item) is int for item in value):
+    item = (typing.get_args(wanted) or (Any,))[0]
+    item_type = typing.get_origin(item) or item
+    if origin is list and isinstance(value, list) and all(type(entry) is item_type for entry in value):
         return value
     if origin is not list and type(value) is origin:
         return value
-    expected = "a list of integers" if origin is list else f"a {origin.__name__}"
+    expected = (
+        f"a list of {'integers' if item_type is int else 'mappings'}" if origin is list else f"a {origin.__name__}"
+    )
     raise PtuningError(f"{named(key)} must be {expected}, got {value!r}")

@@ -7,23 +7,32 @@ best trainable state, so checkpoints hold only the prompt and the head.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import random
 import resource
 import shutil
+import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch.utils.data import DataLoader, Sampler
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from .config import PromptConfig
 from .data.readers import label_set
 from .data.sources import load_splits
 from .errors import DataError, PtuningError
-from .model import DEFAULT_TASK, PromptedModel
-from .recipe import Recipe
+from .model import PromptedModel
+from .recipe import Recipe, task_weights
 from .tasks import make_task, model_task, task_class
 from .tasks.base import Task
 
@@ -37,35 +46,127 @@ def _subsample(examples: list[Any], limit: int | None, seed: int) -> list[Any]:
     return random.Random(seed).sample(examples, limit)
 
 
-class EvaluateEachEpoch(TrainerCallback):
-    """Score validation at each epoch end (and at the last step), keeping the best trainable state."""
+@dataclass
+class TaskRun:
+    """One task of a run: its data, labels and Task (what encodes, decodes and scores it)."""
 
-    def __init__(self, model: PromptedModel, task: Task, examples: list[Any], batch_size: int):
-        self.model, self.task, self.examples, self.batch_size = model, task, examples, batch_size
-        self.best_metrics: dict[str, float] | None = None
+    name: str
+    recipe: Recipe
+    family: str
+    reader: dict[str, Any]
+    train: list[Any]
+    validation: list[Any]
+    test: list[Any]
+    labels: list[str]
+    task: Task | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    max_length: int = 0
+
+    def extra(self) -> dict[str, Any]:
+        """What the checkpoint keeps so that eval and predict read and decode this task's data as training did."""
+        return {
+            "reader": self.reader,
+            "dataset": self.recipe.dataset,
+            "max_length": self.max_length,
+            "task_name": self.family,
+            "task_options": self.options,
+        }
+
+
+class EvaluateEachEpoch(TrainerCallback):
+    """Score validation at each epoch end (and at the last step), keeping the best trainable state.
+
+    With several tasks every task is scored and the best epoch is the one with the best mean of the tasks' primary
+    metrics."""
+
+    def __init__(self, model: PromptedModel, runs: list[TaskRun], batch_size: int):
+        self.model, self.runs, self.batch_size = model, [run for run in runs if run.validation], batch_size
+        self.best_metrics: dict[str, dict[str, float]] = {}
+        self.best_score: float | None = None
         self.best_state = model.trainable_state()
         self.evaluated_step = -1
-        self.curve: list[tuple[float, float]] = []  # (epoch, primary validation score): is it still rising?
+        self.curve: list[tuple[float, float]] = []  # (epoch, mean primary validation score): still rising?
 
     def _evaluate(self, state) -> None:
-        if not self.examples or self.evaluated_step == state.global_step:
+        if not self.runs or self.evaluated_step == state.global_step:
             return
         self.evaluated_step = state.global_step
-        metrics = self.task.evaluate(self.model, self.examples, self.batch_size)
+        metrics = {
+            run.name: run.task.evaluate(self.model.use(run.name), run.validation, self.batch_size) for run in self.runs
+        }
+        self.model.active = None
         state.log_history.append({"step": state.global_step, "epoch": state.epoch, "validation": metrics})
-        key = self.task.primary_metric
-        self.curve.append((round(state.epoch, 2), metrics[key]))
-        improved = self.best_metrics is None or metrics[key] > self.best_metrics[key]
+        score = statistics.mean(metrics[run.name][run.task.primary_metric] for run in self.runs)
+        self.curve.append((round(state.epoch, 2), score))
+        improved = self.best_score is None or score > self.best_score
         if improved:
-            self.best_metrics = metrics
+            self.best_metrics, self.best_score = metrics, score
             self.best_state = self.model.trainable_state()
-        logger.info("step %d validation %s=%.2f%s", state.global_step, key, metrics[key], " (best)" if improved else "")
+        scores = ", ".join(
+            f"{run.name + ' ' if len(self.runs) > 1 else ''}{run.task.primary_metric}="
+            f"{metrics[run.name][run.task.primary_metric]:.2f}"
+            for run in self.runs
+        )
+        logger.info("step %d validation %s%s", state.global_step, scores, " (best)" if improved else "")
 
     def on_epoch_end(self, args, state, control, **kwargs):
         self._evaluate(state)
 
     def on_train_end(self, args, state, control, **kwargs):
         self._evaluate(state)
+
+
+class TaskBatches(Sampler[list[int]]):
+    """Batches of one task each, over the tasks' features concatenated: each step draws a task by its weight and
+    takes that task's next batch (its features length-grouped and reshuffled each time they run out), so a step
+    trains one head, with the shared prompt, as the paper's multi-task training does."""
+
+    def __init__(self, lengths: list[list[int]], batch_size: int, weights: list[float], seed: int):
+        self.lengths, self.batch_size, self.weights, self.seed = lengths, batch_size, weights, seed
+        self.offsets = [sum(len(task) for task in lengths[:index]) for index in range(len(lengths))]
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return sum(math.ceil(len(task) / self.batch_size) for task in self.lengths)
+
+    def _batches(self, task: int, generator: torch.Generator) -> Iterator[list[int]]:
+        while True:
+            order = list(LengthGroupedSampler(self.batch_size, lengths=self.lengths[task], generator=generator))
+            for start in range(0, len(order), self.batch_size):
+                yield [self.offsets[task] + index for index in order[start : start + self.batch_size]]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        streams = [self._batches(task, generator) for task in range(len(self.lengths))]
+        weights = torch.tensor(self.weights)
+        for _ in range(len(self)):
+            yield next(streams[int(torch.multinomial(weights, 1, generator=generator))])
+
+
+class TaskCollator:
+    """Collates a one-task batch with that task's collator and adds its ``task_ids``."""
+
+    def __init__(self, collators: list[Any]):
+        self.collators = collators
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        task = features[0]["task_ids"]
+        batch = self.collators[task]([{k: v for k, v in feature.items() if k != "task_ids"} for feature in features])
+        batch["task_ids"] = torch.full((len(features),), task, dtype=torch.long)
+        return batch
+
+
+class MultiTaskTrainer(Trainer):
+    """The Trainer, with batches of one task each drawn by :class:`TaskBatches`."""
+
+    def __init__(self, *args: Any, task_batches: TaskBatches, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.task_batches = task_batches
+
+    def get_train_dataloader(self) -> DataLoader:
+        loader = DataLoader(self.train_dataset, batch_sampler=self.task_batches, collate_fn=self.data_collator)
+        return self.accelerator.prepare(loader)
 
 
 def _file_logging(output: Path) -> logging.Handler:
@@ -115,11 +216,6 @@ def train(recipe: Recipe) -> dict[str, Any]:
     return metrics
 
 
-def run_task_name(recipe: Recipe) -> str:
-    """The name a run's task gets in its checkpoint: the dataset's, else "default" (files are often train.*)."""
-    return recipe.dataset.replace(".", "-") if recipe.dataset else DEFAULT_TASK
-
-
 def _labels(recipe: Recipe, gold, examples: list[Any]) -> list[str]:
     """The declared label set (``--labels``), else every label of the whole training set."""
     declared = recipe.declared_labels()
@@ -129,52 +225,76 @@ def _labels(recipe: Recipe, gold, examples: list[Any]) -> list[str]:
     return label_set(label for example in examples for label in gold(example))
 
 
-def _train(recipe: Recipe, output: Path, final_output: Path) -> dict[str, Any]:
-    """Train into ``output``; paths recorded in metrics.json name ``final_output``, where the run ends up."""
+def _task_run(name: str, recipe: Recipe) -> TaskRun:
+    """Read one task's data; training subsamples move with the seed, evaluation subsamples do not (every run of a
+    comparison scores the same examples)."""
     splits = load_splits(recipe)
-    task_name = splits.task
-    train_examples = _subsample(splits.train, recipe.max_train_samples, recipe.seed)
-    # evaluation subsamples do not move with the seed: every run of a comparison scores the same examples
-    validation = _subsample(splits.validation, recipe.max_eval_samples, EVAL_SUBSAMPLE_SEED)
-    test = _subsample(splits.test, recipe.max_eval_samples, EVAL_SUBSAMPLE_SEED)
-    labels = _labels(recipe, task_class(task_name).gold, splits.train)
+    return TaskRun(
+        name=name,
+        recipe=recipe,
+        family=splits.task,
+        reader=splits.reader,
+        train=_subsample(splits.train, recipe.max_train_samples, recipe.seed),
+        validation=_subsample(splits.validation, recipe.max_eval_samples, EVAL_SUBSAMPLE_SEED),
+        test=_subsample(splits.test, recipe.max_eval_samples, EVAL_SUBSAMPLE_SEED),
+        labels=_labels(recipe, task_class(splits.task).gold, splits.train),
+        options=dict(splits.reader.get("options", {})),
+    )
 
-    set_seed(recipe.seed)
+
+def _build_model(recipe: Recipe, runs: list[TaskRun]) -> PromptedModel:
+    """The backbone with one prompt and a head per task (several tasks share the prompt), or from ``init_from``."""
+    first = runs[0]
+    prompt = recipe.prompt
+    source = None
+    if recipe.init_from is not None:
+        source = PromptedModel.read_config(recipe.init_from)
+        prompt = _initial_prompt(recipe, source)
     model = PromptedModel.from_backbone(
         recipe.model,
-        model_task(task_name),
-        labels=labels,
-        prompt=recipe.prompt,
+        model_task(first.family),
+        labels=first.labels,
+        prompt=prompt,
         pooling=recipe.pooling,
-        name=run_task_name(recipe),
+        name=first.name,
     )
-    # QA windows: 256 tokens (with a stride) unless asked otherwise; CPU cost grows with window length
-    default_length = 256 if task_name == "question-answering" else model.max_text_length
-    max_length = min(recipe.max_length or default_length, model.max_text_length)
-    task_options = dict(splits.reader.get("options", {}))
-    task = make_task(task_name, model.tokenizer, labels, max_length, **task_options)
-    for examples in (train_examples, validation, test):
-        try:
-            task.check_labels(examples)
-        except DataError as error:
-            if recipe.labels is not None:
-                raise
-            raise DataError(f"{error}; declare the whole label set with --labels FILE|a,b,c") from error
-    features = task.encode(train_examples).inputs
-    logger.info(
-        "%s on %s: %d train / %d validation / %d test examples, %d labels; trainable %d of %d parameters (%.3f%%)",
-        task_name,
-        recipe.dataset or recipe.train,
-        len(train_examples),
-        len(validation),
-        len(test),
-        len(labels),
-        model.trainable_parameters(),
-        model.total_parameters(),
-        100 * model.trainable_parameters() / model.total_parameters(),
+    for run in runs[1:]:
+        model.add_task(run.name, model_task(run.family), run.labels, pooling=recipe.pooling, shared_prompt=first.name)
+    if source is not None:
+        _copy_from(model, recipe.init_from, runs)
+    return model
+
+
+def _initial_prompt(recipe: Recipe, source: dict[str, Any]) -> PromptConfig:
+    """The prompt a run started from a saved one trains: the saved prompt's shape (flat, as saved), this recipe's
+    training settings (dropout, backbone dropout)."""
+    prompts = source["prompts"]
+    if len(prompts) != 1:
+        raise PtuningError(f"--init-from {recipe.init_from} holds {len(prompts)} prompts; start from a run with one")
+    saved = PromptConfig.from_dict(next(iter(prompts.values())))
+    if saved.method != "deep" or recipe.prompt.method != "deep":
+        raise PtuningError(f"--init-from starts a deep prompt from a deep prompt; {recipe.init_from} is {saved.method}")
+    return dataclasses.replace(
+        saved, reparam=None, dropout=recipe.prompt.dropout, backbone_dropout=recipe.prompt.backbone_dropout
     )
 
-    arguments = TrainingArguments(
+
+def _copy_from(model: PromptedModel, source: str, runs: list[TaskRun]) -> None:
+    """Load the saved prompt into the model's, and each task's head where the source has a task of that name with
+    the same labels (its head then starts trained)."""
+    saved = PromptedModel.from_pretrained(source)
+    with torch.no_grad():
+        model.prompts[runs[0].name].table.copy_(next(iter(saved.prompts.values())).folded_table())
+        for run in runs:
+            entry = saved.tasks.get(run.name)
+            if entry is not None and entry.labels == run.labels and run.name in saved.heads:
+                model.heads[run.name].load_state_dict(saved.heads[run.name].state_dict())
+                logger.info("%s: head from %s", run.name, source)
+    logger.info("prompt from %s", source)
+
+
+def _arguments(recipe: Recipe, output: Path) -> TrainingArguments:
+    return TrainingArguments(
         output_dir=str(output / "trainer"),
         per_device_train_batch_size=recipe.batch_size,
         learning_rate=recipe.learning_rate(),
@@ -193,39 +313,110 @@ def _train(recipe: Recipe, output: Path, final_output: Path) -> dict[str, Any]:
         remove_unused_columns=False,
         disable_tqdm=False,
     )
-    callback = EvaluateEachEpoch(model, task, validation, recipe.eval_batch_size)
-    trainer = Trainer(
-        model=model, args=arguments, train_dataset=features, data_collator=task.collator(), callbacks=[callback]
+
+
+def _trainer(model, recipe: Recipe, runs: list[TaskRun], output: Path, callback) -> Trainer:
+    """The Trainer of one task, or the one whose every batch comes from one task, drawn by ``task_sampling``."""
+    encoded = [run.task.encode(run.train).inputs for run in runs]
+    arguments = _arguments(recipe, output)
+    if len(runs) == 1:
+        return Trainer(
+            model=model,
+            args=arguments,
+            train_dataset=encoded[0],
+            data_collator=runs[0].task.collator(),
+            callbacks=[callback],
+        )
+    features = [{**feature, "task_ids": index} for index, task in enumerate(encoded) for feature in task]
+    lengths = [[len(feature["input_ids"]) for feature in task] for task in encoded]
+    weights = task_weights(recipe.task_sampling, [len(task) for task in encoded])
+    logger.info(
+        "task sampling %s: %s",
+        recipe.task_sampling,
+        ", ".join(f"{run.name} {weight:.2f}" for run, weight in zip(runs, weights, strict=True)),
     )
+    return MultiTaskTrainer(
+        model=model,
+        args=arguments,
+        train_dataset=features,
+        data_collator=TaskCollator([run.task.collator() for run in runs]),
+        callbacks=[callback],
+        task_batches=TaskBatches(lengths, recipe.batch_size, weights, recipe.seed),
+    )
+
+
+def _prepare_task(run: TaskRun, model: PromptedModel, recipe: Recipe) -> None:
+    """The run's Task, its inputs' length limit, and its labels checked on every split."""
+    room = model.text_room(model.tasks[run.name].prompt)
+    # QA windows: 256 tokens (with a stride) unless asked otherwise; CPU cost grows with window length
+    default_length = 256 if run.family == "question-answering" else room
+    run.max_length = min(recipe.max_length or default_length, room)
+    run.task = make_task(run.family, model.tokenizer, run.labels, run.max_length, **run.options)
+    for examples in (run.train, run.validation, run.test):
+        try:
+            run.task.check_labels(examples)
+        except DataError as error:
+            if run.recipe.labels is not None:
+                raise
+            raise DataError(f"{error}; declare the whole label set with --labels FILE|a,b,c") from error
+
+
+def _train(recipe: Recipe, output: Path, final_output: Path) -> dict[str, Any]:
+    """Train into ``output``; paths recorded in metrics.json name ``final_output``, where the run ends up."""
+    runs = [_task_run(name, part) for name, part in recipe.parts()]
+    set_seed(recipe.seed)
+    model = _build_model(recipe, runs)
+    for run in runs:
+        _prepare_task(run, model, recipe)
+        logger.info(
+            "%s (%s on %s): %d train / %d validation / %d test examples, %d labels",
+            run.name,
+            run.family,
+            run.recipe.dataset or run.recipe.train,
+            len(run.train),
+            len(run.validation),
+            len(run.test),
+            len(run.labels),
+        )
+    logger.info(
+        "trainable %d of %d parameters (%.3f%%)",
+        model.trainable_parameters(),
+        model.total_parameters(),
+        100 * model.trainable_parameters() / model.total_parameters(),
+    )
+    callback = EvaluateEachEpoch(model, runs, recipe.eval_batch_size)
+    trainer = _trainer(model, recipe, runs, output, callback)
     started = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - started
     shutil.rmtree(output / "trainer", ignore_errors=True)  # save_strategy="no": nothing of ours is in there
     model.restore_trainable_state(callback.best_state)
-    calibrated = task.calibrate(model, validation, recipe.eval_batch_size)
-    validation_metrics = callback.best_metrics or {}
-    if calibrated:
-        task_options.update(calibrated)
-        validation_metrics = task.evaluate(model, validation, recipe.eval_batch_size)
-        logger.info("calibrated on validation: %s", calibrated)
 
+    results: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        model.use(run.name)
+        validation = callback.best_metrics.get(run.name, {})
+        calibrated = run.task.calibrate(model, run.validation, recipe.eval_batch_size)
+        if calibrated:
+            run.options.update(calibrated)
+            validation = run.task.evaluate(model, run.validation, recipe.eval_batch_size)
+            logger.info("%s calibrated on validation: %s", run.name, calibrated)
+        model.extra = run.extra()
+        results[run.name] = {"validation": validation}
+    model.active = None
     checkpoint = output / "checkpoint"
-    extra = {
-        "reader": splits.reader,
-        "dataset": recipe.dataset,
-        "max_length": max_length,
-        "task_name": task_name,
-        "task_options": task_options,
-    }
-    model.save_pretrained(checkpoint, extra=extra)
-    test_metrics = task.evaluate(model, test, recipe.eval_batch_size) if test else {}
-    metrics = {
-        "task": task_name,
-        "dataset": recipe.dataset or recipe.train,
-        "primary_metric": task.primary_metric,
-        "validation": validation_metrics,
-        "validation_curve": callback.curve,
-        "test": test_metrics,
+    model.save_pretrained(checkpoint)
+    for run in runs:
+        test = run.task.evaluate(model.use(run.name), run.test, recipe.eval_batch_size) if run.test else {}
+        results[run.name].update(
+            test=test,
+            primary_metric=run.task.primary_metric,
+            task=run.family,
+            dataset=run.recipe.dataset or run.recipe.train,
+            train_examples=len(run.train),
+        )
+    model.active = None
+    shared = {
         "trainable_parameters": model.trainable_parameters(),
         "total_parameters": model.total_parameters(),
         "trainable_share": model.trainable_parameters() / model.total_parameters(),
@@ -234,13 +425,27 @@ def _train(recipe: Recipe, output: Path, final_output: Path) -> dict[str, Any]:
         "train_seconds": round(train_seconds, 1),
         # the last logged window, not the run's mean: tells underfitting (high) from overfitting (low)
         "train_loss": next((entry["loss"] for entry in reversed(trainer.state.log_history) if "loss" in entry), None),
-        "train_examples": len(train_examples),
         "steps": trainer.state.global_step,
         "checkpoint": str(final_output / "checkpoint"),
         "checkpoint_bytes": sum(path.stat().st_size for path in checkpoint.rglob("*") if path.is_file()),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # of this process, so far
         "recipe": recipe.to_dict(),
     }
+    if len(runs) == 1:  # a single-task run keeps its flat shape
+        only = results[runs[0].name]
+        metrics = {
+            **{key: only[key] for key in ("task", "dataset", "primary_metric", "validation", "test")},
+            "validation_curve": callback.curve,
+            "train_examples": only["train_examples"],
+            **shared,
+        }
+    else:
+        metrics = {
+            "tasks": results,
+            "validation_curve": callback.curve,
+            "train_examples": sum(len(run.train) for run in runs),
+            **shared,
+        }
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (output / "log.json").write_text(json.dumps(trainer.state.log_history, indent=2) + "\n")
     return metrics
