@@ -353,3 +353,33 @@ def test_where_peft_cannot_prefix_tune_export_and_import_refuse_and_write_nothin
         assert f"peft {peft.__version__} and transformers {transformers.__version__}" in err
         assert "before 5.24" in err and "Nothing was written" in err and "Traceback" not in err
         assert not out.exists()
+
+
+@needs_peft
+def test_export_one_task_of_a_multi_task_checkpoint(tmp_path, capsys):
+    backbone = save_backbone(tmp_path / "backbone")
+    torch.manual_seed(1)
+    model = PromptedModel.from_backbone(
+        str(backbone),
+        TASK,
+        labels=LABELS,
+        pooling="pooler",
+        name="sent",
+        prompt=PromptConfig(length=4, dropout=0.0, shift_positions=True),
+    )
+    model.add_task("topic", TASK, ["a", "b"], pooling="pooler", shared_prompt="sent")
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.normal_()
+    model.save_pretrained(tmp_path / "multi")
+    code = main(["export-peft", str(tmp_path / "multi"), str(tmp_path / "x")])
+    assert code == 2 and "holds the tasks sent, topic: name one (--task NAME)" in capsys.readouterr().err
+    assert main(["export-peft", str(tmp_path / "multi"), str(tmp_path / "adapter"), "--task", "topic"]) == 0
+    input_ids, attention_mask = random_batch(batch_size=3, length=9)
+    with torch.no_grad():
+        ours = model.eval().use("topic")(input_ids=input_ids, attention_mask=attention_mask).logits
+    theirs = peft_logits(
+        backbone, tmp_path / "adapter", input_ids, attention_mask, num_labels=2, ignore_mismatched_sizes=True
+    )
+    assert (ours - theirs).abs().max() <= TOLERANCE

@@ -146,13 +146,17 @@ def command_train(args: argparse.Namespace) -> None:
 
     prepare_output(Path(recipe.output), recipe.overwrite)  # before minutes of loading, not after
     metrics = train(recipe)
-    primary = metrics["primary_metric"]
     whole = ", the whole fine-tuned backbone included" if recipe.prompt.method == "finetune" else ""
-    scores = ", ".join(
-        f"{split} {primary} {metrics[split][primary]:.2f}" for split in ("validation", "test") if metrics[split]
-    )
+    results = metrics.get("tasks") or {"": metrics}  # a single-task run keeps its flat shape
+    lines = []
+    for name, result in results.items():
+        primary = result["primary_metric"]
+        scores = ", ".join(
+            f"{split} {primary} {result[split][primary]:.2f}" for split in ("validation", "test") if result[split]
+        )
+        lines.append(f"{name + ': ' if name else ''}{result['task']} on {result['dataset']}: {scores}")
     print(
-        f"\n{metrics['task']} on {metrics['dataset']}: {scores}\n"
+        "\n" + "\n".join(lines) + "\n"
         f"trainable {metrics['trainable_parameters']:,} of {metrics['total_parameters']:,} parameters "
         f"({100 * metrics['trainable_share']:.3f}%), trained in {metrics['train_seconds'] / 60:.1f} min, "
         f"{metrics['steps']} steps\n"
@@ -232,7 +236,7 @@ def command_predict(args: argparse.Namespace) -> None:
 def command_export_peft(args: argparse.Namespace) -> None:
     from .peft_interop import export_peft
 
-    out = export_peft(args.checkpoint, args.out, backbone=args.backbone)
+    out = export_peft(args.checkpoint, args.out, backbone=args.backbone, task=args.task)
     print(f"wrote PEFT prefix-tuning adapter to {out}")
 
 
@@ -312,6 +316,7 @@ def parser() -> argparse.ArgumentParser:
     export_parser.add_argument("checkpoint", help=checkpoint_help)
     export_parser.add_argument("out", help="adapter folder to write (new or empty)")
     export_parser.add_argument("--backbone", help="backbone folder or name, if the checkpoint names none")
+    export_parser.add_argument("--task", help="the task to export, when the checkpoint holds several")
     export_parser.set_defaults(handler=command_export_peft)
 
     import_parser = commands.add_parser(

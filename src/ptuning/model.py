@@ -679,7 +679,7 @@ class PromptedModel(nn.Module):
         config = cls.read_config(directory)
         tasks = config["tasks"]
         if name is None and len(tasks) != 1:
-            raise PtuningError(f"{directory} holds the tasks {', '.join(tasks)}: name one")
+            raise PtuningError(f"{directory} holds the tasks {', '.join(tasks)}: name one (--task NAME)")
         if name is not None and name not in tasks:
             raise PtuningError(f"{directory} holds no task {name!r}; it holds {', '.join(tasks)}")
         entry = tasks[name] if name is not None else next(iter(tasks.values()))

@@ -186,17 +186,20 @@ def check_same_logits(model: PromptedModel, peft_model: torch.nn.Module, subject
         )
 
 
-def export_peft(checkpoint_dir: str | Path, out_dir: str | Path, backbone: str | None = None) -> Path:
+def export_peft(
+    checkpoint_dir: str | Path, out_dir: str | Path, backbone: str | None = None, task: str | None = None
+) -> Path:
     """Write the ptuning checkpoint ``checkpoint_dir`` as a PEFT prefix-tuning SEQ_CLS adapter in ``out_dir``.
 
-    ``backbone`` overrides the backbone named in the checkpoint (needed when it was trained on a model object).
+    ``task`` names the task to export when the checkpoint holds several (a PEFT adapter holds one prompt and one
+    head). ``backbone`` overrides the backbone named in the checkpoint (needed when it was trained on a model object).
     The adapter is written by PEFT itself (``get_peft_model`` + ``save_pretrained``) and checked: with
     ``shift_positions=True`` its logits must equal the checkpoint's within 1e-4 on a probe batch, or nothing is
     kept. Warns when positions differ (``shift_positions=False``) and when the base model must be loaded with
     another ``num_labels`` than its config has.
     """
     checkpoint_dir = checkpoint_folder(checkpoint_dir)
-    config = PromptedModel.read_task(checkpoint_dir)
+    config = PromptedModel.read_task(checkpoint_dir, task)
     check_exportable(config)
     out_dir = _new_folder(out_dir)
     reference = backbone or config["backbone"]
@@ -205,6 +208,7 @@ def export_peft(checkpoint_dir: str | Path, out_dir: str | Path, backbone: str |
     require_peft_prefix_tuning("export-peft")
     peft = _peft_classes()
     model = PromptedModel.from_pretrained(checkpoint_dir, backbone=load_backbone(reference)).eval()
+    model.use(task or model.task_names[0])
     prompt = model.prompt_config
     if not prompt.shift_positions:
         warnings.warn(
