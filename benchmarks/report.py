@@ -45,6 +45,42 @@ def plot_parity(parity: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+MULTITASK_SETTINGS = ("single", "multi", "multi-then-single")
+
+
+def plot_multitask(multitask: dict[str, Any], path: Path) -> None:
+    """Test score per task of the three settings, mean and std over the seeds."""
+    tasks = multitask["tasks"]
+    figure, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), squeeze=False)
+    for axis, task in zip(axes[0], tasks, strict=True):
+        rows = {row["setting"]: row for row in multitask["rows"] if row["task"] == task}
+        settings = [setting for setting in MULTITASK_SETTINGS if setting in rows]
+        means = [rows[setting]["mean"] for setting in settings]
+        axis.bar(settings, means, yerr=[rows[s]["std"] for s in settings], capsize=3, color="#3b7dd8")
+        axis.set_title(f"{task} (test {rows[settings[0]]['metric']})")
+        axis.tick_params(axis="x", rotation=20)
+        axis.set_ylim(max(0, min(means) - 8), min(100, max(means) + 4))
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def multitask_table(multitask: dict[str, Any]) -> str:
+    """Task x setting: test mean +- std (validation mean), and the training time."""
+    lines = [
+        "| task (test metric) | " + " | ".join(MULTITASK_SETTINGS) + " |",
+        "| --- |" + " --- |" * len(MULTITASK_SETTINGS),
+    ]
+    for task in multitask["tasks"]:
+        rows = {row["setting"]: row for row in multitask["rows"] if row["task"] == task}
+        cells = [
+            f"{rows[s]['mean']:.2f} ± {rows[s]['std']:.2f} (val {rows[s]['validation']:.2f})" if s in rows else "-"
+            for s in MULTITASK_SETTINGS
+        ]
+        lines.append(f"| {task} ({rows['single']['metric']}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_lengths(ablations: dict[str, Any], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(5, 3.6))
     for task in dict.fromkeys(row["task"] for row in ablations["prompt_length"]):
@@ -222,9 +258,8 @@ def rerun_section(result: dict[str, Any], title: str, change: str) -> list[str]:
 
 
 def write(results: Path = RESULTS) -> Path:
-    parity, ablations, longer, data, data_longer, cost = (
-        _load(results, f"{name}.json") for name in ("parity", "ablations", "longer", "data", "data_longer", "cost")
-    )
+    names = ("parity", "ablations", "longer", "data", "data_longer", "multitask", "cost")
+    parity, ablations, longer, data, data_longer, multitask, cost = (_load(results, f"{name}.json") for name in names)
     sections = [
         "# Study: P-Tuning v2 at CPU scale\n",
         "Produced by `python benchmarks/study.py` (the `--quick` mode runs every part reduced). "
@@ -320,6 +355,30 @@ def write(results: Path = RESULTS) -> Path:
             f"after the more-data part (judged on its runs' validation scores), both were trained again "
             f"on {examples} training examples for {epochs} epochs of batch {batch}",
         )
+    if multitask:
+        plot_multitask(multitask, results / "multitask.png")
+        joint = multitask["joint"]
+        scale = multitask["setup"]["scale"]
+        sections += [
+            f"## Multi-task ({multitask['setup']['mode']} run, {multitask['setup']['date']})\n",
+            f"Tasks {', '.join(multitask['tasks'])}; each training set subsampled to {scale['train_examples']} "
+            f"examples, validation and test to {scale['eval_examples']}, {scale['epochs']} epoch(s) of batch "
+            f"{scale['batch_size']}, seeds {', '.join(map(str, scale['seeds']))}. `single`: deep alone, lr and "
+            "prompt length searched on the first seed's validation; `multi`: one prompt for all the tasks with a head "
+            f"each, every batch from one task drawn {multitask['sampling']}ly to size, searched on the mean "
+            f"validation score (chosen: lr {joint['lr']:g}, length {joint['prompt_length']}); `multi-then-single`: "
+            "each task trained alone again from the joint prompt and its head, at its single-setting lr.\n",
+            multitask_table(multitask),
+            "",
+            "Training time (seconds, mean over seeds; `multi` is one joint run for all the tasks): "
+            + ", ".join(
+                f"{row['task']} {row['setting']} {row['train_seconds']:.0f}"
+                for row in multitask["rows"]
+                if row["setting"] != "multi" or row["task"] == multitask["tasks"][0]
+            )
+            + ".\n",
+            "![multitask](multitask.png)\n",
+        ]
     if cost:
         plot_cost(cost, results / "cost.png")
         steps = cost["step_seconds_median"]

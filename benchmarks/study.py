@@ -4,14 +4,15 @@
     python benchmarks/study.py             # the full run (parity, ablations, cost): about 2.5 hours on 2 cores
     python benchmarks/study.py --parts longer,data --resume   # then more steps / data where deep trails: ~2 h 40 min
     python benchmarks/study.py --parts data-longer --resume   # then both where deep still trails: ~40 min a task
+    python benchmarks/study.py --parts multitask --resume     # multi-task P-Tuning v2 on three CoNLL-2003 tasks
 
 Parts: the parity table (6 methods x 4 tasks, a learning-rate / prompt-length search on validation,
 then seeds), ablations (prompt length, depth, reparameterization), longer training and more data (where deep
 trails fine-tuning on validation, both trained again for more epochs / on more examples; data-longer: both, where
-deep still trails with more data) and cost
+deep still trails with more data), multi-task training (benchmarks/multitask.py) and cost
 (benchmarks/cost.py). Each training run is a forked process (its own peak RSS), reading the data subsample
 and settings written in the report; two run at once by default. Results:
-benchmarks/results/{parity,ablations,longer,data,data_longer,cost}.json, REPORT.md and PNG plots. ``--parts``
+benchmarks/results/{parity,ablations,longer,data,data_longer,multitask,cost}.json, REPORT.md and PNG plots. ``--parts``
 picks parts, ``--tasks`` the tasks the reruns may take; ``--resume`` reuses runs an earlier invocation finished.
 """
 
@@ -49,7 +50,7 @@ METHODS: dict[str, dict[str, Any]] = {
     # without warmup the MLP collapsed to one class on some seeds (rotten-tomatoes seeds 1 and 2 at lr 1e-3)
     "deep-mlp": {"method": "deep", "reparam": "mlp", "warmup_ratio": 0.1, "backbone_dropout": False},
 }
-PARTS = ("parity", "ablations", "longer", "data", "data-longer", "cost")
+PARTS = ("parity", "ablations", "longer", "data", "data-longer", "multitask", "cost")
 PROMPTED = ("shallow", "ptuning-v1", "deep", "deep-mlp")
 
 
@@ -146,6 +147,9 @@ def _child(settings: dict[str, Any], threads: int, queue) -> None:
     from ptuning.train import Recipe, train
 
     try:
+        if "output" in settings:  # a run whose checkpoint a later run starts from: kept
+            queue.put(train(Recipe.from_dict({**settings, "overwrite": True})))
+            return
         with tempfile.TemporaryDirectory() as folder:
             queue.put(train(Recipe.from_dict({**settings, "output": folder})))
     except BaseException as error:  # the parent waits on the queue: always answer
@@ -175,7 +179,8 @@ class Runner:
 
     def one(self, settings: dict[str, Any], name: str) -> dict[str, Any]:
         key = json.dumps(settings, sort_keys=True)
-        if key in self.done:
+        kept = settings.get("output")
+        if key in self.done and (kept is None or Path(kept).is_dir()):  # a kept checkpoint must still be there
             return self.done[key]
         logs = self.journal.parent
         context = multiprocessing.get_context("fork")
@@ -188,12 +193,14 @@ class Runner:
         process.join()
         if "error" in metrics:
             raise RuntimeError(f"run {name} failed ({metrics['error']}); see {logs / name}.log")
-        primary = metrics["primary_metric"]
-        print(
-            f"  {name}: validation {primary} {metrics['validation'].get(primary, float('nan')):.2f}, "
-            f"test {metrics['test'].get(primary, float('nan')):.2f} ({time.perf_counter() - started:.0f} s)",
-            flush=True,
-        )
+        scores = []
+        for task, result in (metrics.get("tasks") or {"": metrics}).items():  # a multi-task run: every task
+            primary, nan = result["primary_metric"], float("nan")
+            scores.append(
+                f"{task + ' ' if task else ''}validation {primary} {result['validation'].get(primary, nan):.2f}, "
+                f"test {result['test'].get(primary, nan):.2f}"
+            )
+        print(f"  {name}: {'; '.join(scores)} ({time.perf_counter() - started:.0f} s)", flush=True)
         self.done[key] = metrics
         with self.journal.open("a") as journal:
             journal.write(json.dumps({"settings": key, "metrics": metrics}) + "\n")
@@ -531,19 +538,23 @@ def main() -> None:
         "without, all but longer, data and data-longer, which need hours beyond the 2.5 h of the others)",
     )
     parser.add_argument(
-        "--tasks", default=None, help="comma-separated tasks the longer/data/data-longer parts may rerun (default: all)"
+        "--tasks",
+        default=None,
+        help="comma-separated tasks the longer/data/data-longer parts may rerun (default: all), and those the "
+        "multitask part trains together (default: conll2003-ner,conll2003-pos,conll2003-chunk)",
     )
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once, the cores shared among them")
     parser.add_argument("--resume", action="store_true", help="reuse runs finished by an earlier invocation")
     args = parser.parse_args()
     scale = QUICK if args.quick else FULL
-    default_parts = "parity,ablations,longer,data,data-longer,cost" if args.quick else "parity,ablations,cost"
+    default_parts = "parity,ablations,longer,data,data-longer,multitask,cost" if args.quick else "parity,ablations,cost"
     parts = set((args.parts or default_parts).split(","))
     if unknown := parts - set(PARTS):
         parser.error(f"unknown part(s) {sorted(unknown)}; expected some of {', '.join(PARTS)}")
     only = set(args.tasks.split(",")) if args.tasks else None
-    if only and (unknown := only - set(TASKS)):
-        parser.error(f"unknown task(s) {sorted(unknown)}; expected some of {', '.join(TASKS)}")
+    known = set(TASKS) | {"conll2003-pos"}  # the multitask part's third CoNLL task
+    if only and (unknown := only - known):
+        parser.error(f"unknown task(s) {sorted(unknown)}; expected some of {', '.join(sorted(known))}")
     results = RESULTS / "quick" if args.quick else RESULTS  # a quick run never overwrites the full results
     results.mkdir(parents=True, exist_ok=True)
     setup = {
@@ -572,6 +583,14 @@ def main() -> None:
     if "data-longer" in parts:
         rows = rows_of(results, "data", "data-longer")
         write_json(results, "data_longer.json", {"setup": setup, **more_data_longer(scale, runner, rows, only)})
+    if "multitask" in parts:
+        import multitask
+
+        chosen = tuple(sorted(only, key=multitask.TASKS.index)) if only else multitask.DEFAULT_TASKS
+        checkpoints = results / "logs" / "checkpoints"
+        write_json(
+            results, "multitask.json", {"setup": setup, **multitask.multitask(scale, runner, chosen, checkpoints)}
+        )
     if "cost" in parts:
         import cost
 

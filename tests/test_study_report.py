@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -218,7 +219,10 @@ def test_data_longer_reruns_where_deep_still_trails_after_more_data_among_the_ch
     ("argv", "message"),
     [
         (["--parts", "parity,speed"], "unknown part(s) ['speed']; expected some of parity, ablations"),
-        (["--parts", "data", "--tasks", "ner"], "unknown task(s) ['ner']; expected some of rotten-tomatoes"),
+        (
+            ["--parts", "data", "--tasks", "ner"],
+            "unknown task(s) ['ner']; expected some of conll2003-chunk, conll2003-ner, conll2003-pos",
+        ),
     ],
 )
 def test_study_rejects_unknown_parts_and_tasks(
@@ -266,3 +270,68 @@ def test_cost_without_peft_prefix_tuning_says_why_and_reports_the_rest(tmp_path)
     (tmp_path / "cost.json").write_text(json.dumps(result))
     text = report.write(tmp_path).read_text()
     assert "PEFT prefix tuning was not measured: peft 0.21.2" in text and "**0.50x**" in text
+
+
+class MultiTaskRunner:
+    """Stands in for study.Runner in the multitask part: single runs score by lr, joint runs per task."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, dict]] = []
+
+    def many(self, named_settings: list) -> list[dict]:
+        self.asked += named_settings
+        answers = []
+        for _, settings in named_settings:
+            Recipe.from_dict({"output": "x", **settings})  # every asked setting is a valid recipe
+            bonus = 100 * settings["lr"] + settings["prompt_length"] / 100 + settings["seed"]
+            result = {"primary_metric": "f1", "test": {"f1": 70 + bonus}, "validation": {"f1": 60 + bonus}}
+            if "," in settings["dataset"]:
+                tasks = settings["dataset"].split(",")
+                answers.append({"tasks": {task: result for task in tasks}, "train_seconds": 30.0})
+            else:
+                answers.append({**result, "train_seconds": 10.0})
+        return answers
+
+
+def test_multitask_part_runs_single_joint_and_second_stage(tmp_path) -> None:
+    import multitask
+
+    runner = MultiTaskRunner()
+    tasks = ("conll2003-ner", "conll2003-pos")
+    result = multitask.multitask(study.FULL, runner, tasks, tmp_path)
+    kinds = Counter(name.split("-conll")[0].split("-joint")[0] for name, _ in runner.asked)
+    # a 4-point search on seed 0 and 2 more seeds: per task alone, and jointly; then 2 tasks x 3 seeds
+    assert kinds == {"multitask-single": 12, "multitask-multi": 6, "multitask-multi-then-single": 6}
+    joint = [settings for name, settings in runner.asked if name.startswith("multitask-multi-joint")]
+    assert all(settings["dataset"] == "conll2003-ner,conll2003-pos" and "output" in settings for settings in joint)
+    second = [settings for name, settings in runner.asked if "then-single" in name]
+    assert {settings["init_from"] for settings in second} == {
+        str(tmp_path / f"multitask-multi-joint-lr0.06-P64-s{seed}") for seed in (0, 1, 2)
+    }
+    assert all(settings["lr"] == 0.06 for settings in second)  # each task's single-setting lr
+    rows = {(row["task"], row["setting"]): row for row in result["rows"]}
+    assert set(rows) == {(task, setting) for task in tasks for setting in multitask.SETTINGS}
+    single = rows[("conll2003-ner", "single")]
+    assert single["scores"] == [76.64, 77.64, 78.64] and single["mean"] == pytest.approx(77.64)
+    assert rows[("conll2003-pos", "multi")]["train_seconds"] == 30.0 and result["joint"]["prompt_length"] == 64
+
+    (tmp_path / "multitask.json").write_text(
+        json.dumps(
+            {
+                "setup": {
+                    "mode": "full",
+                    "date": "d",
+                    "scale": {
+                        "train_examples": 1000,
+                        "eval_examples": 500,
+                        "epochs": 3,
+                        "batch_size": 16,
+                        "seeds": [0, 1, 2],
+                    },
+                },
+                **result,
+            }
+        )
+    )
+    text = report.write(tmp_path).read_text()
+    assert "| conll2003-ner (f1) | 77.64 ± 1.00 (val 67.64) |" in text and (tmp_path / "multitask.png").is_file()
