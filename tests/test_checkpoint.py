@@ -141,3 +141,18 @@ def test_a_model_of_several_tasks_needs_a_task_named(tmp_path):
         _ = model.labels
     with pytest.raises(PtuningError, match="no task named 'pos'; loaded: ner, sent"):
         model.use("pos")
+
+
+def test_a_checkpoint_whose_weights_do_not_match_leaves_the_model_as_it_was(tmp_path):
+    trained_like().save_pretrained(tmp_path / "good")
+    bad = tmp_path / "bad"
+    trained_like().save_pretrained(bad)
+    weights = load_file(str(bad / WEIGHTS_NAME))
+    weights["heads.default.classifier.weight"] = weights["heads.default.classifier.weight"][:2]
+    from safetensors.torch import save_file
+
+    save_file(weights, str(bad / WEIGHTS_NAME))
+    model = PromptedModel.from_pretrained({"good": tmp_path / "good"}, backbone=tiny_backbone())
+    with pytest.raises(CheckpointError, match=r"does not match its config: \['heads.default.classifier.weight"):
+        model.load_task(bad, name="bad")
+    assert model.task_names == ["good"] and list(model.prompts) == ["good"] and list(model.heads) == ["good"]

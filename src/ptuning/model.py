@@ -7,7 +7,6 @@ it, and one forward may mix examples of different tasks (``task_ids``).
 
 from __future__ import annotations
 
-import importlib
 import json
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from .backbones import load_backbone, load_tokenizer
 from .config import DEFAULT_TASK, PromptConfig
 from .errors import CheckpointError, PtuningError, UnsupportedModelError
 from .heads import CAUSAL_LM, HEAD_KINDS, TASKS, LinearHead, check_pooling, pool
+from .prompts import deberta, mpnet
 from .prompts.attention import LayerPrompts, active_prompts, prompted_implementation
 from .prompts.encoder import PromptEncoder, gather_key_values, split_key_values
 
@@ -33,6 +33,8 @@ CONFIG_NAME = "ptuning_config.json"
 WEIGHTS_NAME = "ptuning_model.safetensors"
 FINETUNED_BACKBONE = "backbone"
 FORMAT_VERSION = 2  # 1: one task (keys "task", "labels", "prompt"); 2: named "prompts" and "tasks"
+# the attention adapters of backbones whose attention bypasses transformers' interface (architectures.py routes)
+ADAPTERS = {"deberta": deberta.install, "mpnet": mpnet.install}
 SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
 
@@ -202,7 +204,7 @@ class PromptedModel(nn.Module):
                 f"relies on (tasks here: {', '.join(self.tasks)})"
             )
         if method == "deep" and self.spec.route != "interface":
-            importlib.import_module(f".prompts.{self.spec.route}", __package__).install(self.backbone)
+            ADAPTERS[self.spec.route](self.backbone)
         elif method == "deep":
             if not type(self.backbone)._can_set_attn_implementation():
                 raise UnsupportedModelError(
@@ -779,10 +781,13 @@ class PromptedModel(nn.Module):
         if problems:
             for new in renamed.values():  # leave the model as it was
                 self.tasks.pop(new, None)
-                self.heads.pop(new, None)
+                if new in self.heads:
+                    self.heads.pop(new)
             for key in prompt_key.values():
                 self.prompt_configs.pop(key, None)
-                self.prompts.pop(key, None)
+                self.prompted_layers_of.pop(key, None)
+                if key in self.prompts:
+                    self.prompts.pop(key)
             raise CheckpointError(f"{directory / WEIGHTS_NAME} does not match its config: {problems}")
         self.load_state_dict({mine: state[saved] for saved, mine in expected.items()}, strict=False)
         return list(renamed.values())
