@@ -129,6 +129,8 @@ def test_multi_task_refusals(data, tiny_backbone_folder, capsys):
     recipe.write_text(f"tasks:\n  - train: {data / 'ner.conll'}\n    lr: 0.1\n")
     code = main(["train", "--config", str(recipe), "--output", str(data / "x")])
     assert code == 2 and "tasks[0]: a task sets only name, dataset" in capsys.readouterr().err
+    code = main(multi_argv(data, tiny_backbone_folder, "--dataset", "conll2003-ner"))
+    assert code == 2 and "from --dataset a,b or from --train a,b, not from both" in capsys.readouterr().err
     code = main(multi_argv(data, tiny_backbone_folder, "--task-sampling", "temperature:0"))
     assert code == 2 and "must be proportional, uniform or temperature:T" in capsys.readouterr().err
 

@@ -217,6 +217,8 @@ class Recipe:
             lists = {key: getattr(self, key).split(",") for key in ("dataset", "train") if getattr(self, key)}
             if not lists or all(len(values) == 1 for values in lists.values()):
                 return [(self.task_names or (self.dataset or DEFAULT_TASK).replace(".", "-"), self)]
+            if len(lists) > 1:
+                raise PtuningError("several tasks come from --dataset a,b or from --train a,b, not from both")
             key, values = next(iter(lists.items()))
             entries = [{key: value} for value in values]
             for split in ("validation", "test"):
