@@ -166,3 +166,22 @@ def tiny_backbone_folder(tmp_path_factory, minilm_tokenizer):
     tiny_backbone("bert", vocab_size=minilm_tokenizer.vocab_size).save_pretrained(folder)
     minilm_tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, tiny_backbone_folder):
+    """Two runs of ``ptuning train`` on one tiny backbone: NER (prompt length 2, every layer) and sentiment (length 5,
+    layers 1-2), in ``ner/`` and ``sent/`` of the returned folder."""
+    from ptuning.cli import main
+
+    folder = tmp_path_factory.mktemp("runs")
+    (folder / "ner.conll").write_text(
+        "Peter B-PER\nBlackburn I-PER\nruns O\n\nOslo B-LOC\ncalls O\n\nMary B-PER\nsings O\n"
+    )
+    (folder / "sent.csv").write_text("text,label\ngood film,pos\nbad film,neg\nfine acting,pos\ndull plot,neg\n")
+    common = ["--model", str(tiny_backbone_folder), "--max-steps", "3", "--batch-size", "2", "--lr", "0.1"]
+    ner = ["train", "--train", str(folder / "ner.conll"), "--prompt-length", "2", "--output", str(folder / "ner")]
+    sent = ["train", "--train", str(folder / "sent.csv"), "--prompt-length", "5", "--prompt-layers", "1,2"]
+    assert main([*ner, *common]) == 0
+    assert main([*sent, "--output", str(folder / "sent"), *common]) == 0
+    return folder

@@ -8,22 +8,10 @@ import pytest
 
 from ptuning.cli import main
 
-NER = "Peter B-PER\nBlackburn I-PER\nruns O\n\nOslo B-LOC\ncalls O\n\nMary B-PER\nsings O\n"
-SENTIMENT = "text,label\ngood film,pos\nbad film,neg\nfine acting,pos\ndull plot,neg\n"
 
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_backbone_folder):
-    """Two runs on one tiny backbone: NER (prompt length 2) and sentiment (length 5, its own layers)."""
-    folder = tmp_path_factory.mktemp("runs")
-    (folder / "ner.conll").write_text(NER)
-    (folder / "sent.csv").write_text(SENTIMENT)
-    common = ["--model", str(tiny_backbone_folder), "--max-steps", "3", "--batch-size", "2", "--lr", "0.1"]
-    ner = ["train", "--train", str(folder / "ner.conll"), "--prompt-length", "2", "--output", str(folder / "ner")]
-    sent = ["train", "--train", str(folder / "sent.csv"), "--prompt-length", "5", "--prompt-layers", "1,2"]
-    assert main([*ner, *common]) == 0
-    assert main([*sent, "--output", str(folder / "sent"), *common]) == 0
-    return folder
+@pytest.fixture
+def runs(tiny_runs):
+    return tiny_runs
 
 
 def predict(capsys, tmp_path, lines: list[str], *checkpoints: str) -> tuple[int, list[dict], str]:

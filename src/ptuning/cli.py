@@ -55,24 +55,10 @@ def _none_or_str(text: str) -> str | None:
     return None if text.lower() in ("none", "null", "") else text
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per recipe key (the Recipe's fields, its prompt's among them), with its help and default."""
-    from .config import PromptConfig
-    from .settings import declared_fields, flag_name, key_of, value_type
+def add_setting_arguments(parser: argparse.ArgumentParser, owners: list[tuple[type, dataclasses.Field]]) -> None:
+    """One flag per declared setting (``settings.setting``), with its help and default; absent flags stay absent."""
+    from .settings import flag_name, key_of, value_type
 
-    parser.add_argument(
-        "--config", default=argparse.SUPPRESS, help="YAML recipe (path or packaged name); flags override its keys"
-    )
-    owners = [(Recipe, item) for item in dataclasses.fields(Recipe)]
-    owners = [
-        pair
-        for owner, item in owners
-        for pair in (
-            [(PromptConfig, inner) for inner in declared_fields(PromptConfig)]
-            if item.name == "prompt"
-            else [(owner, item)]
-        )
-    ]
     for owner, item in owners:
         meta, key = item.metadata, key_of(item)
         if not meta.get("cli", True):
@@ -95,6 +81,23 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         if meta.get("choices"):
             options["choices"] = meta["choices"]
         parser.add_argument(flag_name(key), **options)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per recipe key (the Recipe's fields, its prompt's among them)."""
+    from .config import PromptConfig
+    from .settings import declared_fields
+
+    parser.add_argument(
+        "--config", default=argparse.SUPPRESS, help="YAML recipe (path or packaged name); flags override its keys"
+    )
+    owners = []
+    for item in dataclasses.fields(Recipe):
+        if item.name == "prompt":
+            owners += [(PromptConfig, inner) for inner in declared_fields(PromptConfig)]
+        else:
+            owners.append((Recipe, item))
+    add_setting_arguments(parser, owners)
 
 
 def build_recipe(flags: dict[str, Any]) -> Recipe:
@@ -233,6 +236,17 @@ def command_predict(args: argparse.Namespace) -> None:
         print(json.dumps(answer, ensure_ascii=False))
 
 
+def command_serve(args: argparse.Namespace) -> None:
+    from .predictor import parse_sources
+    from .serve import serve
+    from .serve_config import ServeConfig
+
+    values = {key: value for key, value in vars(args).items() if key not in ("command", "handler", "checkpoints")}
+    config = ServeConfig(**values)  # checked before the model loads
+    sources = parse_sources(args.checkpoints) or args.checkpoints[0]
+    serve(sources, config)
+
+
 def command_export_peft(args: argparse.Namespace) -> None:
     from .peft_interop import export_peft
 
@@ -309,6 +323,19 @@ def parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("--input", help="input file, - for standard input (default: standard input)")
     predict_parser.add_argument("--batch-size", type=_positive_int, default=64, help="examples per forward pass")
     predict_parser.set_defaults(handler=command_predict)
+
+    serve_parser = commands.add_parser(
+        "serve",
+        help="serve checkpoints on one backbone over HTTP (serve ner=DIR1 sent=DIR2), batching across tasks",
+        formatter_class=formatter,
+    )
+    serve_parser.add_argument(
+        "checkpoints", nargs="+", metavar="[NAME=]DIR", help=f"{checkpoint_help}; several as NAME=DIR"
+    )
+    from .serve_config import ServeConfig
+
+    add_setting_arguments(serve_parser, [(ServeConfig, item) for item in dataclasses.fields(ServeConfig)])
+    serve_parser.set_defaults(handler=command_serve)
 
     export_parser = commands.add_parser(
         "export-peft", help="write a deep-prompt checkpoint as a PEFT prefix adapter", formatter_class=formatter

@@ -232,6 +232,20 @@ class PromptedModel(nn.Module):
                 initial = torch.randn(config.length, embeddings.shape[1]) * embeddings.detach().std()
         return PromptEncoder(config, embeddings.shape[1], embeddings.shape[1], initial=initial, folded=folded)
 
+    def remove_task(self, name: str) -> None:
+        """Drop a task: its head, and its prompt when no other task reads it."""
+        entry = self._entry(name)
+        del self.tasks[name]
+        if name in self.heads:
+            self.heads.pop(name)
+        if all(other.prompt != entry.prompt for other in self.tasks.values()):
+            self.prompt_configs.pop(entry.prompt)
+            self.prompted_layers_of.pop(entry.prompt, None)
+            if entry.prompt in self.prompts:
+                self.prompts.pop(entry.prompt)
+        if self.active == name:
+            self.active = None
+
     def use(self, name: str) -> PromptedModel:
         """Make ``name`` the task that calls without ``task_ids`` (and the single-task attributes) refer to."""
         self._entry(name)

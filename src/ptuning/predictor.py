@@ -15,7 +15,7 @@ from transformers import DataCollatorWithPadding
 from .errors import DataError, PtuningError
 from .model import PromptedModel
 from .tasks import make_task
-from .tasks.base import Task, run_model
+from .tasks.base import Task, run_model, token_count
 
 
 def task_for(model: PromptedModel, name: str) -> Task:
@@ -44,9 +44,10 @@ class Predictor:
         self.tasks: dict[str, Task] = {name: task_for(model, name) for name in model.task_names}
 
     @classmethod
-    def from_checkpoints(cls, sources: dict[str, str | Path], batch_size: int = 64) -> Predictor:
-        """Load each checkpoint (or run) folder onto one backbone under its name."""
-        return cls(PromptedModel.from_pretrained(dict(sources)), batch_size)
+    def from_checkpoints(cls, sources: dict[str, str | Path] | str | Path, batch_size: int = 64) -> Predictor:
+        """Load each checkpoint (or run) folder onto one backbone under its name; or one folder, its tasks under
+        the names it saved them with."""
+        return cls(PromptedModel.from_pretrained(dict(sources) if isinstance(sources, dict) else sources), batch_size)
 
     def parse(self, record: Any, source: str) -> Request:
         """A JSON object naming its task (``{"task": "ner", "text": ...}``) and that task's input fields."""
@@ -58,6 +59,20 @@ class Predictor:
             raise DataError(f"{source}: unknown task {name!r}; loaded tasks: {loaded}")
         fields = {key: value for key, value in record.items() if key != "task"}
         return Request(name, self.tasks[name].parse_input("", fields, source))
+
+    def tokens(self, request: Request) -> int:
+        """Tokens the request's features hold (what a batch's token budget counts)."""
+        features = self.tasks[request.task].encode([request.example], with_labels=False).inputs
+        return sum(token_count(feature["input_ids"]) for feature in features)
+
+    def load(self, name: str, folder: str | Path) -> None:
+        """Add a checkpoint's task under ``name`` (onto the same backbone; refused if made for another)."""
+        self.model.load_task(folder, name=name)
+        self.tasks[name] = task_for(self.model, name)
+
+    def unload(self, name: str) -> None:
+        del self.tasks[name]
+        self.model.remove_task(name)
 
     def predict(self, requests: list[Request]) -> list[dict[str, Any]]:
         """The formatted answer of every request, in order (each as that task's own ``predict`` formats it)."""

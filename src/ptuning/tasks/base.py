@@ -115,7 +115,7 @@ def run_model(
     each task's head on its own rows; ``per_token`` is then given per feature.
     """
     per_feature = per_token if isinstance(per_token, list) else [per_token] * len(inputs)
-    order = sorted(range(len(inputs)), key=lambda index: _token_count(inputs[index]["input_ids"]))
+    order = sorted(range(len(inputs)), key=lambda index: token_count(inputs[index]["input_ids"]))
     results: list[np.ndarray] = [np.empty(0)] * len(inputs)
     was_training = model.training
     model.eval()
@@ -136,7 +136,7 @@ def run_model(
     return results
 
 
-def _token_count(input_ids: list) -> int:
+def token_count(input_ids: list) -> int:
     """Tokens in one feature: a sequence, or several (one per choice of a multiple-choice example)."""
     return sum(len(row) for row in input_ids) if input_ids and isinstance(input_ids[0], list) else len(input_ids)
 

@@ -1,0 +1,366 @@
+"""``ptuning serve``: the tasks of several checkpoints on one backbone over HTTP (FastAPI + uvicorn).
+
+Requests name their task per input. Inputs wait in one queue; a batcher forms batches of any tasks by a token
+budget, waiting at most ``max_wait_ms`` after the first input for more, and runs each batch in one inference
+thread (the event loop stays free: health and metrics answer while a batch runs); a request's inputs may span
+batches and come back in order. Errors are JSON ``{"error", "error_type"}`` with a 4xx status for bad input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .errors import PtuningError
+from .predictor import Predictor
+from .predictor import Request as TaskInput
+from .serve_config import ServeConfig
+
+logger = logging.getLogger("ptuning")
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error", "error_type"}`` with its status."""
+
+    def __init__(self, status: int, error_type: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.error_type, self.headers = status, error_type, headers
+
+
+def error_response(status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "error_type": error_type}, status_code=status, headers=headers)
+
+
+@dataclass
+class Pending:
+    """One input in the queue and where its answer goes."""
+
+    request: TaskInput
+    tokens: int
+    answer: asyncio.Future
+
+
+@dataclass
+class Metrics:
+    """Prometheus metrics of one server (its own registry)."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.inputs = Counter(
+            "ptuning_inputs", "Inputs answered, by task and status", ["task", "status"], registry=self.registry
+        )
+        self.requests = Counter(
+            "ptuning_requests", "HTTP requests, by endpoint and status", ["endpoint", "status"], registry=self.registry
+        )
+        self.latency = Histogram("ptuning_request_seconds", "Request latency", ["endpoint"], registry=self.registry)
+        buckets = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+        self.batch_inputs = Histogram(
+            "ptuning_batch_inputs", "Inputs per batch", buckets=buckets, registry=self.registry
+        )
+        self.batch_tokens = Histogram(
+            "ptuning_batch_tokens",
+            "Tokens per batch",
+            registry=self.registry,
+            buckets=(64, 256, 1024, 2048, 4096, 8192, 16384),
+        )
+        self.queue_depth = Gauge("ptuning_queue_depth", "Inputs waiting", registry=self.registry)
+
+
+class Batcher:
+    """The queue, the batching loop, and the one inference thread."""
+
+    def __init__(self, predictor: Predictor, config: ServeConfig, metrics: Metrics):
+        self.predictor, self.config, self.metrics = predictor, config, metrics
+        self.queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self.carried: Pending | None = None  # the input that would have overflowed the last batch
+        self.waiting = 0
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix="ptuning-inference")
+
+    async def answer(self, inputs: list[TaskInput]) -> list[dict[str, Any]]:
+        """Queue the inputs and wait for their answers, in order."""
+        if self.waiting + len(inputs) > self.config.max_queue:
+            raise ApiError(
+                429,
+                "overloaded",
+                f"{self.waiting} inputs are waiting already; retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        loop = asyncio.get_running_loop()
+        pending = [Pending(item, self.predictor.tokens(item), loop.create_future()) for item in inputs]
+        self.waiting += len(pending)
+        self.metrics.queue_depth.set(self.waiting)
+        for item in pending:
+            self.queue.put_nowait(item)
+        return list(await asyncio.gather(*(item.answer for item in pending)))
+
+    async def _next(self, timeout: float | None) -> Pending | None:
+        if self.carried is not None:
+            item, self.carried = self.carried, None
+            return item
+        if timeout is None:
+            return await self.queue.get()
+        if timeout <= 0:
+            return None if self.queue.empty() else self.queue.get_nowait()
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    async def run(self) -> None:
+        """Form batches by the token budget and the wait bound; answer each batch's inputs."""
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._next(None)]
+            tokens = batch[0].tokens
+            deadline = loop.time() + self.config.max_wait_ms / 1000
+            while tokens < self.config.max_batch_tokens:
+                item = await self._next(deadline - loop.time())
+                if item is None:
+                    break
+                if tokens + item.tokens > self.config.max_batch_tokens:
+                    self.carried = item
+                    break
+                batch.append(item)
+                tokens += item.tokens
+            self.waiting -= len(batch)
+            self.metrics.queue_depth.set(self.waiting)
+            self.metrics.batch_inputs.observe(len(batch))
+            self.metrics.batch_tokens.observe(tokens)
+            try:
+                answers = await loop.run_in_executor(self.worker, self.predictor.predict, [i.request for i in batch])
+            except Exception as error:  # a failure of the model, not of the input: every waiting request learns it
+                logger.exception("batch failed")
+                for item in batch:
+                    item.answer.set_exception(error)
+                continue
+            for item, answer in zip(batch, answers, strict=True):
+                item.answer.set_result(answer)
+
+
+@dataclass
+class Server:
+    """What the endpoints share: the predictor once loaded, the batcher, the metrics."""
+
+    sources: dict[str, str] | str
+    config: ServeConfig
+    metrics: Metrics = field(default_factory=Metrics)
+    predictor: Predictor | None = None
+    batcher: Batcher | None = None
+
+    def ready(self) -> Predictor:
+        if self.predictor is None or self.batcher is None:
+            raise ApiError(503, "not_ready", "the model is still loading")
+        return self.predictor
+
+    def inputs(self, payload: Any, task: str | None) -> list[TaskInput]:
+        """The request's inputs, each parsed by its task (``task``: the path's task for every input)."""
+        predictor = self.ready()
+        if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
+            raise ApiError(422, "validation", 'expected a JSON object {"inputs": [...]}')
+        inputs = payload["inputs"]
+        if not inputs:
+            raise ApiError(422, "validation", "inputs is empty")
+        if len(inputs) > self.config.max_inputs_per_request:
+            raise ApiError(
+                413, "too_many_inputs", f"{len(inputs)} inputs; at most {self.config.max_inputs_per_request}"
+            )
+        parsed = []
+        for index, record in enumerate(inputs):
+            if task is not None:
+                if not isinstance(record, dict):
+                    raise ApiError(422, "validation", f"inputs[{index}]: expected a JSON object")
+                record = {**record, "task": task}
+            try:
+                parsed.append(predictor.parse(record, f"inputs[{index}]"))
+            except PtuningError as error:
+                unknown = isinstance(record, dict) and record.get("task") not in predictor.tasks
+                raise ApiError(422, "unknown_task" if unknown else "validation", str(error)) from error
+        return parsed
+
+    def describe(self) -> list[dict[str, Any]]:
+        model = self.ready().model
+        described = []
+        for name, entry in model.tasks.items():
+            prompt = model.prompt_configs[entry.prompt]
+            stored = (
+                sum(p.numel() * p.element_size() for p in model.heads[name].parameters()) if name in model.heads else 0
+            )
+            if entry.prompt in model.prompts:
+                table = model.prompts[entry.prompt].folded_table()
+                stored += table.numel() * table.element_size()
+            described.append(
+                {
+                    "name": name,
+                    "kind": entry.extra.get("task_name", entry.kind),
+                    "labels": entry.labels,
+                    "backbone": model.backbone_reference,
+                    "method": prompt.method,
+                    "prompt_length": prompt.length if prompt.has_prompt else 0,
+                    "stored_bytes": stored,
+                }
+            )
+        return described
+
+
+async def _json_body(request: Request, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "too_large", f"the body has {declared} bytes; at most {limit}")
+    body = await request.body()
+    if len(body) > limit:
+        raise ApiError(413, "too_large", f"the body has {len(body)} bytes; at most {limit}")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ApiError(422, "invalid_json", f"the body is not JSON: {error}") from error
+
+
+def create_app(sources: dict[str, str] | str, config: ServeConfig) -> FastAPI:
+    """The application for ``{name: checkpoint folder}`` (or one folder and its tasks); the model loads in the
+    background after start (``/health/ready`` answers 503 until then)."""
+    server = Server(sources, config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        batching: asyncio.Task | None = None
+
+        async def load() -> None:
+            nonlocal batching
+            started = time.perf_counter()
+            predictor = await loop.run_in_executor(None, Predictor.from_checkpoints, server.sources)
+            server.batcher = Batcher(predictor, config, server.metrics)
+            server.predictor = predictor
+            batching = asyncio.create_task(server.batcher.run())
+            logger.info("ready: %s (%.1f s)", ", ".join(predictor.tasks), time.perf_counter() - started)
+
+        loading = asyncio.create_task(load())
+        yield
+        loading.cancel()
+        if batching is not None:
+            batching.cancel()
+        if server.batcher is not None:
+            server.batcher.worker.shutdown(wait=True)
+
+    app = FastAPI(title="ptuning", lifespan=lifespan)
+    app.state.server = server
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return error_response(error.status, error.error_type, str(error), error.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http")
+        return error_response(error.status_code, kind, str(error.detail))
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        server.metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        server.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/health/live")
+    async def live() -> dict[str, str]:
+        return {"status": "live"}
+
+    @app.get("/health/ready")
+    async def ready() -> dict[str, str]:
+        server.ready()
+        return {"status": "ready"}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/tasks")
+    async def tasks() -> dict[str, Any]:
+        return {"tasks": server.describe()}
+
+    async def predict(request: Request, task: str | None) -> dict[str, Any]:
+        if task is not None and task not in server.ready().tasks:
+            raise ApiError(
+                404, "unknown_task", f"unknown task {task!r}; loaded tasks: {', '.join(server.ready().tasks)}"
+            )
+        inputs = server.inputs(await _json_body(request, config.max_body_bytes), task)
+        try:
+            outputs = await server.batcher.answer(inputs)
+        except ApiError as error:
+            for item in inputs:
+                server.metrics.inputs.labels(item.task, str(error.status)).inc()
+            raise
+        for item in inputs:
+            server.metrics.inputs.labels(item.task, "200").inc()
+        return {"outputs": outputs}
+
+    @app.post("/v1/predict")
+    async def predict_any(request: Request) -> dict[str, Any]:
+        return await predict(request, None)
+
+    @app.post("/v1/tasks/{name}/predict")
+    async def predict_task(name: str, request: Request) -> dict[str, Any]:
+        return await predict(request, name)
+
+    def authorized(request: Request) -> None:
+        if config.admin_token is None:
+            raise ApiError(404, "not_found", "runtime loading is off (start the server with --admin-token)")
+        if request.headers.get("authorization") != f"Bearer {config.admin_token}":
+            raise ApiError(401, "unauthorized", "a bearer token is needed (Authorization: Bearer TOKEN)")
+
+    @app.post("/v1/tasks")
+    async def load_task(request: Request) -> dict[str, Any]:
+        authorized(request)
+        predictor = server.ready()
+        payload = await _json_body(request, config.max_body_bytes)
+        if (
+            not isinstance(payload, dict)
+            or not isinstance(payload.get("name"), str)
+            or not isinstance(payload.get("path"), str)
+        ):
+            raise ApiError(422, "validation", 'expected {"name": NAME, "path": FOLDER under --models-dir}')
+        root = Path(config.models_dir or "").resolve()
+        folder = (root / payload["path"]).resolve()
+        if config.models_dir is None or not folder.is_relative_to(root) or not folder.is_dir():
+            raise ApiError(422, "validation", f"{payload['path']!r} is not a folder under --models-dir")
+        loop = asyncio.get_running_loop()
+        try:  # in the inference thread, between batches
+            await loop.run_in_executor(server.batcher.worker, predictor.load, payload["name"], str(folder))
+        except PtuningError as error:
+            raise ApiError(422, "validation", str(error)) from error
+        return {"tasks": server.describe()}
+
+    @app.delete("/v1/tasks/{name}")
+    async def unload_task(name: str, request: Request) -> dict[str, Any]:
+        authorized(request)
+        predictor = server.ready()
+        if name not in predictor.tasks:
+            raise ApiError(404, "unknown_task", f"unknown task {name!r}; loaded tasks: {', '.join(predictor.tasks)}")
+        await asyncio.get_running_loop().run_in_executor(server.batcher.worker, predictor.unload, name)
+        return {"tasks": server.describe()}
+
+    return app
+
+
+def serve(sources: dict[str, str] | str, config: ServeConfig) -> None:
+    """Run the server until SIGINT/SIGTERM (uvicorn answers the requests in flight before it stops)."""
+    import uvicorn
+
+    uvicorn.run(create_app(sources, config), host=config.host, port=config.port, log_level="info")

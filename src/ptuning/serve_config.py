@@ -1,0 +1,27 @@
+"""The settings of ``ptuning serve``: kept apart from the server so that ``--help`` loads no web framework."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .settings import at_least, check_settings, setting
+
+
+@dataclass
+class ServeConfig:
+    """Settings of ``ptuning serve`` (each a flag)."""
+
+    host: str = setting("127.0.0.1", "address to bind (loopback unless told otherwise)")
+    port: int = setting(8000, "port", check=at_least(0))
+    max_batch_tokens: int = setting(4096, "token budget of one batch, inputs of any tasks", check=at_least(1))
+    max_wait_ms: float = setting(5.0, "longest wait for more inputs after the first of a batch", check=at_least(0))
+    max_queue: int = setting(1024, "inputs waiting at most; more are refused with 429", check=at_least(1))
+    max_inputs_per_request: int = setting(256, "inputs in one request at most (413 beyond)", check=at_least(1))
+    max_body_bytes: int = setting(1_000_000, "request body size at most (413 beyond)", check=at_least(1))
+    admin_token: str | None = setting(
+        None, "enables POST/DELETE /v1/tasks (load, unload at run time), given as a bearer token"
+    )
+    models_dir: str | None = setting(None, "the folder runtime loads may read checkpoints from")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
