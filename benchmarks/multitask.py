@@ -22,7 +22,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from study import Point, Runner, Scale, search_space, settings_for
+from study import Point, Runner, Scale, search_space, seed_summary, settings_for
 
 TASKS = ("conll2003-ner", "conll2003-pos", "conll2003-chunk", "conll2003-qa")
 DEFAULT_TASKS = TASKS[:3]
@@ -46,15 +46,12 @@ def _validation(metrics: dict[str, Any], task: str) -> float:
 
 def _row(task: str, setting: str, seed_runs: list[dict[str, Any]], point: Point, seeds: tuple[int, ...]) -> dict:
     primary, _ = _primary(seed_runs[0], task)
-    scores = [_primary(metrics, task)[1]["test"][primary] for metrics in seed_runs]
     return {
         "task": task,
         "setting": setting,
         "metric": primary,
-        "mean": statistics.fmean(scores),
-        "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+        **seed_summary([_primary(metrics, task)[1]["test"][primary] for metrics in seed_runs]),
         "seeds": list(seeds),
-        "scores": scores,
         "validation": statistics.fmean(_validation(metrics, task) for metrics in seed_runs),
         "lr": point.lr,
         "prompt_length": point.prompt_length,

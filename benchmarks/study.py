@@ -278,21 +278,27 @@ def mean_or_none(values: list[float | None]) -> float | None:
     return None if None in values else statistics.fmean(values)
 
 
+def seed_summary(scores: list[float]) -> dict[str, Any]:
+    """Mean and standard deviation of one setting's test scores over its seeds."""
+    return {
+        "mean": statistics.fmean(scores),
+        "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+        "scores": scores,
+    }
+
+
 def parity_row(
     task: str, method: str, point: Point, grid: list, seeds: tuple[int, ...], seed_runs: list
 ) -> dict[str, Any]:
     """One row of parity.json: test mean and std over the seeds of one setting, with its costs."""
     best_metrics = seed_runs[0]
     primary = best_metrics["primary_metric"]
-    scores = [m["test"][primary] for m in seed_runs]
     return {
         "task": task,
         "method": method,
         "metric": primary,
-        "mean": statistics.fmean(scores),
-        "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+        **seed_summary([m["test"][primary] for m in seed_runs]),
         "seeds": list(seeds),
-        "scores": scores,
         "validation": statistics.fmean(m["validation"][primary] for m in seed_runs),
         **point._asdict(),
         # as trained (the point leaves it to the method's default when None)

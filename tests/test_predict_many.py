@@ -35,15 +35,19 @@ def assert_same_answer(mixed: dict, alone: dict) -> None:
             assert mixed[key] == value, key
 
 
+# inputs of the two tiny runs, interleaved: plain text, given words, a text pair, a long text
+MIXED_INPUTS = [
+    {"task": "ner", "text": "Peter visited Oslo"},
+    {"task": "sent", "text": "a good film"},
+    {"task": "ner", "words": ["Mary", "sings", "in", "Oslo", "today"]},
+    {"task": "sent", "text": "dull", "text_pair": "and long"},
+    {"task": "sent", "text": "fine acting all along the way, and a plot that never drags"},
+    {"task": "ner", "text": "Blackburn"},
+]
+
+
 def test_interleaved_tasks_answer_as_each_checkpoint_alone(runs, tmp_path, capsys):
-    records = [
-        {"task": "ner", "text": "Peter visited Oslo"},
-        {"task": "sent", "text": "a good film"},
-        {"task": "ner", "words": ["Mary", "sings", "in", "Oslo", "today"]},
-        {"task": "sent", "text": "dull", "text_pair": "and long"},
-        {"task": "sent", "text": "fine acting all along the way, and a plot that never drags"},
-        {"task": "ner", "text": "Blackburn"},
-    ]
+    records = MIXED_INPUTS
     lines = [json.dumps(record) for record in records]
     code, answers, err = predict(capsys, tmp_path, lines, f"ner={runs / 'ner'}", f"sent={runs / 'sent'}")
     assert code == 0, err

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from test_predict_many import MIXED_INPUTS as INPUTS
 from test_predict_many import assert_same_answer
 
 pytest.importorskip("fastapi")
@@ -26,14 +27,6 @@ from ptuning.predictor import Predictor  # noqa: E402 - after the skip
 
 TOKEN = "s3cret"
 TIMEOUT = 60
-INPUTS = [
-    {"task": "ner", "text": "Peter visited Oslo"},
-    {"task": "sent", "text": "a good film"},
-    {"task": "ner", "words": ["Mary", "sings", "in", "Oslo", "today"]},
-    {"task": "sent", "text": "dull", "text_pair": "and long"},
-    {"task": "sent", "text": "fine acting all along the way, and a plot that never drags"},
-    {"task": "ner", "text": "Blackburn"},
-]
 
 
 def free_port() -> int:
