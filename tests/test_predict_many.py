@@ -23,16 +23,21 @@ def predict(capsys, tmp_path, lines: list[str], *checkpoints: str) -> tuple[int,
     return code, [json.loads(line) for line in captured.out.splitlines()], captured.err
 
 
-def assert_same_answer(mixed: dict, alone: dict) -> None:
-    """Labels, tags, words exactly; probabilities to 1e-5 (a padded batch sums in another order)."""
-    assert mixed.keys() == alone.keys()
-    for key, value in alone.items():
-        if key == "probability":
-            assert abs(mixed[key] - value) <= 1e-5
-        elif key == "probabilities":
-            assert all(abs(mixed[key][label] - p) <= 1e-5 for label, p in value.items())
-        else:
-            assert mixed[key] == value, key
+def assert_same_answer(mixed, alone, where: str = "answer") -> None:
+    """Labels, tags, words and offsets exactly; probabilities and scores to 1e-5 (a padded batch sums in another
+    order)."""
+    if isinstance(alone, dict):
+        assert isinstance(mixed, dict) and mixed.keys() == alone.keys(), where
+        for key in alone:
+            assert_same_answer(mixed[key], alone[key], f"{where}.{key}")
+    elif isinstance(alone, list):
+        assert isinstance(mixed, list) and len(mixed) == len(alone), where
+        for index, (got, expected) in enumerate(zip(mixed, alone, strict=True)):
+            assert_same_answer(got, expected, f"{where}[{index}]")
+    elif isinstance(alone, float):
+        assert abs(mixed - alone) <= 1e-5, where
+    else:
+        assert mixed == alone, where
 
 
 # inputs of the two tiny runs, interleaved: plain text, given words, a text pair, a long text

@@ -120,7 +120,14 @@ def test_decode_and_score_read_sentence_words_only(minilm_tokenizer):
     assert metrics["accuracy"] == pytest.approx(200 / 3)
     formatted = task.format_prediction(instance, tags)
     assert formatted["predicate"] == 1
-    assert formatted["arguments"][0] == {"type": "ARG0", "text": "Blackburnshire", "start": 0, "end": 1}
+    argument = formatted["arguments"][0]
+    assert (argument["entity_group"], argument["word"], argument["word_start"], argument["word_end"]) == (
+        "ARG0",
+        "Blackburnshire",
+        0,
+        1,
+    )
+    assert argument["start"] == 0 and argument["end"] == len("Blackburnshire") and 0 < argument["score"] <= 1
 
 
 def test_long_sentences_are_cut_but_keep_the_predicate(minilm_tokenizer):

@@ -8,6 +8,7 @@ import pytest
 from ptuning.data.readers import LabeledText, TaggedSentence
 from ptuning.errors import DataError
 from ptuning.tasks import make_task
+from ptuning.tasks.token_classification import WordTags
 
 NER_LABELS = ["B-LOC", "B-PER", "I-PER", "O"]
 
@@ -84,12 +85,25 @@ def test_unknown_gold_label_is_refused_with_its_place(minilm_tokenizer):
 
 def test_prediction_format_lists_entities(minilm_tokenizer):
     task = make_task("token-classification", minilm_tokenizer, NER_LABELS, 64)
-    sentence = task.parse_input("Peter Blackburn visited Oslo", None, "<stdin>:1")
-    result = task.format_prediction(sentence, ["B-PER", "I-PER", "O", "B-LOC"])
+    sentence = task.parse_input("Peter  Blackburn visited Oslo", None, "<stdin>:1")  # offsets keep the 2 spaces
+    tags = WordTags(["B-PER", "I-PER", "O", "B-LOC"], [0.9, 0.7, 0.99, 0.6])
+    result = task.format_prediction(sentence, tags)
+    assert result["tags"] == ["B-PER", "I-PER", "O", "B-LOC"]
     assert result["entities"] == [
-        {"type": "PER", "text": "Peter Blackburn", "start": 0, "end": 2},
-        {"type": "LOC", "text": "Oslo", "start": 3, "end": 4},
+        {
+            "entity_group": "PER",
+            "score": pytest.approx(0.8),
+            "word": "Peter  Blackburn",
+            "start": 0,
+            "end": 16,
+            "word_start": 0,
+            "word_end": 2,
+        },
+        {"entity_group": "LOC", "score": 0.6, "word": "Oslo", "start": 25, "end": 29, "word_start": 3, "word_end": 4},
     ]
+    given_words = task.parse_input("", {"words": ["Peter", "Blackburn"]}, "<stdin>:3")
+    [person] = task.format_prediction(given_words, ["B-PER", "I-PER"])["entities"]  # tags alone: no score
+    assert (person["word"], person["start"], person["end"], person["score"]) == ("Peter Blackburn", 0, 15, None)
     with pytest.raises(DataError, match=r"<stdin>:2: expected"):
         task.parse_input('{"tokens": 1}', {"tokens": 1}, "<stdin>:2")
 
@@ -103,3 +117,15 @@ def test_a_text_encodes_the_same_whatever_its_batch_mates(minilm_tokenizer):
     assert beside_a_pair[1] == alone
     assert minilm_tokenizer.convert_ids_to_tokens(alone["input_ids"]).count("[SEP]") == 1
     assert minilm_tokenizer.convert_ids_to_tokens(beside_a_pair[0]["input_ids"]).count("[SEP]") == 2
+
+
+def test_decode_gives_each_word_the_probability_of_its_tag(minilm_tokenizer):
+    task = make_task("token-classification", minilm_tokenizer, NER_LABELS, 64)
+    sentence = TaggedSentence(["Oslo", "calls"], ["B-LOC", "O"])
+    encoded = task.encode([sentence], with_labels=False)
+    logits = np.zeros((len(encoded.inputs[0]["input_ids"]), len(NER_LABELS)))
+    logits[1, 0] = 2.0  # "oslo": B-LOC
+    logits[2, 3] = 1.0  # "calls": O
+    [tags] = task.decode([logits], encoded, [sentence])
+    assert list(tags) == ["B-LOC", "O"]
+    assert tags.scores == pytest.approx([np.exp(2) / (np.exp(2) + 3), np.e / (np.e + 3)])

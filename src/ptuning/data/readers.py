@@ -23,6 +23,7 @@ class TaggedSentence:
     tags: list[str]
     source: str = ""
     lines: list[int] | None = None  # the file line of each word, so errors can point at the word
+    text: str | None = None  # the text the words were split from (for character offsets), if there was one
 
     def where(self, tag: str) -> str:
         """The file and line of the first word tagged ``tag`` (the sentence's start when lines are unknown)."""

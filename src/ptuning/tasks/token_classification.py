@@ -11,9 +11,33 @@ from transformers import DataCollatorForTokenClassification
 
 from ..data.readers import TaggedSentence
 from ..errors import DataError
-from .base import Encoded, Task
+from .base import Encoded, Task, softmax
 
 IGNORE = -100
+
+
+class WordTags(list):
+    """A sentence's predicted tags (a list, as seqeval scores them) with each tag's probability in ``scores``
+    (None for words cut off by truncation, which are tagged outside any span)."""
+
+    def __init__(self, tags: list[str], scores: list[float | None]):
+        super().__init__(tags)
+        self.scores = scores
+
+
+def word_offsets(words: list[str], text: str | None) -> list[tuple[int, int]]:
+    """Each word's (start, end) character offsets in ``text`` (the words joined by spaces when there is none)."""
+    text = " ".join(words) if text is None else text
+    offsets, position = [], 0
+    for word in words:
+        start = text.find(word, position)
+        if start < 0:  # the words are not in the text as given: offsets into the words joined by spaces
+            return word_offsets(words, None)
+        offsets.append((start, start + len(word)))
+        position = start + len(word)
+    return offsets
+
+
 SCHEME_PREFIXES = ("B-", "I-", "E-", "S-")
 
 
@@ -73,22 +97,27 @@ class TokenClassificationTask(Task):
     def collator(self):
         return DataCollatorForTokenClassification(self.tokenizer, label_pad_token_id=IGNORE)
 
-    def decode(self, logits: list[np.ndarray], encoded: Encoded, examples: list[TaggedSentence]) -> list[list[str]]:
-        """Word-level tags; words cut off by truncation are predicted outside any span."""
+    def decode(self, logits: list[np.ndarray], encoded: Encoded, examples: list[TaggedSentence]) -> list[WordTags]:
+        """Word-level tags (read on each word's first sub-token) and their probabilities; words cut off by
+        truncation are predicted outside any span."""
         predictions = []
         for token_logits, word_ids, example in zip(logits, encoded.meta, examples, strict=True):
-            tags = [self.outside] * len(example.words)
-            best = token_logits.argmax(-1)
+            tags: list[str] = [self.outside] * len(example.words)
+            scores: list[float | None] = [None] * len(example.words)
+            probabilities = softmax(token_logits)  # (tokens, labels)
+            best = probabilities.argmax(-1)
             previous = None
             for position, word in enumerate(word_ids):
                 if word is not None and word != previous:
                     tags[word] = self.labels[int(best[position])]
+                    scores[word] = float(probabilities[position, best[position]])
                 previous = word
-            predictions.append(tags)
+            predictions.append(WordTags(tags, scores))
         return predictions
 
     def score(self, examples: list[TaggedSentence], predictions: list[list[str]]) -> dict[str, float]:
-        gold = [example.tags for example in examples]
+        gold = [list(example.tags) for example in examples]
+        predictions = [list(tags) for tags in predictions]  # seqeval accepts plain lists only
         pairs = [(g, p) for gs, ps in zip(gold, predictions, strict=True) for g, p in zip(gs, ps, strict=True)]
         metrics = {"accuracy": 100.0 * sum(g == p for g, p in pairs) / max(len(pairs), 1)}
         if self.spans:
@@ -98,22 +127,44 @@ class TokenClassificationTask(Task):
         return metrics
 
     def format_prediction(self, example: TaggedSentence, prediction: list[str]) -> dict[str, Any]:
-        result: dict[str, Any] = {"words": example.words, "tags": prediction}
+        """Words and tags, and the spans in the Hugging Face token-classification shape: ``entity_group``,
+        ``score`` (the mean probability of the span's tags), ``word`` (the span's text), ``start``/``end``
+        (character offsets in the input text; the words joined by spaces when they were given as words), plus
+        ``word_start``/``word_end`` (word indices, end exclusive)."""
+        result: dict[str, Any] = {"words": example.words, "tags": list(prediction)}
         if self.spans:
-            result["entities"] = [
-                {"type": kind, "text": " ".join(example.words[start : end + 1]), "start": start, "end": end + 1}
-                for kind, start, end in get_entities(prediction)
-            ]
+            text = getattr(example, "text", None) or " ".join(example.words)
+            offsets = word_offsets(example.words, text)
+            scores = getattr(prediction, "scores", None)
+            entities = []
+            for kind, start, end in get_entities(list(prediction)):
+                span = [scores[i] for i in range(start, end + 1) if scores[i] is not None] if scores else []
+                first, last = offsets[start][0], offsets[end][1]
+                entities.append(
+                    {
+                        "entity_group": kind,
+                        "score": sum(span) / len(span) if span else None,
+                        "word": text[first:last],
+                        "start": first,
+                        "end": last,
+                        "word_start": start,
+                        "word_end": end + 1,
+                    }
+                )
+            result["entities"] = entities
         return result
 
     def parse_input(self, line: str, record: dict[str, Any] | None, source: str) -> TaggedSentence:
         """Plain text is split on whitespace; JSON lines give ``{"words": [...]}`` or ``{"text": "..."}``."""
+        text = None
         if record is None:
-            words = line.split()
+            text = line
         elif isinstance(record.get("words"), list):
             words = [str(word) for word in record["words"]]
         elif isinstance(record.get("text"), str):
-            words = record["text"].split()
+            text = record["text"]
         else:
             raise DataError(f'{source}: expected {{"words": [...]}} or {{"text": "..."}}')
-        return TaggedSentence(words, [self.outside] * len(words), source)
+        if text is not None:
+            words = text.split()
+        return TaggedSentence(words, [self.outside] * len(words), source, text=text)
