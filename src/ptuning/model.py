@@ -469,7 +469,8 @@ class PromptedModel(nn.Module):
         prompt (``task_ids`` indexes :attr:`task_names`; without it, every example is the default task's)."""
         if task_ids is None:
             return self._encode_one(input_ids, attention_mask, token_type_ids, self._entry().prompt)
-        row_prompts = [self.tasks[self.task_names[index]].prompt for index in task_ids.tolist()]
+        prompt_of = [entry.prompt for entry in self.tasks.values()]  # by task index
+        row_prompts = [prompt_of[index] for index in task_ids.tolist()]
         prompts = list(dict.fromkeys(row_prompts))
         if len(prompts) == 1:
             return self._encode_one(input_ids, attention_mask, token_type_ids, prompts[0])
