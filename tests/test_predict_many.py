@@ -80,3 +80,14 @@ def test_unknown_task_and_plain_text_are_refused_naming_the_line(runs, tmp_path,
 def test_one_checkpoint_keeps_plain_text_lines(runs, tmp_path, capsys):
     code, answers, _ = predict(capsys, tmp_path, ["Peter visited Oslo", '{"words": ["Mary"]}'], str(runs / "ner"))
     assert code == 0 and [answer["words"] for answer in answers] == [["Peter", "visited", "Oslo"], ["Mary"]]
+
+
+def test_over_long_inputs_are_truncated_with_a_warning(runs, tmp_path, capsys):
+    long_text = " ".join(["Oslo"] * 100)  # past the tiny backbone's 64 positions
+    lines = [json.dumps({"task": "ner", "text": long_text}), json.dumps({"task": "ner", "text": "Oslo"})]
+    code, answers, _ = predict(capsys, tmp_path, lines, f"ner={runs / 'ner'}", f"sent={runs / 'sent'}")
+    assert code == 0 and len(answers[0]["tags"]) == 100 and "warning" not in answers[1]
+    assert "longer than 64 tokens and was truncated" in answers[0]["warning"]
+    assert answers[0]["tags"][-1] == "O"  # cut-off words are outside any span
+    code, (alone,), _ = predict(capsys, tmp_path, [long_text], str(runs / "ner"))
+    assert code == 0 and alone["warning"] == answers[0]["warning"]

@@ -237,7 +237,7 @@ def test_each_choice_is_a_two_segment_pair_cut_to_max_length(minilm_tokenizer):
     ]
     assert feature["token_type_ids"][1] == [0] * 8 + [1] * 5
     short = MultipleChoiceTask(minilm_tokenizer, ["0", "1"], 8).encode([example], with_labels=False)
-    assert [len(ids) for ids in short.inputs[0]["input_ids"]] == [8, 8] and short.truncated == 2
+    assert [len(ids) for ids in short.inputs[0]["input_ids"]] == [8, 8] and short.truncated == [0]
     assert "labels" not in short.inputs[0]
 
 

@@ -31,7 +31,7 @@ def test_decode_reads_first_subtoken_and_marks_truncated_words_outside(minilm_to
     task = make_task("token-classification", minilm_tokenizer, NER_LABELS, 4)  # [CLS] + 2 tokens + [SEP]
     sentence = TaggedSentence(["Peter", "Blackburn", "went", "home"], ["B-PER", "I-PER", "O", "O"])
     encoded = task.encode([sentence], with_labels=False)
-    assert encoded.truncated == 1
+    assert encoded.truncated == [0]
     logits = np.zeros((4, 4))
     logits[1, 1] = logits[2, 2] = 5.0  # Peter -> B-PER, Blackburn -> I-PER
     assert task.decode([logits], encoded, [sentence]) == [["B-PER", "I-PER", "O", "O"]]
@@ -72,7 +72,7 @@ def test_pairs_are_two_segments_and_long_texts_truncated(minilm_tokenizer):
     long = LabeledText("one two three four five six seven eight nine", None, "no")
     encoded = task.encode([short, long])
     assert encoded.inputs[0]["token_type_ids"] == [0, 0, 0, 0, 1, 1, 1]
-    assert len(encoded.inputs[1]["input_ids"]) == 8 and encoded.truncated == 1
+    assert len(encoded.inputs[1]["input_ids"]) == 8 and encoded.truncated == [1]
     assert [item["labels"] for item in encoded.inputs] == [1, 0]
 
 

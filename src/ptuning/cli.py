@@ -226,12 +226,14 @@ def command_predict(args: argparse.Namespace) -> None:
         predictor = Predictor.from_checkpoints(sources, args.batch_size)
         requests = [predictor.parse(record, source) for _, record, source in _read_input_records(args.input)]
         answers = predictor.predict(requests)
-    else:
+    else:  # one checkpoint: plain text lines too; the same Predictor formats the answers
+        from .predictor import Request
+
         model, task = _load_for_inference(args.checkpoints[0], args.task)
-        records = _read_input_records(args.input)
-        examples = [task.parse_input(line, record, source) for line, record, source in records]
-        predictions = task.predict(model, examples, args.batch_size)
-        answers = [task.format_prediction(e, p) for e, p in zip(examples, predictions, strict=True)]
+        predictor = Predictor(model, args.batch_size)
+        name = model.default_task
+        requests = [Request(name, task.parse_input(*item)) for item in _read_input_records(args.input)]
+        answers = predictor.predict(requests)
     for answer in answers:
         print(json.dumps(answer, ensure_ascii=False))
 

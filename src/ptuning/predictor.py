@@ -110,6 +110,10 @@ class Predictor:
             examples = [requests[i].example for i in rows]
             predictions = self.tasks[name].decode(logits[start:end], encoded[name], examples)
             self._format(name, rows, examples, predictions, requests, answers)
+            for index in encoded[name].truncated:  # predict's truncation rule, said per input
+                answers[rows[index]]["warning"] = (
+                    f"the input is longer than {self.tasks[name].max_length} tokens and was truncated to fit"
+                )
 
     def _format(self, name, rows, examples, predictions, requests, answers) -> None:
         for position, example, prediction in zip(rows, examples, predictions, strict=True):

@@ -22,12 +22,12 @@ class Encoded:
     """Model inputs (one dict per feature, ready for a collator) and what decoding needs besides them.
 
     ``meta`` holds one entry per feature for the task's decoder (token tasks: word ids; QA: the example a
-    window belongs to and its character offsets).
+    window belongs to and its character offsets). ``truncated`` lists the examples (by index) cut to fit.
     """
 
     inputs: list[dict[str, Any]]
     meta: list[Any] = field(default_factory=list)
-    truncated: int = 0
+    truncated: list[int] = field(default_factory=list)
 
 
 class Task:
@@ -54,7 +54,7 @@ class Task:
     def warn_truncated(self, encoded: Encoded) -> Encoded:
         if encoded.truncated:
             logger.warning(
-                "%d example(s) were longer than %d tokens and were truncated", encoded.truncated, self.max_length
+                "%d example(s) were longer than %d tokens and were truncated", len(encoded.truncated), self.max_length
             )
         return encoded
 

@@ -51,7 +51,7 @@ class MultipleChoiceTask(SequenceClassificationTask):
     def encode(self, examples: list[ChoiceExample], with_labels: bool = True) -> Encoded:
         """One feature per example: per choice the tokenized pair (context, choice), cut longest-first.
 
-        ``truncated`` counts the (context, choice) pairs that were cut.
+        ``truncated`` lists the examples one of whose (context, choice) pairs was cut.
         """
         width = len(examples[0].choices) if examples else 0
         for example in examples:
@@ -71,7 +71,7 @@ class MultipleChoiceTask(SequenceClassificationTask):
             if with_labels:
                 feature["labels"] = self.label_to_id[example.label]
             inputs.append(feature)
-        return Encoded(inputs=inputs, truncated=flat.truncated)
+        return Encoded(inputs=inputs, truncated=sorted({pair // width for pair in flat.truncated}))
 
     def collator(self) -> MultipleChoiceCollator:
         return MultipleChoiceCollator(self.tokenizer)

@@ -48,7 +48,7 @@ class SequenceClassificationTask(Task):
         if with_labels:
             for item, example in zip(inputs, examples, strict=True):
                 item["labels"] = self.label_to_id[example.label]
-        return self.warn_truncated(Encoded(inputs=inputs, truncated=len(too_long)))
+        return self.warn_truncated(Encoded(inputs=inputs, truncated=too_long))
 
     def collator(self):
         return DataCollatorWithPadding(self.tokenizer)

@@ -89,7 +89,7 @@ class TokenClassificationTask(Task):
                 inputs["labels"] = labels
             seen = [word for word in word_ids if word is not None]
             if len(example.words) and (not seen or seen[-1] < len(example.words) - 1):
-                encoded.truncated += 1
+                encoded.truncated.append(index)
             encoded.inputs.append(inputs)
             encoded.meta.append(word_ids)
         return self.warn_truncated(encoded)
