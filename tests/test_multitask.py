@@ -154,9 +154,14 @@ def test_init_from_starts_from_the_joint_prompt_and_the_task_head(data, tiny_bac
     assert main(multi_argv(data, tiny_backbone_folder)) == 0
     joint = PromptedModel.from_pretrained(data / "multi")
     recipe = Recipe.from_dict(
-        {"train": str(data / "chunk.conll"), "task_names": "chunk", "model": str(tiny_backbone_folder),
-         "init_from": str(data / "multi"), "prompt_dropout": 0.0}
-    )  # fmt: skip
+        {
+            "train": str(data / "chunk.conll"),
+            "task_names": "chunk",
+            "model": str(tiny_backbone_folder),
+            "init_from": str(data / "multi"),
+            "prompt_dropout": 0.0,
+        }
+    )
     runs = [_task_run(name, part) for name, part in recipe.parts()]
     model = _build_model(recipe, runs)
     assert torch.equal(model.prompts["chunk"].table, joint.prompts["ner"].table)
