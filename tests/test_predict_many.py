@@ -91,3 +91,31 @@ def test_over_long_inputs_are_truncated_with_a_warning(runs, tmp_path, capsys):
     assert answers[0]["tags"][-1] == "O"  # cut-off words are outside any span
     code, (alone,), _ = predict(capsys, tmp_path, [long_text], str(runs / "ner"))
     assert code == 0 and alone["warning"] == answers[0]["warning"]
+
+
+def test_multiple_choice_beside_a_tagger_answers_as_alone_and_warns_when_cut(tiny_backbone_folder):
+    """A multiple-choice task runs in batches of its own (one per number of choices); its answers equal the task's
+    own predict, in input order, and an input cut to fit says so like any other."""
+    import torch
+
+    from ptuning import PromptConfig, PromptedModel
+    from ptuning.predictor import Predictor
+
+    torch.manual_seed(0)
+    model = PromptedModel.from_backbone(str(tiny_backbone_folder), "multiple-choice", prompt=PromptConfig(length=4))
+    model.add_task("ner", "token-classification", ["B-LOC", "I-LOC", "O"], prompt=PromptConfig(length=2))
+    predictor = Predictor(model)
+    choice = predictor.tasks[model.task_names[0]]
+    records = [
+        {"task": model.task_names[0], "context": "The man broke his toe.", "choices": ["He fell.", "He sang."]},
+        {"task": "ner", "words": ["Oslo", "is", "cold"]},
+        {"task": model.task_names[0], "context": " ".join(["long"] * 100), "choices": ["a", "b", "c"]},
+    ]
+    requests = [predictor.parse(record, f"in:{line}") for line, record in enumerate(records, 1)]
+    answers = predictor.predict(requests)
+    examples = [requests[0].example, requests[2].example]
+    alone = [choice.format_prediction(e, choice.predict(model.use(model.task_names[0]), [e])[0]) for e in examples]
+    assert_same_answer(answers[0], alone[0])
+    assert_same_answer({k: v for k, v in answers[2].items() if k != "warning"}, alone[1])
+    assert "tags" in answers[1] and "warning" not in answers[0]
+    assert "truncated" in answers[2]["warning"]

@@ -15,7 +15,7 @@ from transformers import DataCollatorWithPadding
 from .errors import DataError, PtuningError
 from .model import PromptedModel
 from .tasks import make_task
-from .tasks.base import Task, run_model, token_count
+from .tasks.base import Encoded, Task, run_model, token_count
 
 
 def task_for(model: PromptedModel, name: str) -> Task:
@@ -29,10 +29,11 @@ def task_for(model: PromptedModel, name: str) -> Task:
 
 @dataclass
 class Request:
-    """One input: the task it names and the example its Task parsed."""
+    """One input: the task it names, the example its Task parsed, and its features once encoded."""
 
     task: str
     example: Any
+    encoded: Encoded | None = None
 
 
 class Predictor:
@@ -60,10 +61,15 @@ class Predictor:
         fields = {key: value for key, value in record.items() if key != "task"}
         return Request(name, self.tasks[name].parse_input("", fields, source))
 
+    def encode(self, request: Request) -> Encoded:
+        """The request's features, tokenized once (a server counts them on arrival, the batch reuses them)."""
+        if request.encoded is None:
+            request.encoded = self.tasks[request.task].encode([request.example], with_labels=False)
+        return request.encoded
+
     def tokens(self, request: Request) -> int:
         """Tokens the request's features hold (what a batch's token budget counts)."""
-        features = self.tasks[request.task].encode([request.example], with_labels=False).inputs
-        return sum(token_count(feature["input_ids"]) for feature in features)
+        return sum(token_count(feature["input_ids"]) for feature in self.encode(request).inputs)
 
     def load(self, name: str, folder: str | Path) -> None:
         """Add a checkpoint's task under ``name`` (onto the same backbone; refused if made for another)."""
@@ -76,48 +82,45 @@ class Predictor:
 
     def predict(self, requests: list[Request]) -> list[dict[str, Any]]:
         """The formatted answer of every request, in order (each as that task's own ``predict`` formats it)."""
-        by_task: dict[str, list[int]] = {}
-        for position, request in enumerate(requests):
-            by_task.setdefault(request.task, []).append(position)
         answers: list[dict[str, Any]] = [{}] * len(requests)
-        mixed = {name: rows for name, rows in by_task.items() if not self._runs_alone(name)}
-        for name in set(by_task) - set(mixed):  # multiple choice: inputs of another shape, one task per batch
-            examples = [requests[i].example for i in by_task[name]]
-            predictions = self.tasks[name].predict(self.model.use(name), examples, self.batch_size)
-            self.model.active = None
-            self._format(name, by_task[name], examples, predictions, requests, answers)
+        # multiple choice: inputs of another shape, batched apart by task and number of choices
+        alone: dict[tuple[str, int], list[int]] = {}
+        mixed: list[int] = []
+        for position, request in enumerate(requests):
+            if self.model.tasks[request.task].kind == "multiple-choice":
+                choices = len(self.encode(request).inputs[0]["input_ids"])
+                alone.setdefault((request.task, choices), []).append(position)
+            else:
+                mixed.append(position)
+        for (name, _), positions in alone.items():
+            self._answer(positions, requests, answers, self.tasks[name].collator())
         if mixed:
-            self._predict_mixed(mixed, requests, answers)
+            self._answer(mixed, requests, answers, DataCollatorWithPadding(self.model.tokenizer))
         return answers
 
-    def _runs_alone(self, name: str) -> bool:
-        return self.model.tasks[name].kind == "multiple-choice"
-
-    def _predict_mixed(self, by_task: dict[str, list[int]], requests: list[Request], answers: list[dict]) -> None:
-        names = self.model.task_names
-        encoded, features, task_ids, per_token, spans = {}, [], [], [], {}
-        for name, rows in by_task.items():
-            task = self.tasks[name]
-            encoded[name] = task.encode([requests[i].example for i in rows], with_labels=False)
-            spans[name] = (len(features), len(features) + len(encoded[name].inputs))
-            features += encoded[name].inputs
-            task_ids += [names.index(name)] * len(encoded[name].inputs)
-            per_token += [task.per_token] * len(encoded[name].inputs)
-        collator = DataCollatorWithPadding(self.model.tokenizer)
+    def _answer(self, positions: list[int], requests: list[Request], answers: list[dict], collator) -> None:
+        """Run the features of ``requests[positions]`` batched together; decode and format each request's own."""
+        task_index = {name: index for index, name in enumerate(self.model.task_names)}
+        features: list[dict[str, Any]] = []
+        task_ids: list[int] = []
+        per_token: list[bool] = []
+        spans: list[tuple[int, int]] = []
+        for position in positions:
+            request = requests[position]
+            inputs = self.encode(request).inputs
+            spans.append((len(features), len(features) + len(inputs)))
+            features += inputs
+            task_ids += [task_index[request.task]] * len(inputs)
+            per_token += [self.tasks[request.task].per_token] * len(inputs)
         logits = run_model(self.model, features, collator, self.batch_size, per_token, task_ids)
-        for name, rows in by_task.items():
-            start, end = spans[name]
-            examples = [requests[i].example for i in rows]
-            predictions = self.tasks[name].decode(logits[start:end], encoded[name], examples)
-            self._format(name, rows, examples, predictions, requests, answers)
-            for index in encoded[name].truncated:  # predict's truncation rule, said per input
-                answers[rows[index]]["warning"] = (
-                    f"the input is longer than {self.tasks[name].max_length} tokens and was truncated to fit"
+        for position, (start, end) in zip(positions, spans, strict=True):
+            request, task = requests[position], self.tasks[requests[position].task]
+            (prediction,) = task.decode(logits[start:end], request.encoded, [request.example])
+            answers[position] = task.format_prediction(request.example, prediction)
+            if request.encoded.truncated:  # predict's truncation rule, said per input
+                answers[position]["warning"] = (
+                    f"the input is longer than {task.max_length} tokens and was truncated to fit"
                 )
-
-    def _format(self, name, rows, examples, predictions, requests, answers) -> None:
-        for position, example, prediction in zip(rows, examples, predictions, strict=True):
-            answers[position] = self.tasks[name].format_prediction(example, prediction)
 
 
 def parse_sources(values: list[str]) -> dict[str, str] | None:

@@ -118,7 +118,8 @@ def run_model(
     order = sorted(range(len(inputs)), key=lambda index: token_count(inputs[index]["input_ids"]))
     results: list[np.ndarray] = [np.empty(0)] * len(inputs)
     was_training = model.training
-    model.eval()
+    if was_training:  # a walk over every module: with a thousand loaded tasks it costs more than a batch
+        model.eval()
     batches = range(0, len(order), batch_size)
     with torch.inference_mode():
         for start in tqdm(batches, desc="predict", unit="batch", leave=False, disable=len(batches) < 4):
@@ -132,7 +133,8 @@ def run_model(
             for row, index in enumerate(indices):
                 logits = rows[row].float().numpy()
                 results[index] = logits[: len(inputs[index]["input_ids"])] if per_feature[index] else logits
-    model.train(was_training)
+    if was_training:
+        model.train()
     return results
 
 
