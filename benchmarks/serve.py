@@ -4,13 +4,18 @@ Four task checkpoints (NER, POS and chunking heads on CoNLL-2003 sentences, a se
 length 8-32, random: speed and memory do not depend on training) are served by one server process on loopback:
 
 * closed-loop clients (each sends its next request when the last is answered) at several concurrencies:
-  requests per second, p50 and p99 latency; mixed-task traffic against single-task traffic on the same server;
-* resident memory of the server holding the four tasks against four processes each holding one fine-tuned MiniLM
-  (each measured as a real process that loaded the model and ran one forward; the sum is reported);
+  requests per second, p50 and p99 latency of mixed-task traffic (tasks drawn uniformly, interleaved), against
+  single-task traffic of the same work: each task's traffic alone, as many requests a run, combined by its share
+  (the seconds per request of the mix); the top concurrency alternates the two ``--repeats`` times;
+* resident memory (peak, and after the traffic) of a fresh server holding the four tasks against four fresh
+  servers each holding one fine-tuned MiniLM (the same heads, every weight trained), each given the same
+  requests (the fine-tuned ones their task's share); a bare process that loaded one fine-tuned model and ran one
+  forward is reported too, as the least such a process could take;
 * the scale adapter servers advertise: 1, 10, 100 and 1,000 loaded tasks (copies of the four under new names,
-  loaded at run time), resident memory and the throughput of traffic spread over all of them.
+  loaded at run time), resident memory and the throughput of traffic spread over all of them; one task is
+  measured before and after the climb (the baseline is their mean, as the machine drifts).
 
-    python benchmarks/serve.py [--requests 2000] [--concurrency 1,8,32] [--task-counts 1,10,100,1000]
+    python benchmarks/serve.py [--requests 1000] [--concurrency 1,8,32] [--repeats 2] [--task-counts 1,10,100,1000]
 
 Writes benchmarks/results/serve.json.
 """
@@ -44,21 +49,24 @@ TASKS = {  # name: (head, number of labels, prompt)
 }
 
 
-def write_checkpoints(folder: Path) -> dict[str, Path]:
+def write_checkpoints(folder: Path, finetuned: bool = False) -> dict[str, Path]:
+    """The four tasks' checkpoints (``finetuned``: the same heads on a wholly trainable MiniLM each)."""
     torch.manual_seed(0)
     paths = {}
     for name, (head, labels, prompt) in TASKS.items():
+        prompt = PromptConfig(method="finetune") if finetuned else prompt
         model = PromptedModel.from_backbone("minilm-l6", head, num_labels=labels, prompt=prompt, name=name)
         model.save_pretrained(folder / name, extra={"task_name": head})
         paths[name] = folder / name
     return paths
 
 
-def rss_mb(pid: int) -> float:
+def memory_mb(pid: int | str, field: str = "VmRSS") -> float:
+    """A process's resident memory now (``VmRSS``) or at its peak (``VmHWM``), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
 
 
 def call(port: int, method: str, path: str, body: dict | None = None) -> dict:
@@ -71,6 +79,7 @@ def call(port: int, method: str, path: str, body: dict | None = None) -> dict:
 
 
 def start(paths: dict[str, Path], folder: Path, port: int, log: Path) -> subprocess.Popen:
+    """A ``ptuning serve`` process for ``{name: checkpoint}``, ready; runtime loads from under ``folder``."""
     command = [
         sys.executable,
         "-m",
@@ -136,9 +145,22 @@ def traffic(sentences: list[list[str]], tasks: list[str], count: int, seed: int 
     return requests
 
 
-def finetuned_process_mb() -> float:
+def single_task(port: int, sentences: list[list[str]], count: int, concurrency: int) -> dict[str, float]:
+    """The mix's work as single-task traffic: each task's own run of ``count`` requests, combined by its share
+    (seconds per request add up); latencies of all runs pooled."""
+    runs = {task: closed_loop(port, traffic(sentences, [task], count), concurrency) for task in TASKS}
+    seconds_per_request = statistics.fmean(1 / run["requests_per_second"] for run in runs.values())
+    return {
+        "requests_per_second": 1 / seconds_per_request,
+        "p50_ms": statistics.fmean(run["p50_ms"] for run in runs.values()),
+        "p99_ms": max(run["p99_ms"] for run in runs.values()),
+        "by_task": {task: run["requests_per_second"] for task, run in runs.items()},
+    }
+
+
+def finetuned_bare_process_mb() -> float:
     """Resident memory of a process holding one fine-tuned MiniLM (the packaged weights, all trainable) after a
-    forward pass."""
+    forward pass: the least a process serving it could take."""
     probe = (
         "import torch, sys\nfrom ptuning import PromptConfig, PromptedModel\n"
         "m = PromptedModel.from_backbone('minilm-l6', 'token-classification', num_labels=9, "
@@ -156,62 +178,116 @@ def finetuned_process_mb() -> float:
     return int(output.strip().splitlines()[-1]) / 1024
 
 
-def measure(requests: int, concurrencies: list[int], task_counts: list[int], port: int) -> dict:
+def served_memory(paths: dict[str, Path], folder: Path, port: int, requests: list[dict], concurrency: int) -> dict:
+    """A fresh server for ``paths`` given ``requests``: its peak and final resident memory, in MB."""
+    process = start(paths, folder, port, folder / f"memory-{len(paths)}.log")
+    try:
+        closed_loop(port, requests, concurrency)
+        return {"peak_mb": memory_mb(process.pid, "VmHWM"), "after_mb": memory_mb(process.pid)}
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def compare_memory(work: Path, paths: dict[str, Path], sentences, count: int, concurrency: int, port: int) -> dict:
+    """One server holding the four tasks against four each holding one fine-tuned model, the same requests."""
+    finetuned = write_checkpoints(work / "finetuned", finetuned=True)
+    requests = traffic(sentences, list(TASKS), count)
+    prompted = served_memory(paths, paths["ner"].parent, port, requests, concurrency)
+    separate = {}
+    for task, path in finetuned.items():
+        share = [body for body in requests if body["inputs"][0]["task"] == task]
+        separate[task] = served_memory({task: path}, path.parent, port, share, concurrency)
+        print(f"  fine-tuned {task} server: {separate[task]}", flush=True)
+    bare = finetuned_bare_process_mb()
+    return {
+        "prompted_server": prompted,
+        "finetuned_servers": separate,
+        "finetuned_bare_process_mb": bare,
+        "memory_ratio_vs_finetuned": prompted["peak_mb"] / sum(run["peak_mb"] for run in separate.values()),
+        "memory_ratio_vs_finetuned_after_traffic": prompted["after_mb"]
+        / sum(run["after_mb"] for run in separate.values()),
+        "memory_ratio_vs_finetuned_bare": prompted["after_mb"] / (len(TASKS) * bare),
+    }
+
+
+def task_curve(port: int, process: subprocess.Popen, sentences, counts: list[int], requests: int, concurrency: int):
+    """Unload to one task, then load copies up to each count (resident memory after loading, throughput of traffic
+    over all of them), then unload back to one and measure it again."""
+    for name in list(TASKS)[1:]:
+        call(port, "DELETE", f"/v1/tasks/{name}")
+    loaded = ["ner"]
+
+    def point(count: int) -> dict:
+        loaded_mb = memory_mb(process.pid)
+        load = closed_loop(port, traffic(sentences, loaded[:count], requests), concurrency)
+        print(f"  {count} tasks: {load}", flush=True)
+        return {"tasks": count, "rss_mb": loaded_mb, **load}
+
+    curve = []
+    for count in counts:
+        while len(loaded) < count:
+            base = list(TASKS)[len(loaded) % len(TASKS)]
+            name = f"{base}@{len(loaded)}"
+            call(port, "POST", "/v1/tasks", {"name": name, "path": base})
+            loaded.append(name)
+        curve.append(point(count))
+    while len(loaded) > counts[0]:
+        call(port, "DELETE", f"/v1/tasks/{loaded.pop()}")
+    return curve, point(counts[0])
+
+
+def measure(requests: int, concurrencies: list[int], repeats: int, task_counts: list[int], port: int) -> dict:
     sentences = [sentence.words for sentence in load_packaged("conll2003-ner").validation[:512]]
+    top = max(concurrencies)
     with tempfile.TemporaryDirectory() as work:
-        folder = Path(work)
+        folder = Path(work) / "prompted"
         paths = write_checkpoints(folder)
         checkpoint_bytes = statistics.fmean(sum(f.stat().st_size for f in path.iterdir()) for path in paths.values())
+        memory = compare_memory(Path(work), paths, sentences, requests, top, port)
+        print(f"  memory: {memory}", flush=True)
         process = start(paths, folder, port, folder / "server.log")
         try:
             call(port, "POST", "/v1/predict", traffic(sentences, list(TASKS), 1)[0])  # warm-up
-            loads = {}
+            loads: dict[str, dict] = {}
+            ratios = []
             for concurrency in concurrencies:
-                for kind, tasks in (("mixed", list(TASKS)), ("single", ["ner"])):
-                    loads[f"{kind}@{concurrency}"] = closed_loop(port, traffic(sentences, tasks, requests), concurrency)
-                    print(f"  {kind} traffic, {concurrency} clients: {loads[f'{kind}@{concurrency}']}", flush=True)
-            server_mb = rss_mb(process.pid)
-            finetuned_mb = finetuned_process_mb()
-            curve, loaded = [], list(TASKS)
-            for count in task_counts:
-                while len(loaded) < count:
-                    base = list(TASKS)[len(loaded) % len(TASKS)]
-                    name = f"{base}@{len(loaded)}"
-                    call(port, "POST", "/v1/tasks", {"name": name, "path": base})
-                    loaded.append(name)
-                serving = loaded[:count]
-                # every loaded task named in the traffic; the first `count` when fewer than the four are asked
-                load = closed_loop(port, traffic(sentences, serving, requests), max(concurrencies))
-                curve.append({"tasks": count, "rss_mb": rss_mb(process.pid), **load})
-                print(f"  {count} tasks: {curve[-1]}", flush=True)
+                for repeat in range(repeats if concurrency == top else 1):
+                    mixed = closed_loop(port, traffic(sentences, list(TASKS), requests, seed=repeat), concurrency)
+                    single = single_task(port, sentences, requests, concurrency)
+                    ratios.append(mixed["requests_per_second"] / single["requests_per_second"])
+                    loads[f"mixed@{concurrency}"], loads[f"single@{concurrency}"] = mixed, single
+                    print(f"  {concurrency} clients: mixed {mixed}, single-task {single}", flush=True)
+            top_ratios = ratios[-repeats:]
+            curve, again = task_curve(port, process, sentences, task_counts, requests, top)
         finally:
             process.terminate()
             process.wait(timeout=60)
-    top = max(concurrencies)
     first, last = curve[0], curve[-1]
     per_task = (last["rss_mb"] - first["rss_mb"]) * 2**20 / max(last["tasks"] - first["tasks"], 1)
+    fewest = statistics.fmean([first["requests_per_second"], again["requests_per_second"]])
     return {
         "backbone": "all-MiniLM-L6-v2 (packaged)",
         "requests": requests,
         "traffic": "one CoNLL-2003 validation sentence a request, tasks drawn uniformly",
         "closed_loop": loads,
-        "mixed_vs_single_throughput": loads[f"mixed@{top}"]["requests_per_second"]
-        / loads[f"single@{top}"]["requests_per_second"],
-        "server_rss_mb_4_tasks": server_mb,
-        "finetuned_process_rss_mb": finetuned_mb,
-        "memory_ratio_vs_finetuned": server_mb / (4 * finetuned_mb),
+        "mixed_vs_single_throughput_repeats": top_ratios,
+        "mixed_vs_single_throughput": statistics.median(top_ratios),
+        **memory,
         "task_curve": curve,
+        "fewest_tasks_again": again,
         "checkpoint_bytes_mean": checkpoint_bytes,
         "memory_per_added_task_bytes": per_task,
         "memory_per_task_vs_checkpoint": per_task / checkpoint_bytes,
-        "throughput_most_vs_fewest_tasks": last["requests_per_second"] / first["requests_per_second"],
+        "throughput_most_vs_fewest_tasks": last["requests_per_second"] / fewest,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=2000, help="requests per measurement (shrink for a look)")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per measurement (shrink for a look)")
     parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating mixed/single runs at the top concurrency")
     parser.add_argument("--task-counts", default="1,10,100,1000")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--output", default="benchmarks/results/serve.json")
@@ -219,6 +295,7 @@ def main() -> None:
     result = measure(
         args.requests,
         [int(c) for c in args.concurrency.split(",")],
+        args.repeats,
         [int(c) for c in args.task_counts.split(",")],
         args.port,
     )

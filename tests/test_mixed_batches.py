@@ -106,8 +106,10 @@ def test_gathering_indexes_the_stacked_prompts_without_a_python_loop_over_exampl
     prompts = model.mixed_layer_prompts(["ner", "sent"], rows)
     key, value = prompts.key_values[1]
     assert key.shape == (5, 4, 16, 8) and value.shape == (5, 4, 16, 8)
-    assert prompts.visible[0][:, :12].any(dim=1).tolist() == [False] * 5  # layer 0: only ner's last 4 columns
-    assert prompts.visible[0].sum(dim=1).tolist() == [4, 0, 0, 4, 0]  # sent does not prompt layer 0
+    # layer 0: only ner (4 columns) reaches it, so it holds 4 columns, not sent's 16; sent's rows see none
+    assert prompts.key_values[0][0].shape == (5, 4, 4, 8)
+    assert prompts.visible[0].sum(dim=1).tolist() == [4, 0, 0, 4, 0]
+    assert prompts.visible[1][:, :12].sum(dim=1).tolist() == [0, 12, 12, 0, 12]  # ner left-padded in layer 1
 
 
 def test_gradients_reach_only_the_prompts_of_the_tasks_in_the_batch():

@@ -82,30 +82,37 @@ def gather_key_values(
     """Per-layer (key, value) for a batch mixing prompts: example ``i`` reads ``prompts[rows[i]]`` (a row equal to
     ``len(prompts)`` reads none), each prompt a ``(length, layers * 2 * kv_heads * head_dim)`` table and its layers.
 
-    Prompts are left-padded to the longest; ``visible[layer]`` is ``(batch, longest)``, True on each example's real
-    columns (None where every column of every example is real), so the attention masks the padding: a zero key
-    would still take softmax weight. Per layer, the prompts are stacked once and indexed per example.
+    In each layer the prompts are left-padded to the longest that reaches it; ``visible[layer]`` is
+    ``(batch, longest)``, True on each example's real columns (None where every column of every example is real),
+    so the attention masks the padding: a zero key would still take softmax weight. Per layer, the prompts are
+    stacked once and indexed per example.
     """
-    longest = max(table.shape[0] for table, _ in prompts)
     by_prompt = []
     for table, layers in prompts:
         length = table.shape[0]
         per_layer = table.view(length, len(layers), 2, kv_heads, head_dim).permute(1, 2, 3, 0, 4)  # (L, 2, kvh, P, hd)
-        per_layer = nn.functional.pad(per_layer, (0, 0, longest - length, 0))  # (L, 2, kvh, longest, hd), left pad
-        real = torch.arange(longest, device=table.device) >= longest - length  # (longest,)
-        by_prompt.append((dict(zip(layers, per_layer, strict=True)), real))
+        by_prompt.append(dict(zip(layers, per_layer, strict=True)))
     template = prompts[0][0]
-    absent = template.new_zeros(2, kv_heads, longest, head_dim)  # a layer a prompt does not reach: all masked
-    closed = torch.zeros(longest, dtype=torch.bool, device=template.device)
     key_values: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     visible: dict[int, torch.Tensor | None] = {}
     for layer in sorted({layer for _, layers in prompts for layer in layers}):
-        bank = torch.stack(
-            [by_layer.get(layer, absent) for by_layer, _ in by_prompt] + [absent]
-        )  # (n+1, 2, kvh, P, hd)
-        open_bank = torch.stack([real if layer in by_layer else closed for by_layer, real in by_prompt] + [closed])
+        longest = max(by_layer[layer].shape[2] for by_layer in by_prompt if layer in by_layer)
+        absent = template.new_zeros(2, kv_heads, longest, head_dim)  # no prompt in this layer: all masked
+        padded = [
+            nn.functional.pad(by_layer[layer], (0, 0, longest - by_layer[layer].shape[2], 0))
+            if layer in by_layer
+            else absent
+            for by_layer in by_prompt
+        ]  # each (2, kvh, longest, hd), left pad
+        columns = torch.arange(longest, device=template.device)  # (longest,)
+        real = [
+            columns >= longest - by_layer[layer].shape[2] if layer in by_layer else columns < 0
+            for by_layer in by_prompt
+        ]
+        bank = torch.stack([*padded, absent])  # (n+1, 2, kvh, longest, hd)
+        open_bank = torch.stack([*real, columns < 0])  # (n+1, longest)
         picked = bank.index_select(0, rows)  # (batch, 2, kvh, longest, hd)
         key_values[layer] = (picked[:, 0], picked[:, 1])  # each (batch, kvh, longest, hd)
-        columns = open_bank.index_select(0, rows)  # (batch, longest)
-        visible[layer] = None if bool(columns.all()) else columns
+        opened = open_bank.index_select(0, rows)  # (batch, longest)
+        visible[layer] = None if bool(opened.all()) else opened
     return key_values, visible
