@@ -160,3 +160,45 @@ def test_architectures_cover_the_supported_list():
     from ptuning.architectures import ARCHITECTURES as SUPPORTED
 
     assert set(SUPPORTED) == set(ARCHITECTURES) | {"deberta", "deberta-v2", "mpnet"}
+
+
+def test_run_model_keeps_each_forward_under_the_token_budget_and_answers_the_same():
+    """Features sorted by length fill forwards of at most ``max_tokens`` padded tokens (one longer feature runs
+    alone); each feature's logits equal those of one big batch, in input order."""
+    from transformers import DataCollatorWithPadding
+
+    from ptuning.tasks.base import run_model
+
+    model = many_tasks(tiny_backbone("bert"), ("ner", "sent"))
+    generator = torch.Generator().manual_seed(3)
+    lengths = [5, 30, 12, 7, 30, 3, 18, 9, 45]
+    features = [{"input_ids": torch.randint(3, 90, (n,), generator=generator).tolist()} for n in lengths]
+    task_ids = [index % 2 for index in range(len(features))]
+    per_token = [task == 0 for task in task_ids]
+    shapes: list[tuple[int, int]] = []
+    model.register_forward_pre_hook(
+        lambda _, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    collator = DataCollatorWithPadding(_PadOnly())
+    whole = run_model(model, features, collator, 64, per_token, task_ids)
+    assert shapes == [(9, 45)]
+    shapes.clear()
+    budgeted = run_model(model, features, collator, 64, per_token, task_ids, max_tokens=40, progress=False)
+    assert all(rows * longest <= 40 or rows == 1 for rows, longest in shapes) and sum(r for r, _ in shapes) == 9
+    assert shapes == [(4, 9), (2, 18), (1, 30), (1, 30), (1, 45)]  # lengths 3 5 7 9 | 12 18 | 30 | 30 | 45
+    for got, expected, length, is_tagger in zip(budgeted, whole, lengths, per_token, strict=True):
+        assert got.shape == expected.shape and (got.shape[0] == length) == is_tagger
+        assert abs(got - expected).max() <= TOLERANCE
+
+
+class _PadOnly:
+    """The least a collator needs of a tokenizer: pad ``input_ids`` with 0 and build the attention mask."""
+
+    model_input_names = ["input_ids", "attention_mask"]
+    padding_side = "right"
+
+    def pad(self, features, **kwargs):
+        longest = max(len(feature["input_ids"]) for feature in features)
+        ids = [feature["input_ids"] + [0] * (longest - len(feature["input_ids"])) for feature in features]
+        mask = [[1] * len(feature["input_ids"]) + [0] * (longest - len(feature["input_ids"])) for feature in features]
+        return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}

@@ -223,7 +223,7 @@ def command_predict(args: argparse.Namespace) -> None:
     if sources is not None:  # several tasks on one backbone: each input names its task
         if args.task:
             raise PtuningError("--task picks a task of one checkpoint; with NAME=DIR each input names its task")
-        predictor = Predictor.from_checkpoints(sources, args.batch_size)
+        predictor = Predictor.from_checkpoints(sources, batch_size=args.batch_size)
         requests = [predictor.parse(record, source) for _, record, source in _read_input_records(args.input)]
         answers = predictor.predict(requests)
     else:  # one checkpoint: plain text lines too; the same Predictor formats the answers

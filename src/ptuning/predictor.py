@@ -37,18 +37,23 @@ class Request:
 
 
 class Predictor:
-    """Every task of a model, ready to answer; ``batch_size`` features per forward, whatever their tasks."""
+    """Every task of a model, ready to answer: a forward holds ``batch_size`` features at most, whatever their
+    tasks, and (with ``max_tokens``) at most that many padded tokens; ``progress`` shows a bar on long inputs."""
 
-    def __init__(self, model: PromptedModel, batch_size: int = 64):
+    def __init__(
+        self, model: PromptedModel, batch_size: int = 64, max_tokens: int | None = None, progress: bool = True
+    ):
         self.model = model.eval()
         self.batch_size = batch_size
+        self.max_tokens = max_tokens
+        self.progress = progress
         self.tasks: dict[str, Task] = {name: task_for(model, name) for name in model.task_names}
 
     @classmethod
-    def from_checkpoints(cls, sources: dict[str, str | Path] | str | Path, batch_size: int = 64) -> Predictor:
+    def from_checkpoints(cls, sources: dict[str, str | Path] | str | Path, **settings: Any) -> Predictor:
         """Load each checkpoint (or run) folder onto one backbone under its name; or one folder, its tasks under
-        the names it saved them with."""
-        return cls(PromptedModel.from_pretrained(dict(sources) if isinstance(sources, dict) else sources), batch_size)
+        the names it saved them with. ``settings``: the constructor's (``batch_size``, ``max_tokens``, ...)."""
+        return cls(PromptedModel.from_pretrained(dict(sources) if isinstance(sources, dict) else sources), **settings)
 
     def parse(self, record: Any, source: str) -> Request:
         """A JSON object naming its task (``{"task": "ner", "text": ...}``) and that task's input fields."""
@@ -112,7 +117,9 @@ class Predictor:
             features += inputs
             task_ids += [task_index[request.task]] * len(inputs)
             per_token += [self.tasks[request.task].per_token] * len(inputs)
-        logits = run_model(self.model, features, collator, self.batch_size, per_token, task_ids)
+        logits = run_model(
+            self.model, features, collator, self.batch_size, per_token, task_ids, self.max_tokens, self.progress
+        )
         for position, (start, end) in zip(positions, spans, strict=True):
             request, task = requests[position], self.tasks[requests[position].task]
             (prediction,) = task.decode(logits[start:end], request.encoded, [request.example])

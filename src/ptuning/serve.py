@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import gc
 import json
 import logging
@@ -272,7 +273,12 @@ def create_app(sources: dict[str, str] | str, config: ServeConfig) -> FastAPI:
         async def load() -> None:
             nonlocal batching
             started = time.perf_counter()
-            predictor = await loop.run_in_executor(None, Predictor.from_checkpoints, server.sources)
+            predictor = await loop.run_in_executor(
+                None,
+                functools.partial(
+                    Predictor.from_checkpoints, server.sources, max_tokens=config.forward_tokens, progress=False
+                ),
+            )
             freeze_loaded_objects()
             server.batcher = Batcher(predictor, config, server.metrics)
             server.predictor = predictor

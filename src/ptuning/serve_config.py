@@ -14,6 +14,12 @@ class ServeConfig:
     host: str = setting("127.0.0.1", "address to bind (loopback unless told otherwise)")
     port: int = setting(8000, "port", check=at_least(0))
     max_batch_tokens: int = setting(4096, "token budget of one batch, inputs of any tasks", check=at_least(1))
+    forward_tokens: int = setting(
+        256,
+        "padded tokens (rows x longest row) in one forward pass at most: a batch runs as several, the shortest "
+        "inputs together (small suits a CPU; raise it on a GPU)",
+        check=at_least(1),
+    )
     max_wait_ms: float = setting(5.0, "longest wait for more inputs after the first of a batch", check=at_least(0))
     max_queue: int = setting(1024, "inputs waiting at most; more are refused with 429", check=at_least(1))
     max_inputs_per_request: int = setting(256, "inputs in one request at most (413 beyond)", check=at_least(1))

@@ -108,22 +108,39 @@ def run_model(
     batch_size: int,
     per_token: bool | list[bool],
     task_ids: list[int] | None = None,
+    max_tokens: int | None = None,
+    progress: bool = True,
 ) -> list[np.ndarray]:
     """Logits per feature, in input order; batches are formed by length so little padding is computed.
 
-    With ``task_ids`` (one per feature, indexing the model's tasks) a batch mixes tasks: one backbone forward,
-    each task's head on its own rows; ``per_token`` is then given per feature.
+    A batch holds ``batch_size`` features at most, and (with ``max_tokens``) at most that many padded tokens (rows
+    times the longest row; one feature longer than that runs alone). With ``task_ids`` (one per feature, indexing
+    the model's tasks) a batch mixes tasks: one backbone forward, each task's head on its own rows; ``per_token``
+    is then given per feature.
     """
     per_feature = per_token if isinstance(per_token, list) else [per_token] * len(inputs)
-    order = sorted(range(len(inputs)), key=lambda index: token_count(inputs[index]["input_ids"]))
+    lengths = [token_count(feature["input_ids"]) for feature in inputs]
+    order = sorted(range(len(inputs)), key=lengths.__getitem__)
+    batches: list[list[int]] = []
+    for index in order:  # ascending length: the newest feature is the batch's longest
+        batch = batches[-1] if batches else []
+        fits = (
+            batch
+            and len(batch) < batch_size
+            and (max_tokens is None or (len(batch) + 1) * lengths[index] <= max_tokens)
+        )
+        if fits:
+            batch.append(index)
+        else:
+            batches.append([index])
     results: list[np.ndarray] = [np.empty(0)] * len(inputs)
     was_training = model.training
     if was_training:  # a walk over every module: with a thousand loaded tasks it costs more than a batch
         model.eval()
-    batches = range(0, len(order), batch_size)
     with torch.inference_mode():
-        for start in tqdm(batches, desc="predict", unit="batch", leave=False, disable=len(batches) < 4):
-            indices = order[start : start + batch_size]
+        for indices in tqdm(
+            batches, desc="predict", unit="batch", leave=False, disable=not progress or len(batches) < 4
+        ):
             batch = collator([{k: v for k, v in inputs[i].items() if k in MODEL_INPUTS} for i in indices])
             arguments = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
             if task_ids is not None:
