@@ -119,3 +119,27 @@ def test_multiple_choice_beside_a_tagger_answers_as_alone_and_warns_when_cut(tin
     assert_same_answer({k: v for k, v in answers[2].items() if k != "warning"}, alone[1])
     assert "tags" in answers[1] and "warning" not in answers[0]
     assert "truncated" in answers[2]["warning"]
+
+
+def test_a_task_loaded_into_a_serving_model_answers_without_dropout(tiny_backbone_folder, tmp_path):
+    """A task added at run time to a model in eval mode is in eval mode too: its answers are deterministic and
+    equal those of the same checkpoint loaded at start (prompt dropout 0.5 would change them)."""
+    import torch
+
+    from ptuning import PromptConfig, PromptedModel
+    from ptuning.predictor import Predictor
+
+    torch.manual_seed(0)
+    prompt = PromptConfig(length=4, dropout=0.5)
+    PromptedModel.from_backbone(
+        str(tiny_backbone_folder), "token-classification", num_labels=3, prompt=prompt
+    ).save_pretrained(tmp_path / "ner")
+    predictor = Predictor.from_checkpoints({"ner": tmp_path / "ner"})
+    predictor.load("again", tmp_path / "ner")
+    model = predictor.model
+    assert not model.prompts["again"].training and not model.heads["again"].training
+    words = {"words": ["Peter", "visited", "Oslo"]}
+    requests = [predictor.parse({"task": task, **words}, "in") for task in ("ner", "again", "again")]
+    first, second, third = predictor.predict(requests)
+    assert_same_answer(second, first)
+    assert_same_answer(third, first)

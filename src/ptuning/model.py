@@ -192,6 +192,10 @@ class PromptedModel(nn.Module):
             dropout = getattr(self.backbone.config, "hidden_dropout_prob", 0.1)
             self.heads[name] = LinearHead(self.backbone.config.hidden_size, width, dropout)
         self.tasks[name] = TaskEntry(task, prompt_name, labels, pooling)
+        # new modules take the model's mode: a task loaded into a serving (eval) model must not drop out
+        for modules, key in ((self.heads, name), (self.prompts, prompt_name)):
+            if key in modules:
+                modules[key].train(self.training)
 
     def _add_prompt(self, name: str, config: PromptConfig, folded: bool, causal: bool) -> None:
         method = config.method

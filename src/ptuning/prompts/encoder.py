@@ -56,7 +56,8 @@ class PromptEncoder(nn.Module):
         return self.mlp(vectors)
 
     def forward(self) -> torch.Tensor:
-        return self.dropout(self.folded_table())
+        table = self.folded_table()
+        return self.dropout(table) if self.training else table  # eval: no copy of the table per forward
 
 
 def split_key_values(
@@ -97,20 +98,14 @@ def gather_key_values(
     visible: dict[int, torch.Tensor | None] = {}
     for layer in sorted({layer for _, layers in prompts for layer in layers}):
         longest = max(by_layer[layer].shape[2] for by_layer in by_prompt if layer in by_layer)
-        absent = template.new_zeros(2, kv_heads, longest, head_dim)  # no prompt in this layer: all masked
-        padded = [
-            nn.functional.pad(by_layer[layer], (0, 0, longest - by_layer[layer].shape[2], 0))
-            if layer in by_layer
-            else absent
-            for by_layer in by_prompt
-        ]  # each (2, kvh, longest, hd), left pad
-        columns = torch.arange(longest, device=template.device)  # (longest,)
-        real = [
-            columns >= longest - by_layer[layer].shape[2] if layer in by_layer else columns < 0
-            for by_layer in by_prompt
-        ]
-        bank = torch.stack([*padded, absent])  # (n+1, 2, kvh, longest, hd)
-        open_bank = torch.stack([*real, columns < 0])  # (n+1, longest)
+        # row i: prompt i left-padded with zeros; the last row, and a prompt that skips this layer, stay all zeros
+        bank = template.new_zeros(len(prompts) + 1, 2, kv_heads, longest, head_dim)  # (n+1, 2, kvh, longest, hd)
+        starts = [longest - by_layer[layer].shape[2] if layer in by_layer else longest for by_layer in by_prompt]
+        for index, (by_layer, start) in enumerate(zip(by_prompt, starts, strict=True)):
+            if layer in by_layer:
+                bank[index, :, :, start:] = by_layer[layer]  # (2, kvh, P, hd)
+        first_real = torch.tensor([*starts, longest], device=template.device)  # (n+1,)
+        open_bank = torch.arange(longest, device=template.device) >= first_real[:, None]  # (n+1, longest)
         picked = bank.index_select(0, rows)  # (batch, 2, kvh, longest, hd)
         key_values[layer] = (picked[:, 0], picked[:, 1])  # each (batch, kvh, longest, hd)
         opened = open_bank.index_select(0, rows)  # (batch, longest)
