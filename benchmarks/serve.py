@@ -5,17 +5,18 @@ length 8-32, random: speed and memory do not depend on training) are served by o
 
 * closed-loop clients (each sends its next request when the last is answered) at several concurrencies:
   requests per second, p50 and p99 latency of mixed-task traffic (tasks drawn uniformly, interleaved), against
-  single-task traffic of the same work: each task's traffic alone, as many requests a run, combined by its share
-  (the seconds per request of the mix); the top concurrency alternates the two ``--repeats`` times;
+  single-task traffic of the same work: each task's traffic alone, as many requests a run, combined (seconds per
+  request add up); a mixed run precedes each task's run, and the top concurrency repeats that ``--repeats`` times;
 * resident memory (peak, and after the traffic) of a fresh server holding the four tasks against four fresh
   servers each holding one fine-tuned MiniLM (the same heads, every weight trained), each given the same
   requests (the fine-tuned ones their task's share); a bare process that loaded one fine-tuned model and ran one
   forward is reported too, as the least such a process could take;
-* the scale adapter servers advertise: 1, 10, 100 and 1,000 loaded tasks (copies of the four under new names,
-  loaded at run time), resident memory and the throughput of traffic spread over all of them; one task is
-  measured before and after the climb (the baseline is their mean, as the machine drifts).
+* the scale adapter servers advertise: 10, 100 and 1,000 loaded tasks (copies of the four under new names,
+  loaded at run time), resident memory and the throughput of traffic spread over all of them, against one task
+  (each of the four alone, single-task traffic of the same work), measured before the climb and again after it
+  (the baseline is their mean, as the machine drifts).
 
-    python benchmarks/serve.py [--requests 1000] [--concurrency 1,8,32] [--repeats 2] [--task-counts 1,10,100,1000]
+    python benchmarks/serve.py [--requests 500] [--concurrency 1,8,32] [--repeats 3] [--task-counts 1,10,100,1000]
 
 Writes benchmarks/results/serve.json.
 """
@@ -34,6 +35,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -109,9 +111,17 @@ def start(paths: dict[str, Path], folder: Path, port: int, log: Path) -> subproc
     raise RuntimeError(f"the server did not start: {log.read_text()[-2000:]}")
 
 
+def inference_seconds(port: int) -> float:
+    """The server's time in inference so far (its batches, features to formatted answers)."""
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60).read().decode()
+    return float(metrics.split("ptuning_batch_seconds_sum ")[1].split()[0])
+
+
 def closed_loop(port: int, requests: list[dict], concurrency: int) -> dict[str, float]:
-    """``concurrency`` clients, each sending its share of the requests one after the other."""
+    """``concurrency`` clients, each sending its share of the requests one after the other; also the server's
+    inference time per request (the rest is HTTP, queueing and the clients, which share the cores)."""
     latencies: list[float] = []
+    inference_before = inference_seconds(port)
 
     def client(share: list[dict]) -> None:
         for body in share:
@@ -127,6 +137,7 @@ def closed_loop(port: int, requests: list[dict], concurrency: int) -> dict[str, 
     ordered = sorted(latencies)
     return {
         "requests_per_second": len(requests) / elapsed,
+        "inference_ms_per_request": 1000 * (inference_seconds(port) - inference_before) / len(requests),
         "p50_ms": 1000 * statistics.median(ordered),
         "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
     }
@@ -145,17 +156,31 @@ def traffic(sentences: list[list[str]], tasks: list[str], count: int, seed: int 
     return requests
 
 
-def single_task(port: int, sentences: list[list[str]], count: int, concurrency: int) -> dict[str, float]:
-    """The mix's work as single-task traffic: each task's own run of ``count`` requests, combined by its share
-    (seconds per request add up); latencies of all runs pooled."""
-    runs = {task: closed_loop(port, traffic(sentences, [task], count), concurrency) for task in TASKS}
-    seconds_per_request = statistics.fmean(1 / run["requests_per_second"] for run in runs.values())
+def combined(runs: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Runs of equal request counts as one: their seconds per request add up, latencies pooled (p99: the worst)."""
     return {
-        "requests_per_second": 1 / seconds_per_request,
+        "requests_per_second": 1 / statistics.fmean(1 / run["requests_per_second"] for run in runs.values()),
+        "inference_ms_per_request": statistics.fmean(run["inference_ms_per_request"] for run in runs.values()),
         "p50_ms": statistics.fmean(run["p50_ms"] for run in runs.values()),
         "p99_ms": max(run["p99_ms"] for run in runs.values()),
-        "by_task": {task: run["requests_per_second"] for task, run in runs.items()},
+        "by_run": {name: run["requests_per_second"] for name, run in runs.items()},
     }
+
+
+def single_task(port: int, sentences: list[list[str]], count: int, concurrency: int) -> dict[str, Any]:
+    """The mix's work as single-task traffic: each task's own run of ``count`` requests, combined."""
+    return combined({task: closed_loop(port, traffic(sentences, [task], count), concurrency) for task in TASKS})
+
+
+def mixed_and_single(port: int, sentences, count: int, concurrency: int, seed: int) -> tuple[dict, dict]:
+    """Mixed-task traffic against the same work as single-task traffic, alternating: a mixed run of ``count``
+    requests, then one task's run, for each task in turn (the machine drifts less between neighbours)."""
+    mixed, single = {}, {}
+    for index, task in enumerate(TASKS):
+        requests = traffic(sentences, list(TASKS), count, seed=seed * len(TASKS) + index)
+        mixed[f"mixed-{index}"] = closed_loop(port, requests, concurrency)
+        single[task] = closed_loop(port, traffic(sentences, [task], count), concurrency)
+    return combined(mixed), combined(single)
 
 
 def finetuned_bare_process_mb() -> float:
@@ -212,29 +237,30 @@ def compare_memory(work: Path, paths: dict[str, Path], sentences, count: int, co
 
 
 def task_curve(port: int, process: subprocess.Popen, sentences, counts: list[int], requests: int, concurrency: int):
-    """Unload to one task, then load copies up to each count (resident memory after loading, throughput of traffic
-    over all of them), then unload back to one and measure it again."""
-    for name in list(TASKS)[1:]:
-        call(port, "DELETE", f"/v1/tasks/{name}")
-    loaded = ["ner"]
+    """Load copies of the four up to each count (resident memory after loading, throughput of traffic spread over
+    all loaded tasks); the one-task point is each of the four alone (single-task traffic of the same work),
+    measured before the climb and again after unloading back to the four."""
+    loaded = list(TASKS)
 
-    def point(count: int) -> dict:
-        loaded_mb = memory_mb(process.pid)
-        load = closed_loop(port, traffic(sentences, loaded[:count], requests), concurrency)
-        print(f"  {count} tasks: {load}", flush=True)
-        return {"tasks": count, "rss_mb": loaded_mb, **load}
+    def one_task() -> dict:
+        load = single_task(port, sentences, requests, concurrency)
+        print(f"  1 task (each alone): {load}", flush=True)
+        return {"tasks": 1, "loaded": len(TASKS), "rss_mb": memory_mb(process.pid), **load}
 
-    curve = []
-    for count in counts:
+    curve = [one_task()]
+    for count in [count for count in counts if count > 1]:
         while len(loaded) < count:
             base = list(TASKS)[len(loaded) % len(TASKS)]
             name = f"{base}@{len(loaded)}"
             call(port, "POST", "/v1/tasks", {"name": name, "path": base})
             loaded.append(name)
-        curve.append(point(count))
-    while len(loaded) > counts[0]:
+        loaded_mb = memory_mb(process.pid)
+        load = closed_loop(port, traffic(sentences, loaded, requests), concurrency)
+        print(f"  {count} tasks: {load}", flush=True)
+        curve.append({"tasks": count, "loaded": count, "rss_mb": loaded_mb, **load})
+    while len(loaded) > len(TASKS):
         call(port, "DELETE", f"/v1/tasks/{loaded.pop()}")
-    return curve, point(counts[0])
+    return curve, one_task()
 
 
 def measure(requests: int, concurrencies: list[int], repeats: int, task_counts: list[int], port: int) -> dict:
@@ -253,8 +279,7 @@ def measure(requests: int, concurrencies: list[int], repeats: int, task_counts: 
             ratios = []
             for concurrency in concurrencies:
                 for repeat in range(repeats if concurrency == top else 1):
-                    mixed = closed_loop(port, traffic(sentences, list(TASKS), requests, seed=repeat), concurrency)
-                    single = single_task(port, sentences, requests, concurrency)
+                    mixed, single = mixed_and_single(port, sentences, requests, concurrency, repeat)
                     ratios.append(mixed["requests_per_second"] / single["requests_per_second"])
                     loads[f"mixed@{concurrency}"], loads[f"single@{concurrency}"] = mixed, single
                     print(f"  {concurrency} clients: mixed {mixed}, single-task {single}", flush=True)
@@ -264,7 +289,8 @@ def measure(requests: int, concurrencies: list[int], repeats: int, task_counts: 
             process.terminate()
             process.wait(timeout=60)
     first, last = curve[0], curve[-1]
-    per_task = (last["rss_mb"] - first["rss_mb"]) * 2**20 / max(last["tasks"] - first["tasks"], 1)
+    # memory per task from the four-task server (the one-task point) to the most tasks
+    per_task = (last["rss_mb"] - first["rss_mb"]) * 2**20 / max(last["loaded"] - first["loaded"], 1)
     fewest = statistics.fmean([first["requests_per_second"], again["requests_per_second"]])
     return {
         "backbone": "all-MiniLM-L6-v2 (packaged)",
@@ -285,9 +311,9 @@ def measure(requests: int, concurrencies: list[int], repeats: int, task_counts: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=1000, help="requests per measurement (shrink for a look)")
+    parser.add_argument("--requests", type=int, default=500, help="requests per measurement (shrink for a look)")
     parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating mixed/single runs at the top concurrency")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating mixed/single runs at the top concurrency")
     parser.add_argument("--task-counts", default="1,10,100,1000")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--output", default="benchmarks/results/serve.json")

@@ -180,6 +180,7 @@ def test_concurrent_load_loses_nothing(server, offline):
     batches = float(text.split("ptuning_batch_inputs_count ")[1].split()[0])
     inputs = sum(len(plan) for plan in plans)
     assert batches < inputs  # concurrent inputs shared batches
+    assert float(text.split("ptuning_batch_seconds_count ")[1].split()[0]) == batches  # each batch timed
 
 
 def test_queue_full_is_429_with_retry_after(tiny_runs):

@@ -97,6 +97,9 @@ class Metrics:
             buckets=(64, 256, 1024, 2048, 4096, 8192, 16384),
         )
         self.queue_depth = Gauge("ptuning_queue_depth", "Inputs waiting", registry=self.registry)
+        self.batch_seconds = Histogram(
+            "ptuning_batch_seconds", "Inference time of a batch, features to formatted answers", registry=self.registry
+        )
 
 
 class Batcher:
@@ -115,7 +118,8 @@ class Batcher:
         """One batch's answers (in the inference thread); then, at most once a second, the heap memory the batch
         freed goes back to the system: batches of ever-new shapes otherwise leave the C allocator holding
         hundreds of MB it no longer uses."""
-        answers = self.predictor.predict(requests)
+        with self.metrics.batch_seconds.time():
+            answers = self.predictor.predict(requests)
         if self.malloc_trim is not None and time.monotonic() - self.trimmed_at >= TRIM_INTERVAL_S:
             self.malloc_trim(0)
             self.trimmed_at = time.monotonic()
