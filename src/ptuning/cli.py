@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from . import __version__
+from .devices import DEVICE_HELP, DEVICES
 from .errors import DataError, PtuningError
 from .recipe import Recipe, lr_family
 
@@ -129,13 +130,23 @@ def build_recipe(flags: dict[str, Any]) -> Recipe:
     return Recipe.from_dict(values, source=str(config or "flags"))
 
 
-def _load_for_inference(path: str, task: str | None = None):
-    """The model of a checkpoint (or run) folder and the Task of the task it answers (``task``: which one, when the
-    checkpoint holds several)."""
+def _add_device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
+
+
+def _on_device(model, device: str):
+    from .devices import resolve_device
+
+    return model.to(resolve_device(device))
+
+
+def _load_for_inference(path: str, task: str | None, device: str):
+    """The model of a checkpoint (or run) folder on ``device``, and the Task of the task it answers (``task``: which
+    one, when the checkpoint holds several)."""
     from .model import PromptedModel
     from .predictor import task_for
 
-    model = PromptedModel.from_pretrained(path)
+    model = _on_device(PromptedModel.from_pretrained(path), device)
     if task is None and len(model.task_names) > 1:
         raise PtuningError(f"{path} holds several tasks ({', '.join(model.task_names)}): choose one with --task NAME")
     model.use(task or model.task_names[0])
@@ -171,7 +182,7 @@ def command_train(args: argparse.Namespace) -> None:
 def command_eval(args: argparse.Namespace) -> None:
     from .data.sources import load_dataset, read_examples
 
-    model, task = _load_for_inference(args.checkpoint, args.task)
+    model, task = _load_for_inference(args.checkpoint, args.task, args.device)
     if args.test:
         examples = read_examples(args.test, model.extra.get("reader") or {})
     else:
@@ -224,12 +235,13 @@ def command_predict(args: argparse.Namespace) -> None:
         if args.task:
             raise PtuningError("--task picks a task of one checkpoint; with NAME=DIR each input names its task")
         predictor = Predictor.from_checkpoints(sources, batch_size=args.batch_size)
+        _on_device(predictor.model, args.device)
         requests = [predictor.parse(record, source) for _, record, source in _read_input_records(args.input)]
         answers = predictor.predict(requests)
     else:  # one checkpoint: plain text lines too; the same Predictor formats the answers
         from .predictor import Request
 
-        model, task = _load_for_inference(args.checkpoints[0], args.task)
+        model, task = _load_for_inference(args.checkpoints[0], args.task, args.device)
         predictor = Predictor(model, args.batch_size)
         name = model.default_task
         requests = [Request(name, task.parse_input(*item)) for item in _read_input_records(args.input)]
@@ -305,6 +317,7 @@ def parser() -> argparse.ArgumentParser:
     eval_parser.add_argument("--dataset", help="packaged or hf: dataset to score instead of a file")
     eval_parser.add_argument("--split", default="test", choices=["train", "validation", "test"], help="with --dataset")
     eval_parser.add_argument("--batch-size", type=_positive_int, default=64, help="examples per forward pass")
+    _add_device_flag(eval_parser)
     eval_parser.add_argument("--predictions", help="write one JSON line per example (id and prediction) here")
     eval_parser.add_argument("--output-metrics", help="write the metrics as JSON here too")
     eval_parser.set_defaults(handler=command_eval)
@@ -324,6 +337,7 @@ def parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("--task", help="the task to use, when the checkpoint holds several")
     predict_parser.add_argument("--input", help="input file, - for standard input (default: standard input)")
     predict_parser.add_argument("--batch-size", type=_positive_int, default=64, help="examples per forward pass")
+    _add_device_flag(predict_parser)
     predict_parser.set_defaults(handler=command_predict)
 
     serve_parser = commands.add_parser(

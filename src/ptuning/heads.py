@@ -73,7 +73,8 @@ class LinearHead(nn.Module):
         self.classifier = nn.Linear(hidden_size, num_labels)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(features))
+        # a backbone held in bf16/fp16 hands over its type; the head computes in its own (fp32)
+        return self.classifier(self.dropout(features.to(self.classifier.weight.dtype)))
 
 
 def check_pooling(pooling: str, backbone: nn.Module) -> None:

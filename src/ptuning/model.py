@@ -143,6 +143,7 @@ class PromptedModel(nn.Module):
         self.tasks: dict[str, TaskEntry] = {}
         self.active: str | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._fingerprint_before_cast: float | None = None
         self.transformer.requires_grad_(False)
         if task is not None:
             self.add_task(name, task, labels or [], prompt=prompt or PromptConfig(), pooling=pooling, folded=folded)
@@ -151,6 +152,17 @@ class PromptedModel(nn.Module):
     def backbone(self) -> PreTrainedModel:
         """The transformer body (without any language-modelling head)."""
         return self.transformer.base_model
+
+    def backbone_fingerprint(self) -> float:
+        """The checksum a checkpoint records of its backbone (of the full-precision weights, if since cast)."""
+        return self._fingerprint_before_cast or _backbone_fingerprint(self.backbone)
+
+    def cast_backbone(self, dtype: torch.dtype) -> None:
+        """Hold the frozen backbone in ``dtype`` (bf16/fp16 halve its memory); prompts and heads stay in fp32."""
+        if any(config.method == "finetune" for config in self.prompt_configs.values()):
+            raise PtuningError("fine-tuning trains the backbone: its weights stay fp32 (mixed precision still applies)")
+        self._fingerprint_before_cast = self.backbone_fingerprint()
+        self.transformer.to(dtype)
 
     # tasks --------------------------------------------------------------------------------------
 
@@ -192,10 +204,10 @@ class PromptedModel(nn.Module):
             dropout = getattr(self.backbone.config, "hidden_dropout_prob", 0.1)
             self.heads[name] = LinearHead(self.backbone.config.hidden_size, width, dropout)
         self.tasks[name] = TaskEntry(task, prompt_name, labels, pooling)
-        # new modules take the model's mode: a task loaded into a serving (eval) model must not drop out
+        # new modules take the model's device and mode: a task loaded into a serving (eval) model must not drop out
         for modules, key in ((self.heads, name), (self.prompts, prompt_name)):
             if key in modules:
-                modules[key].train(self.training)
+                modules[key].to(self.backbone.device).train(self.training)
 
     def _add_prompt(self, name: str, config: PromptConfig, folded: bool, causal: bool) -> None:
         method = config.method
@@ -650,7 +662,7 @@ class PromptedModel(nn.Module):
             "ptuning_format": FORMAT_VERSION,
             "backbone": self.backbone_reference,
             "backbone_shape": _backbone_shape(self.backbone.config),
-            "backbone_fingerprint": _backbone_fingerprint(self.backbone),
+            "backbone_fingerprint": self.backbone_fingerprint(),
             "prompts": {name: config.to_dict() for name, config in self.prompt_configs.items()},
             "tasks": {name: asdict(entry) for name, entry in self.tasks.items()},
         }
@@ -739,7 +751,7 @@ class PromptedModel(nn.Module):
             raise CheckpointError(
                 f"checkpoint {directory} was trained for another backbone shape ({'; '.join(differences)})"
             )
-        if config.get("backbone_fingerprint") not in (None, _backbone_fingerprint(self.backbone)):
+        if config.get("backbone_fingerprint") not in (None, self.backbone_fingerprint()):
             message = (
                 f"checkpoint {directory} was trained on backbone {config.get('backbone')!r}, whose embedding weights "
                 f"differ from those of the loaded backbone {self.backbone_reference!r}"

@@ -13,6 +13,7 @@ from typing import Any
 from .config import DEFAULT_TASK, POOLINGS, PromptConfig
 from .data.packaged import PACKAGED_DATASETS
 from .data.sources import FORMAT_TASKS
+from .devices import DEVICE_HELP, DEVICES, PRECISIONS
 from .errors import PtuningError
 from .settings import at_least, check_settings, key_of, non_negative, positive, setting, share
 from .tasks import TASK_FAMILIES
@@ -133,6 +134,12 @@ class Recipe:
     batch_size: int = setting(32, "training batch size", check=at_least(1))
     eval_batch_size: int = setting(64, "evaluation batch size", check=at_least(1))
     seed: int = setting(42, "random seed of the prompt, head and data order", check=at_least(0))
+    device: str = setting("auto", DEVICE_HELP, choices=DEVICES)
+    precision: str = setting(
+        "fp32",
+        "bf16/fp16: mixed precision, the frozen backbone held in that type, the prompt and heads in fp32",
+        choices=PRECISIONS,
+    )
     max_length: int | None = setting(
         None,
         "truncate inputs to this many tokens (with a warning)",

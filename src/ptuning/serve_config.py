@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .devices import DEVICE_HELP, DEVICES
 from .settings import at_least, check_settings, setting
 
 
@@ -13,6 +14,7 @@ class ServeConfig:
 
     host: str = setting("127.0.0.1", "address to bind (loopback unless told otherwise)")
     port: int = setting(8000, "port", check=at_least(0))
+    device: str = setting("auto", DEVICE_HELP, choices=DEVICES)
     max_batch_tokens: int = setting(4096, "token budget of one batch, inputs of any tasks", check=at_least(1))
     forward_tokens: int = setting(
         256,

@@ -30,6 +30,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from .config import PromptConfig
 from .data.readers import label_set
 from .data.sources import load_splits
+from .devices import check_precision, dtype_of, resolve_device
 from .errors import DataError, PtuningError
 from .model import PromptedModel
 from .recipe import Recipe, task_weights
@@ -293,7 +294,7 @@ def _copy_from(model: PromptedModel, source: str, runs: list[TaskRun]) -> None:
     logger.info("prompt from %s", source)
 
 
-def _arguments(recipe: Recipe, output: Path) -> TrainingArguments:
+def _arguments(recipe: Recipe, output: Path, device: torch.device) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(output / "trainer"),
         per_device_train_batch_size=recipe.batch_size,
@@ -309,16 +310,18 @@ def _arguments(recipe: Recipe, output: Path) -> TrainingArguments:
         report_to=[],
         seed=recipe.seed,
         train_sampling_strategy="group_by_length",
-        use_cpu=True,
+        use_cpu=device.type == "cpu",
+        bf16=recipe.precision == "bf16",
+        fp16=recipe.precision == "fp16",
         remove_unused_columns=False,
         disable_tqdm=False,
     )
 
 
-def _trainer(model, recipe: Recipe, runs: list[TaskRun], output: Path, callback) -> Trainer:
+def _trainer(model, recipe: Recipe, runs: list[TaskRun], output: Path, callback, device) -> Trainer:
     """The Trainer of one task, or the one whose every batch comes from one task, drawn by ``task_sampling``."""
     encoded = [run.task.encode(run.train).inputs for run in runs]
-    arguments = _arguments(recipe, output)
+    arguments = _arguments(recipe, output, device)
     if len(runs) == 1:
         return Trainer(
             model=model,
@@ -363,9 +366,15 @@ def _prepare_task(run: TaskRun, model: PromptedModel, recipe: Recipe) -> None:
 
 def _train(recipe: Recipe, output: Path, final_output: Path) -> dict[str, Any]:
     """Train into ``output``; paths recorded in metrics.json name ``final_output``, where the run ends up."""
+    device = resolve_device(recipe.device)
+    check_precision(recipe.precision, device)
     runs = [_task_run(name, part) for name, part in recipe.parts()]
     set_seed(recipe.seed)
     model = _build_model(recipe, runs)
+    if recipe.precision != "fp32" and recipe.prompt.method != "finetune":
+        model.cast_backbone(dtype_of(recipe.precision))
+    model.to(device)  # evaluation between epochs and after training runs where the Trainer trains
+    logger.info("device %s, precision %s", device, recipe.precision)
     for run in runs:
         _prepare_task(run, model, recipe)
         logger.info(
@@ -385,7 +394,7 @@ def _train(recipe: Recipe, output: Path, final_output: Path) -> dict[str, Any]:
         100 * model.trainable_parameters() / model.total_parameters(),
     )
     callback = EvaluateEachEpoch(model, runs, recipe.eval_batch_size)
-    trainer = _trainer(model, recipe, runs, output, callback)
+    trainer = _trainer(model, recipe, runs, output, callback, device)
     started = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - started
@@ -422,6 +431,8 @@ def _train(recipe: Recipe, output: Path, final_output: Path) -> dict[str, Any]:
         "trainable_share": model.trainable_parameters() / model.total_parameters(),
         "stored_parameters": model.stored_parameters(),
         "stored_share": model.stored_share(),
+        "device": str(trainer.args.device),
+        "precision": recipe.precision,
         "train_seconds": round(train_seconds, 1),
         # the last logged window, not the run's mean: tells underfitting (high) from overfitting (low)
         "train_loss": next((entry["loss"] for entry in reversed(trainer.state.log_history) if "loss" in entry), None),

@@ -137,18 +137,19 @@ def run_model(
     was_training = model.training
     if was_training:  # a walk over every module: with a thousand loaded tasks it costs more than a batch
         model.eval()
+    device = next(model.parameters()).device
     with torch.inference_mode():
         for indices in tqdm(
             batches, desc="predict", unit="batch", leave=False, disable=not progress or len(batches) < 4
         ):
             batch = collator([{k: v for k, v in inputs[i].items() if k in MODEL_INPUTS} for i in indices])
-            arguments = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+            arguments = {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS}
             if task_ids is not None:
-                arguments["task_ids"] = torch.tensor([task_ids[i] for i in indices])
+                arguments["task_ids"] = torch.tensor([task_ids[i] for i in indices], device=device)
             output = model(**arguments)
             rows = output.per_example() if hasattr(output, "per_example") else output.logits
             for row, index in enumerate(indices):
-                logits = rows[row].float().numpy()
+                logits = rows[row].float().cpu().numpy()
                 results[index] = logits[: len(inputs[index]["input_ids"])] if per_feature[index] else logits
     if was_training:
         model.train()

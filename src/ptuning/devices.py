@@ -1,0 +1,54 @@
+"""Where a run computes and in what precision: resolved once, refused with a message where the machine cannot."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .errors import PtuningError
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICE_HELP = "where to run (auto: a CUDA or MPS accelerator when present, else the CPU)"
+PRECISIONS = ("fp32", "bf16", "fp16")  # torch loads only when a run resolves them: --help stays instant
+
+
+def dtype_of(precision: str) -> torch.dtype:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _mps_available() -> bool:
+    import torch
+
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: a CUDA device when present, else Apple's MPS, else the CPU; a named device must be present."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a build without CUDA")
+        raise PtuningError(f"--device cuda: no CUDA device is available ({build}); use --device cpu or auto")
+    if name == "mps" and not _mps_available():
+        raise PtuningError("--device mps: Apple's MPS is not available here; use --device cpu or auto")
+    if name not in DEVICES:
+        raise PtuningError(f"unknown device {name!r}; choose from {', '.join(DEVICES)}")
+    return torch.device(name)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a mixed precision the device cannot train in."""
+    import torch
+
+    if precision == "fp16" and device.type == "cpu":
+        raise PtuningError("--precision fp16 needs a GPU (CUDA or MPS); on a CPU use bf16 or fp32")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise PtuningError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16; use fp16 or fp32")
+    if precision == "bf16" and device.type == "mps":
+        raise PtuningError("--precision bf16 is not supported on MPS here; use fp16 or fp32")
