@@ -143,3 +143,16 @@ def test_a_task_loaded_into_a_serving_model_answers_without_dropout(tiny_backbon
     first, second, third = predictor.predict(requests)
     assert_same_answer(second, first)
     assert_same_answer(third, first)
+
+
+def test_truncated_inputs_are_logged_once_per_call_not_once_per_input(runs, caplog):
+    from ptuning.predictor import Predictor
+
+    predictor = Predictor.from_checkpoints({"ner": runs / "ner"})
+    long_text = " ".join(["Oslo"] * 100)
+    requests = [predictor.parse({"task": "ner", "text": text}, "in") for text in (long_text, "Oslo", long_text)]
+    with caplog.at_level("WARNING", logger="ptuning"):
+        answers = predictor.predict(requests)
+    assert ["warning" in answer for answer in answers] == [True, False, True]
+    truncation = [record.getMessage() for record in caplog.records if "truncated" in record.getMessage()]
+    assert truncation == ["2 input(s) were longer than their task allows and were truncated"]

@@ -6,6 +6,7 @@ The command line's ``predict NAME=DIR ...`` runs on it, and so can a server.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from .errors import DataError, PtuningError
 from .model import PromptedModel
 from .tasks import make_task
 from .tasks.base import Encoded, Task, run_model, token_count
+
+logger = logging.getLogger("ptuning")
 
 
 def task_for(model: PromptedModel, name: str) -> Task:
@@ -47,13 +50,18 @@ class Predictor:
         self.batch_size = batch_size
         self.max_tokens = max_tokens
         self.progress = progress
-        self.tasks: dict[str, Task] = {name: task_for(model, name) for name in model.task_names}
+        self.tasks: dict[str, Task] = {name: self._task(name) for name in model.task_names}
 
     @classmethod
     def from_checkpoints(cls, sources: dict[str, str | Path] | str | Path, **settings: Any) -> Predictor:
         """Load each checkpoint (or run) folder onto one backbone under its name; or one folder, its tasks under
         the names it saved them with. ``settings``: the constructor's (``batch_size``, ``max_tokens``, ...)."""
         return cls(PromptedModel.from_pretrained(dict(sources) if isinstance(sources, dict) else sources), **settings)
+
+    def _task(self, name: str) -> Task:
+        task = task_for(self.model, name)
+        task.log_truncation = False  # each cut input's answer says so; predict() logs one count per call
+        return task
 
     def parse(self, record: Any, source: str) -> Request:
         """A JSON object naming its task (``{"task": "ner", "text": ...}``) and that task's input fields."""
@@ -79,7 +87,7 @@ class Predictor:
     def load(self, name: str, folder: str | Path) -> None:
         """Add a checkpoint's task under ``name`` (onto the same backbone; refused if made for another)."""
         self.model.load_task(folder, name=name)
-        self.tasks[name] = task_for(self.model, name)
+        self.tasks[name] = self._task(name)
 
     def unload(self, name: str) -> None:
         del self.tasks[name]
@@ -101,6 +109,9 @@ class Predictor:
             self._answer(positions, requests, answers, self.tasks[name].collator())
         if mixed:
             self._answer(mixed, requests, answers, DataCollatorWithPadding(self.model.tokenizer))
+        truncated = sum("warning" in answer for answer in answers)
+        if truncated:
+            logger.warning("%d input(s) were longer than their task allows and were truncated", truncated)
         return answers
 
     def _answer(self, positions: list[int], requests: list[Request], answers: list[dict], collator) -> None:

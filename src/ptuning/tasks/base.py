@@ -36,6 +36,7 @@ class Task:
     name = ""
     primary_metric = ""
     per_token = False  # whether the model's logits are per token (kept per feature up to its length)
+    log_truncation = True  # a Predictor encodes one input at a time and says it per answer instead
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, labels: list[str], max_length: int):
         self.tokenizer = tokenizer
@@ -52,7 +53,7 @@ class Task:
                 raise DataError(f"{where}: label(s) {unknown} unknown to the model; it knows {self.labels}")
 
     def warn_truncated(self, encoded: Encoded) -> Encoded:
-        if encoded.truncated:
+        if encoded.truncated and self.log_truncation:
             logger.warning(
                 "%d example(s) were longer than %d tokens and were truncated", len(encoded.truncated), self.max_length
             )
