@@ -33,12 +33,19 @@ def test_batches_come_from_one_task_drawn_by_its_weight(sampling, share):
     batches = TaskBatches(lengths, 10, task_weights(sampling, [100, 300]), seed=0)
     assert len(batches) == 40
     drawn = Counter()
-    for _ in range(200):  # epochs
+    for epoch in range(200):
+        batches.set_epoch(epoch)  # as the Trainer does, a resumed run too
         for batch in batches:
             tasks = {0 if index < 100 else 1 for index in batch}
             assert len(tasks) == 1 and len(batch) == 10
             drawn[tasks.pop()] += 1
     assert abs(drawn[1] / (drawn[0] + drawn[1]) - share) < 0.03
+    batches.set_epoch(7)
+    again = list(batches)
+    batches.set_epoch(8)
+    assert list(batches) != again
+    batches.set_epoch(7)
+    assert list(batches) == again  # an epoch draws the same batches whenever it runs: a resumed run continues
 
 
 def test_collator_marks_the_batch_with_its_task():

@@ -158,7 +158,7 @@ def command_train(args: argparse.Namespace) -> None:
     recipe = build_recipe(flags)
     from .train import prepare_output, train
 
-    prepare_output(Path(recipe.output), recipe.overwrite)  # before minutes of loading, not after
+    prepare_output(Path(recipe.output), recipe.overwrite, recipe.resume)  # before minutes of loading, not after
     metrics = train(recipe)
     whole = ", the whole fine-tuned backbone included" if recipe.prompt.method == "finetune" else ""
     results = metrics.get("tasks") or {"": metrics}  # a single-task run keeps its flat shape

@@ -169,6 +169,13 @@ class Recipe:
     overwrite: bool = setting(
         False, "replace a non-empty --output folder (the old run stays until the new one has succeeded)"
     )
+    save_steps: int | None = setting(
+        None,
+        "every N optimizer steps, keep the latest resumable state in OUTPUT/resume/ (what trains, optimizer, "
+        "scheduler, RNG, data position, best-so-far validation; not the frozen backbone)",
+        check=at_least(1),
+    )
+    resume: bool = setting(False, "continue the interrupted run in --output from OUTPUT/resume/ (the same recipe)")
 
     def __post_init__(self) -> None:
         check_settings(self)

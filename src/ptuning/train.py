@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Sampler
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -36,6 +37,18 @@ from .model import PromptedModel
 from .recipe import Recipe, task_weights
 from .tasks import make_task, model_task, task_class
 from .tasks.base import Task
+
+RESUME_DIR = "resume"
+RESUME_RECIPE = "recipe.json"
+TRAINABLE_STATE = "trainable_state.safetensors"
+BEST_STATE = "best_state.safetensors"
+BEST_PROGRESS = "best_progress.json"
+RUN_CONTROL = ("resume", "overwrite")  # what may differ between an interrupted run and its --resume
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    save_file({name: tensor.contiguous().cpu() for name, tensor in tensors.items()}, str(path))
+
 
 logger = logging.getLogger("ptuning")
 EVAL_SUBSAMPLE_SEED = 0
@@ -110,6 +123,29 @@ class EvaluateEachEpoch(TrainerCallback):
         )
         logger.info("step %d validation %s%s", state.global_step, scores, " (best)" if improved else "")
 
+    def save_state(self, folder: Path) -> None:
+        """The best-so-far state and scores, beside a resumable checkpoint."""
+        save_tensors(self.best_state, folder / BEST_STATE)
+        progress = {
+            "best_metrics": self.best_metrics,
+            "best_score": self.best_score,
+            "evaluated_step": self.evaluated_step,
+            "curve": self.curve,
+        }
+        (folder / BEST_PROGRESS).write_text(json.dumps(progress, default=float) + "\n")
+
+    def load_state(self, folder: Path) -> None:
+        device = next(self.model.parameters()).device
+        self.best_state = {name: tensor.to(device) for name, tensor in load_file(str(folder / BEST_STATE)).items()}
+        progress = json.loads((folder / BEST_PROGRESS).read_text())
+        self.best_metrics, self.best_score = progress["best_metrics"], progress["best_score"]
+        self.evaluated_step, self.curve = progress["evaluated_step"], [tuple(point) for point in progress["curve"]]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # an epoch's last step: score before the Trainer saves this step's resumable state, so the state holds it
+        if state.epoch == round(state.epoch):
+            self._evaluate(state)
+
     def on_epoch_end(self, args, state, control, **kwargs):
         self._evaluate(state)
 
@@ -127,6 +163,10 @@ class TaskBatches(Sampler[list[int]]):
         self.offsets = [sum(len(task) for task in lengths[:index]) for index in range(len(lengths))]
         self.epoch = 0
 
+    def set_epoch(self, epoch: int) -> None:
+        """The Trainer names each epoch (a resumed run too), so every epoch draws the same batches again."""
+        self.epoch = epoch
+
     def __len__(self) -> int:
         return sum(math.ceil(len(task) / self.batch_size) for task in self.lengths)
 
@@ -138,7 +178,6 @@ class TaskBatches(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        self.epoch += 1
         streams = [self._batches(task, generator) for task in range(len(self.lengths))]
         weights = torch.tensor(self.weights)
         for _ in range(len(self)):
@@ -158,7 +197,27 @@ class TaskCollator:
         return batch
 
 
-class MultiTaskTrainer(Trainer):
+class PromptTrainer(Trainer):
+    """The Trainer, whose resumable checkpoints hold what trains (prompts and heads: megabytes, not the frozen
+    backbone) and the best-so-far validation state beside it."""
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not self.args.should_save:
+            return
+        folder = Path(output_dir or self.args.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model)
+        save_tensors(model.trainable_state(), folder / TRAINABLE_STATE)
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, EvaluateEachEpoch):
+                callback.save_state(folder)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        model = self.accelerator.unwrap_model(model or self.model)
+        model.restore_trainable_state(load_file(str(Path(resume_from_checkpoint) / TRAINABLE_STATE)))
+
+
+class MultiTaskTrainer(PromptTrainer):
     """The Trainer, with batches of one task each drawn by :class:`TaskBatches`."""
 
     def __init__(self, *args: Any, task_batches: TaskBatches, **kwargs: Any):
@@ -178,14 +237,41 @@ def _file_logging(output: Path) -> logging.Handler:
     return handler
 
 
-def prepare_output(output: Path, overwrite: bool) -> None:
-    """Refuse to train into a folder that holds files, unless ``overwrite`` (the old run is replaced on success)."""
+def prepare_output(output: Path, overwrite: bool, resume: bool = False) -> None:
+    """Refuse to train into a folder that holds files, unless ``overwrite`` (the old run is replaced on success) or
+    ``resume`` (an interrupted run's state is there to continue)."""
     if output.exists() and not output.is_dir():
         raise PtuningError(f"--output {output} is a file, not a folder")
+    if resume:
+        if latest_resume_state(output) is None:
+            raise PtuningError(
+                f"--resume: {output / RESUME_DIR} holds no saved state to continue (train with --save-steps N)"
+            )
+        return
     if output.is_dir() and any(output.iterdir()) and not overwrite:
+        held = "an interrupted run (--resume continues it)" if (output / RESUME_DIR).is_dir() else "a previous run?"
         raise PtuningError(
-            f"--output {output} is not empty (a previous run?); give --overwrite to replace it, or another --output"
+            f"--output {output} is not empty ({held}); give --overwrite to replace it, or another --output"
         )
+
+
+def latest_resume_state(output: Path) -> Path | None:
+    """The newest complete resumable checkpoint of an interrupted run (the Trainer writes its state file last)."""
+    folder = output / RESUME_DIR
+    complete = [path for path in folder.glob("checkpoint-*") if (path / "trainer_state.json").is_file()]
+    return max(complete, key=lambda path: int(path.name.rpartition("-")[2]), default=None)
+
+
+def _check_same_recipe(recipe: Recipe, output: Path) -> None:
+    """A resumed run must be the interrupted one: the same recipe, but for how the run was started."""
+    saved = json.loads((output / RESUME_DIR / RESUME_RECIPE).read_text())
+    current = json.loads(json.dumps(recipe.to_dict()))
+    changed = sorted(
+        key for key in set(saved) | set(current) if key not in RUN_CONTROL and saved.get(key) != current.get(key)
+    )
+    if changed:
+        differences = "; ".join(f"{key}: {saved.get(key)!r} then, {current.get(key)!r} now" for key in changed)
+        raise PtuningError(f"--resume continues the run in {output} with its own recipe, which differs: {differences}")
 
 
 def train(recipe: Recipe) -> dict[str, Any]:
@@ -195,7 +281,14 @@ def train(recipe: Recipe) -> dict[str, Any]:
     leaves an existing ``output`` untouched and ``overwrite`` never leaves stale files of the old run behind.
     """
     output = Path(recipe.output)
-    prepare_output(output, recipe.overwrite)
+    prepare_output(output, recipe.overwrite, recipe.resume)
+    if recipe.resume:
+        _check_same_recipe(recipe, output)
+    elif (output / RESUME_DIR).exists():  # an interrupted run's state that --overwrite replaces
+        shutil.rmtree(output / RESUME_DIR)
+    if recipe.save_steps and not recipe.resume:
+        (output / RESUME_DIR).mkdir(parents=True)
+        (output / RESUME_DIR / RESUME_RECIPE).write_text(json.dumps(recipe.to_dict(), indent=2) + "\n")
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     handler = _file_logging(staging)
@@ -295,8 +388,10 @@ def _copy_from(model: PromptedModel, source: str, runs: list[TaskRun]) -> None:
 
 
 def _arguments(recipe: Recipe, output: Path, device: torch.device) -> TrainingArguments:
+    resumable = recipe.save_steps is not None
     return TrainingArguments(
-        output_dir=str(output / "trainer"),
+        # resumable state lives in the final folder (a staged run's folder is gone when its process is killed)
+        output_dir=str(Path(recipe.output) / RESUME_DIR if resumable else output / "trainer"),
         per_device_train_batch_size=recipe.batch_size,
         learning_rate=recipe.learning_rate(),
         weight_decay=recipe.weight_decay,
@@ -305,7 +400,9 @@ def _arguments(recipe: Recipe, output: Path, device: torch.device) -> TrainingAr
         max_steps=recipe.max_steps,
         lr_scheduler_type="linear",
         logging_steps=0.05,  # a share of the steps: short runs log a training loss too
-        save_strategy="no",
+        save_strategy="steps" if resumable else "no",
+        save_steps=recipe.save_steps or 500,
+        save_total_limit=1,
         eval_strategy="no",
         report_to=[],
         seed=recipe.seed,
@@ -323,7 +420,7 @@ def _trainer(model, recipe: Recipe, runs: list[TaskRun], output: Path, callback,
     encoded = [run.task.encode(run.train).inputs for run in runs]
     arguments = _arguments(recipe, output, device)
     if len(runs) == 1:
-        return Trainer(
+        return PromptTrainer(
             model=model,
             args=arguments,
             train_dataset=encoded[0],
@@ -395,8 +492,12 @@ def _train(recipe: Recipe, output: Path, final_output: Path) -> dict[str, Any]:
     )
     callback = EvaluateEachEpoch(model, runs, recipe.eval_batch_size)
     trainer = _trainer(model, recipe, runs, output, callback, device)
+    resume_from = latest_resume_state(Path(recipe.output)) if recipe.resume else None
+    if resume_from is not None:
+        callback.load_state(resume_from)
+        logger.info("resuming from %s", resume_from)
     started = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=None if resume_from is None else str(resume_from))
     train_seconds = time.perf_counter() - started
     shutil.rmtree(output / "trainer", ignore_errors=True)  # save_strategy="no": nothing of ours is in there
     model.restore_trainable_state(callback.best_state)

@@ -1,0 +1,71 @@
+"""Resumable runs: a real training process killed after its first saved state, then resumed, ends equal to the
+uninterrupted run; the state holds what trains, not the backbone; wrong resumes are refused with a message."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from ptuning.cli import main
+
+DATA = "Peter B-PER\nBlackburn I-PER\nruns O\n\nOslo B-LOC\ncalls O\n\nMary B-PER\nsings O\n\nAnna B-PER\nwaits O\n"
+
+
+def flags(tmp_path: Path, backbone: Path, output: str, *more: str) -> list[str]:
+    data = tmp_path / "ner.conll"
+    data.write_text(DATA)
+    return [
+        "train", "--train", str(data), "--validation", str(data), "--model", str(backbone), "--max-steps", "150",
+        "--batch-size", "2", "--lr", "0.1", "--prompt-length", "2", "--output", str(tmp_path / output), *more,
+    ]  # fmt: skip
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_backbone_folder):
+    command = [sys.executable, "-m", "ptuning"]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    subprocess.run(command + flags(tmp_path, tiny_backbone_folder, "whole"), check=True, capture_output=True)
+    interrupted = flags(tmp_path, tiny_backbone_folder, "run", "--save-steps", "10")
+    process = subprocess.Popen(
+        command + interrupted, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    state = tmp_path / "run" / "resume"
+    while not list(state.glob("checkpoint-*/trainer_state.json")):
+        assert process.poll() is None, "the run ended before its first saved state"
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    saved = max(state.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    assert not (tmp_path / "run" / "checkpoint").exists() and int(saved.name.split("-")[1]) < 150
+    held = sum(path.stat().st_size for path in saved.rglob("*") if path.is_file())
+    assert held < 200_000  # prompts, heads, optimizer, RNG, progress: no backbone weights
+
+    assert main(interrupted + ["--resume"]) == 0
+    whole = load_file(str(tmp_path / "whole" / "checkpoint" / "ptuning_model.safetensors"))
+    resumed = load_file(str(tmp_path / "run" / "checkpoint" / "ptuning_model.safetensors"))
+    assert whole.keys() == resumed.keys()
+    assert all((whole[key] - resumed[key]).abs().max().item() <= 1e-5 for key in whole)
+    before, after = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("whole", "run"))
+    assert after["validation"] == before["validation"] and after["steps"] == before["steps"] == 150
+    assert after["validation_curve"] == before["validation_curve"]
+    assert not state.exists()  # a finished run keeps no resume state
+
+
+def test_wrong_resumes_are_refused(tmp_path, tiny_backbone_folder, capsys):
+    assert main(flags(tmp_path, tiny_backbone_folder, "none", "--resume")) == 2
+    assert f"--resume: {tmp_path / 'none' / 'resume'} holds no saved state to continue" in capsys.readouterr().err
+    state = tmp_path / "run" / "resume"
+    (state / "checkpoint-10").mkdir(parents=True)
+    (state / "checkpoint-10" / "trainer_state.json").write_text("{}")
+    recipe = {"train": str(tmp_path / "ner.conll"), "lr": 0.5}
+    (state / "recipe.json").write_text(json.dumps(recipe))
+    assert main(flags(tmp_path, tiny_backbone_folder, "run")) == 2
+    assert "is not empty (an interrupted run (--resume continues it))" in capsys.readouterr().err
+    assert main(flags(tmp_path, tiny_backbone_folder, "run", "--resume")) == 2
+    assert "lr: 0.5 then, 0.1 now" in capsys.readouterr().err
