@@ -156,10 +156,13 @@ def _load_for_inference(path: str, task: str | None, device: str):
 def command_train(args: argparse.Namespace) -> None:
     flags = {key: value for key, value in vars(args).items() if key not in ("command", "handler")}
     recipe = build_recipe(flags)
-    from .train import prepare_output, train
+    from .train import is_main_process, prepare_output, train
 
-    prepare_output(Path(recipe.output), recipe.overwrite, recipe.resume)  # before minutes of loading, not after
+    if is_main_process():  # the process that writes the run; others of a data-parallel launch only train
+        prepare_output(Path(recipe.output), recipe.overwrite, recipe.resume)  # before minutes of loading
     metrics = train(recipe)
+    if not metrics:
+        return
     whole = ", the whole fine-tuned backbone included" if recipe.prompt.method == "finetune" else ""
     results = metrics.get("tasks") or {"": metrics}  # a single-task run keeps its flat shape
     lines = []

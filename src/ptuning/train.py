@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import random
 import resource
 import shutil
@@ -44,6 +45,25 @@ TRAINABLE_STATE = "trainable_state.safetensors"
 BEST_STATE = "best_state.safetensors"
 BEST_PROGRESS = "best_progress.json"
 RUN_CONTROL = ("resume", "overwrite")  # what may differ between an interrupted run and its --resume
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a data-parallel launch (torchrun, accelerate launch), or the only process: the one that writes."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def replica_checksums(model: PromptedModel) -> list[float]:
+    """A checksum of the trainable weights from every data-parallel process (one entry alone): they must agree."""
+    checksum = sum(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [checksum]
+    gathered: list[float] = [0.0] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, checksum)
+    return gathered
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -281,9 +301,15 @@ def train(recipe: Recipe) -> dict[str, Any]:
     leaves an existing ``output`` untouched and ``overwrite`` never leaves stale files of the old run behind.
     """
     output = Path(recipe.output)
+    if not is_main_process():  # another data-parallel process: trains its share of each batch, writes nothing
+        logger.setLevel(logging.WARNING)
+        with tempfile.TemporaryDirectory() as scratch:
+            return _train(recipe, Path(scratch), output)
     prepare_output(output, recipe.overwrite, recipe.resume)
     if recipe.resume:
         _check_same_recipe(recipe, output)
+        for stale in output.parent.glob(f".{output.name}.partial-*"):  # the staged folder of the killed process
+            shutil.rmtree(stale, ignore_errors=True)
     elif (output / RESUME_DIR).exists():  # an interrupted run's state that --overwrite replaces
         shutil.rmtree(output / RESUME_DIR)
     if recipe.save_steps and not recipe.resume:
@@ -387,7 +413,7 @@ def _copy_from(model: PromptedModel, source: str, runs: list[TaskRun]) -> None:
     logger.info("prompt from %s", source)
 
 
-def _arguments(recipe: Recipe, output: Path, device: torch.device) -> TrainingArguments:
+def _arguments(recipe: Recipe, output: Path, device: torch.device, multi_task: bool) -> TrainingArguments:
     resumable = recipe.save_steps is not None
     return TrainingArguments(
         # resumable state lives in the final folder (a staged run's folder is gone when its process is killed)
@@ -411,14 +437,16 @@ def _arguments(recipe: Recipe, output: Path, device: torch.device) -> TrainingAr
         bf16=recipe.precision == "bf16",
         fp16=recipe.precision == "fp16",
         remove_unused_columns=False,
-        disable_tqdm=False,
+        disable_tqdm=not is_main_process(),
+        # a step of one task leaves the other tasks' heads without gradients on that process
+        ddp_find_unused_parameters=multi_task,
     )
 
 
 def _trainer(model, recipe: Recipe, runs: list[TaskRun], output: Path, callback, device) -> Trainer:
     """The Trainer of one task, or the one whose every batch comes from one task, drawn by ``task_sampling``."""
     encoded = [run.task.encode(run.train).inputs for run in runs]
-    arguments = _arguments(recipe, output, device)
+    arguments = _arguments(recipe, output, device, multi_task=len(runs) > 1)
     if len(runs) == 1:
         return PromptTrainer(
             model=model,
@@ -490,7 +518,8 @@ def _train(recipe: Recipe, output: Path, final_output: Path) -> dict[str, Any]:
         model.total_parameters(),
         100 * model.trainable_parameters() / model.total_parameters(),
     )
-    callback = EvaluateEachEpoch(model, runs, recipe.eval_batch_size)
+    # validation runs on the writing process alone (the others would score the same examples again)
+    callback = EvaluateEachEpoch(model, runs if is_main_process() else [], recipe.eval_batch_size)
     trainer = _trainer(model, recipe, runs, output, callback, device)
     resume_from = latest_resume_state(Path(recipe.output)) if recipe.resume else None
     if resume_from is not None:
@@ -499,6 +528,11 @@ def _train(recipe: Recipe, output: Path, final_output: Path) -> dict[str, Any]:
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=None if resume_from is None else str(resume_from))
     train_seconds = time.perf_counter() - started
+    replicas = replica_checksums(model)
+    if not is_main_process():
+        return {}
+    if len(set(replicas)) > 1:
+        logger.warning("the data-parallel processes ended with different weights: checksums %s", replicas)
     shutil.rmtree(output / "trainer", ignore_errors=True)  # save_strategy="no": nothing of ours is in there
     model.restore_trainable_state(callback.best_state)
 
@@ -533,6 +567,9 @@ def _train(recipe: Recipe, output: Path, final_output: Path) -> dict[str, Any]:
         "stored_parameters": model.stored_parameters(),
         "stored_share": model.stored_share(),
         "device": str(trainer.args.device),
+        "world_size": world_size(),
+        "global_batch_size": recipe.batch_size * world_size(),
+        "replica_checksums": replicas,
         "precision": recipe.precision,
         "train_seconds": round(train_seconds, 1),
         # the last logged window, not the run's mean: tells underfitting (high) from overfitting (low)
