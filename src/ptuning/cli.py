@@ -153,6 +153,17 @@ def _load_for_inference(path: str, task: str | None, device: str):
     return model, task_for(model, model.default_task)
 
 
+def command_sweep(args: argparse.Namespace) -> None:
+    sweep_flags = ("search", "trials", "storage", "study_name", "jobs", "no_pruning")
+    flags = {key: value for key, value in vars(args).items() if key not in ("command", "handler", *sweep_flags)}
+    base = build_recipe(flags)
+    from .sweep import parse_search, summary, sweep
+
+    searches = [parse_search(text) for text in args.search]  # every spec checked before the first trial
+    study = sweep(base, searches, args.trials, args.storage, args.study_name, args.jobs, not args.no_pruning)
+    print("\n" + summary(study, Path(base.output)))
+
+
 def command_train(args: argparse.Namespace) -> None:
     flags = {key: value for key, value in vars(args).items() if key not in ("command", "handler")}
     recipe = build_recipe(flags)
@@ -310,6 +321,26 @@ def parser() -> argparse.ArgumentParser:
     )
     add_train_arguments(train_parser)
     train_parser.set_defaults(handler=command_train)
+
+    sweep_parser = commands.add_parser(
+        "sweep",
+        help="search recipe keys with Optuna (the train flags, plus --search); selects on validation only",
+        formatter_class=formatter,
+    )
+    add_train_arguments(sweep_parser)
+    sweep_parser.add_argument(
+        "--search",
+        action="append",
+        required=True,
+        metavar="NAME=LOW:HIGH[:log]|NAME=a,b,c",
+        help="a recipe key to search, over a range or among choices (repeat for several)",
+    )
+    sweep_parser.add_argument("--trials", type=_positive_int, default=10, help="finished trials the study should hold")
+    sweep_parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUTPUT/sweep.db)")
+    sweep_parser.add_argument("--study-name", default="ptuning", help="the study in the storage (continued if there)")
+    sweep_parser.add_argument("--jobs", type=_positive_int, default=1, help="trials run at once in this process")
+    sweep_parser.add_argument("--no-pruning", action="store_true", help="never stop a trial early")
+    sweep_parser.set_defaults(handler=command_sweep)
 
     eval_parser = commands.add_parser(
         "eval", help="score a checkpoint on labelled data; prints JSON", formatter_class=formatter

@@ -18,7 +18,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,8 +113,15 @@ class EvaluateEachEpoch(TrainerCallback):
     With several tasks every task is scored and the best epoch is the one with the best mean of the tasks' primary
     metrics."""
 
-    def __init__(self, model: PromptedModel, runs: list[TaskRun], batch_size: int):
+    def __init__(
+        self,
+        model: PromptedModel,
+        runs: list[TaskRun],
+        batch_size: int,
+        on_validation: Callable[[int, float], None] | None = None,
+    ):
         self.model, self.runs, self.batch_size = model, [run for run in runs if run.validation], batch_size
+        self.on_validation = on_validation  # (step, score) after each evaluation: a sweep's pruner listens
         self.best_metrics: dict[str, dict[str, float]] = {}
         self.best_score: float | None = None
         self.best_state = model.trainable_state()
@@ -142,6 +149,8 @@ class EvaluateEachEpoch(TrainerCallback):
             for run in self.runs
         )
         logger.info("step %d validation %s%s", state.global_step, scores, " (best)" if improved else "")
+        if self.on_validation is not None:
+            self.on_validation(state.global_step, score)
 
     def save_state(self, folder: Path) -> None:
         """The best-so-far state and scores, beside a resumable checkpoint."""
@@ -294,7 +303,7 @@ def _check_same_recipe(recipe: Recipe, output: Path) -> None:
         raise PtuningError(f"--resume continues the run in {output} with its own recipe, which differs: {differences}")
 
 
-def train(recipe: Recipe) -> dict[str, Any]:
+def train(recipe: Recipe, on_validation: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     """Train a prompt for the recipe; write checkpoint, train.log, log.json and metrics.json to ``output``.
 
     The run is written to a sibling folder first and moved into place when it has succeeded, so a failed run
@@ -304,7 +313,7 @@ def train(recipe: Recipe) -> dict[str, Any]:
     if not is_main_process():  # another data-parallel process: trains its share of each batch, writes nothing
         logger.setLevel(logging.WARNING)
         with tempfile.TemporaryDirectory() as scratch:
-            return _train(recipe, Path(scratch), output)
+            return _train(recipe, Path(scratch), output, on_validation)
     prepare_output(output, recipe.overwrite, recipe.resume)
     if recipe.resume:
         _check_same_recipe(recipe, output)
@@ -319,7 +328,7 @@ def train(recipe: Recipe) -> dict[str, Any]:
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     handler = _file_logging(staging)
     try:
-        metrics = _train(recipe, staging, output)
+        metrics = _train(recipe, staging, output, on_validation)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -489,7 +498,7 @@ def _prepare_task(run: TaskRun, model: PromptedModel, recipe: Recipe) -> None:
             raise DataError(f"{error}; declare the whole label set with --labels FILE|a,b,c") from error
 
 
-def _train(recipe: Recipe, output: Path, final_output: Path) -> dict[str, Any]:
+def _train(recipe: Recipe, output: Path, final_output: Path, on_validation=None) -> dict[str, Any]:
     """Train into ``output``; paths recorded in metrics.json name ``final_output``, where the run ends up."""
     device = resolve_device(recipe.device)
     check_precision(recipe.precision, device)
@@ -519,7 +528,7 @@ def _train(recipe: Recipe, output: Path, final_output: Path) -> dict[str, Any]:
         100 * model.trainable_parameters() / model.total_parameters(),
     )
     # validation runs on the writing process alone (the others would score the same examples again)
-    callback = EvaluateEachEpoch(model, runs if is_main_process() else [], recipe.eval_batch_size)
+    callback = EvaluateEachEpoch(model, runs if is_main_process() else [], recipe.eval_batch_size, on_validation)
     trainer = _trainer(model, recipe, runs, output, callback, device)
     resume_from = latest_resume_state(Path(recipe.output)) if recipe.resume else None
     if resume_from is not None:

@@ -1,0 +1,73 @@
+"""``ptuning sweep``: trials on Optuna storage, continued by a rerun with more trials; the best recipe is a YAML
+recipe ``ptuning train --config`` takes; every --search spec is checked before the first trial."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import optuna
+import pytest
+import yaml
+
+from ptuning.cli import main
+from ptuning.sweep import parse_search
+
+DATA = "Peter B-PER\nBlackburn I-PER\nruns O\n\nOslo B-LOC\ncalls O\n\nMary B-PER\nsings O\n"
+
+
+def sweep_flags(tmp_path, backbone, *more: str) -> list[str]:
+    data = tmp_path / "ner.conll"
+    data.write_text(DATA)
+    return [
+        "sweep", "--train", str(data), "--validation", str(data), "--model", str(backbone), "--max-steps", "4",
+        "--batch-size", "2", "--search", "lr=0.01:0.5:log", "--search", "prompt_length=2,3",
+        "--output", str(tmp_path / "sweep"), *more,
+    ]  # fmt: skip
+
+
+def test_a_rerun_with_more_trials_continues_the_study_and_the_best_recipe_trains(
+    tmp_path, tiny_backbone_folder, capsys
+):
+    assert main(sweep_flags(tmp_path, tiny_backbone_folder, "--trials", "2")) == 0
+    assert main(sweep_flags(tmp_path, tiny_backbone_folder, "--trials", "3")) == 0
+    assert "3 trials (3 complete)" in capsys.readouterr().out
+    folder = tmp_path / "sweep"
+    study = optuna.load_study(study_name="ptuning", storage=f"sqlite:///{folder / 'sweep.db'}")
+    assert len(study.trials) == 3 and all(trial.intermediate_values for trial in study.trials)  # per-epoch reports
+    rows = list(csv.DictReader((folder / "trials.csv").open()))
+    assert [row["trial"] for row in rows] == ["0", "1", "2"] and all(row["state"] == "COMPLETE" for row in rows)
+    assert {row["prompt_length"] for row in rows} <= {"2", "3"} and all(0.01 <= float(row["lr"]) <= 0.5 for row in rows)
+    assert (folder / "sweep.png").stat().st_size > 0
+    best = yaml.safe_load((folder / "best.yaml").read_text())
+    assert best["lr"] == study.best_params["lr"] and best["max_steps"] == 4
+    assert main(["train", "--config", str(folder / "best.yaml"), "--output", str(tmp_path / "best")]) == 0
+    metrics = json.loads((tmp_path / "best" / "metrics.json").read_text())
+    assert metrics["recipe"]["lr"] == study.best_params["lr"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("lr", "expected NAME=LOW:HIGH[:log] or NAME=a,b,c"),
+        ("speed=1:2", "'speed' is not a recipe key to search"),
+        ("output=a,b", "'output' is not a recipe key to search"),
+        ("lr=0.5:0.1", "needs LOW < HIGH"),
+        ("lr=0:1:log", "LOW > 0 on a log scale"),
+        ("lr=a:b", "expected NAME=LOW:HIGH[:log]"),
+        ("lr=0.1:1:ln", "expected NAME=LOW:HIGH[:log]"),
+    ],
+)
+def test_bad_search_specs_are_refused(tmp_path, tiny_backbone_folder, capsys, spec, message):
+    flags = sweep_flags(tmp_path, tiny_backbone_folder, "--search", spec)
+    assert main(flags) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "sweep" / "sweep.db").exists()  # refused before any trial
+
+
+def test_search_specs_read_ranges_and_typed_choices():
+    assert parse_search("prompt-length=4:64:log").suggest.__self__.low == 4
+    ranged = parse_search("prompt_length=4:64")
+    assert (ranged.key, ranged.low, ranged.high, ranged.log) == ("prompt_length", 4, 64, False)
+    assert parse_search("reparam=none,mlp").choices == (None, "mlp")
+    assert parse_search("prompt_dropout=0.0,0.1").choices == (0.0, 0.1)
