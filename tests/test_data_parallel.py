@@ -4,10 +4,14 @@ with the same global batch on the same data (to 1e-5: the gradients are summed i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from conftest import tiny_backbone
@@ -53,3 +57,42 @@ def test_two_processes_write_one_run_equal_to_one_process_with_the_same_global_b
     two = load_file(str(tmp_path / "two" / "checkpoint" / "ptuning_model.safetensors"))
     assert one.keys() == two.keys()
     assert all((one[key] - two[key]).abs().max().item() <= 1e-5 for key in one)
+
+
+def kill_every_process_of(marker: str) -> None:
+    """SIGKILL the launcher and its workers (a crash or a job kill takes them all; torchrun's workers would outlive
+    their launcher's own kill)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            command = (Path("/proc") / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in command and int(pid) != os.getpid():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+
+
+def test_a_killed_data_parallel_run_resumes_to_the_uninterrupted_result(tmp_path, quiet_backbone):
+    data = tmp_path / "sent.csv"
+    data.write_text(TEXTS)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ptuning"]
+    common = ["train", "--train", str(data), "--validation", str(data), "--model", str(quiet_backbone),
+              "--max-steps", "150", "--batch-size", "2", "--lr", "0.1", "--device", "cpu"]  # fmt: skip
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run([*launch, *common, "--output", str(tmp_path / "whole")], env=environment, check=True, timeout=300)
+    interrupted = [*launch, *common, "--output", str(tmp_path / "run"), "--save-steps", "10"]
+    process = subprocess.Popen(interrupted, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not list((tmp_path / "run" / "resume").glob("checkpoint-*/trainer_state.json")):
+        assert process.poll() is None, "the run ended before its first saved state"
+        time.sleep(0.002)
+    kill_every_process_of(str(tmp_path / "run"))
+    process.wait()
+    saved = next((tmp_path / "run" / "resume").glob("checkpoint-*"))
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= {path.name for path in saved.iterdir()}  # each process's RNG
+    done = subprocess.run([*interrupted, "--resume"], env=environment, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    whole = load_file(str(tmp_path / "whole" / "checkpoint" / "ptuning_model.safetensors"))
+    resumed = load_file(str(tmp_path / "run" / "checkpoint" / "ptuning_model.safetensors"))
+    assert all((whole[key] - resumed[key]).abs().max().item() <= 1e-5 for key in whole)
+    before, after = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("whole", "run"))
+    assert after["validation"] == before["validation"] and after["replica_checksums"] == before["replica_checksums"]
