@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import optuna
 import pytest
@@ -13,6 +14,7 @@ import yaml
 from ptuning.cli import main
 from ptuning.sweep import parse_search
 
+FINISHED = ("COMPLETE", "PRUNED")  # the median pruner may stop a trial after its first epochs
 DATA = "Peter B-PER\nBlackburn I-PER\nruns O\n\nOslo B-LOC\ncalls O\n\nMary B-PER\nsings O\n"
 
 
@@ -31,12 +33,12 @@ def test_a_rerun_with_more_trials_continues_the_study_and_the_best_recipe_trains
 ):
     assert main(sweep_flags(tmp_path, tiny_backbone_folder, "--trials", "2")) == 0
     assert main(sweep_flags(tmp_path, tiny_backbone_folder, "--trials", "3")) == 0
-    assert "3 trials (3 complete)" in capsys.readouterr().out
+    assert "study 'ptuning': 3 trials" in capsys.readouterr().out
     folder = tmp_path / "sweep"
     study = optuna.load_study(study_name="ptuning", storage=f"sqlite:///{folder / 'sweep.db'}")
     assert len(study.trials) == 3 and all(trial.intermediate_values for trial in study.trials)  # per-epoch reports
     rows = list(csv.DictReader((folder / "trials.csv").open()))
-    assert [row["trial"] for row in rows] == ["0", "1", "2"] and all(row["state"] == "COMPLETE" for row in rows)
+    assert [row["trial"] for row in rows] == ["0", "1", "2"] and all(row["state"] in FINISHED for row in rows)
     assert {row["prompt_length"] for row in rows} <= {"2", "3"} and all(0.01 <= float(row["lr"]) <= 0.5 for row in rows)
     assert (folder / "sweep.png").stat().st_size > 0
     best = yaml.safe_load((folder / "best.yaml").read_text())
@@ -71,3 +73,15 @@ def test_search_specs_read_ranges_and_typed_choices():
     assert (ranged.key, ranged.low, ranged.high, ranged.log) == ("prompt_length", 4, 64, False)
     assert parse_search("reparam=none,mlp").choices == (None, "mlp")
     assert parse_search("prompt_dropout=0.0,0.1").choices == (0.0, 0.1)
+
+
+def test_jobs_are_processes_sharing_one_study(tmp_path, tiny_backbone_folder, capsys):
+    assert main(sweep_flags(tmp_path, tiny_backbone_folder, "--trials", "4", "--jobs", "2")) == 0
+    study = optuna.load_study(study_name="ptuning", storage=f"sqlite:///{tmp_path / 'sweep' / 'sweep.db'}")
+    finished = [trial for trial in study.trials if trial.state.name in FINISHED]
+    assert 4 <= len(finished) <= 5  # each process stops at 4 finished; one running trial may still end after
+    assert len(study.trials) == len(finished)
+    runs = {trial.user_attrs["run"] for trial in finished}
+    assert len(runs) == len(finished)  # one run folder each, whichever process ran it
+    completed = [trial for trial in finished if trial.state.name == "COMPLETE"]
+    assert completed and all(Path(trial.user_attrs["run"], "metrics.json").is_file() for trial in completed)

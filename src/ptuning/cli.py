@@ -154,18 +154,23 @@ def _load_for_inference(path: str, task: str | None, device: str):
 
 
 def command_sweep(args: argparse.Namespace) -> None:
-    sweep_flags = ("search", "trials", "storage", "study_name", "jobs", "no_pruning")
-    flags = {key: value for key, value in vars(args).items() if key not in ("command", "handler", *sweep_flags)}
-    base = build_recipe(flags)
+    base = build_recipe(recipe_flags(args, "search", "trials", "storage", "study_name", "jobs", "no_pruning"))
     from .sweep import parse_search, summary, sweep
 
     searches = [parse_search(text) for text in args.search]  # every spec checked before the first trial
-    study = sweep(base, searches, args.trials, args.storage, args.study_name, args.jobs, not args.no_pruning)
+    # more jobs: more processes of this same command on the same study (a trial seeds and logs process-wide)
+    worker = [sys.executable, "-m", "ptuning", *args.argv, "--jobs", "1"]
+    study = sweep(base, searches, args.trials, args.storage, args.study_name, not args.no_pruning, args.jobs, worker)
     print("\n" + summary(study, Path(base.output)))
 
 
+def recipe_flags(args: argparse.Namespace, *others: str) -> dict[str, Any]:
+    """The flags that are recipe keys (the command's own, ``others``, left out)."""
+    return {key: value for key, value in vars(args).items() if key not in ("command", "handler", "argv", *others)}
+
+
 def command_train(args: argparse.Namespace) -> None:
-    flags = {key: value for key, value in vars(args).items() if key not in ("command", "handler")}
+    flags = recipe_flags(args)
     recipe = build_recipe(flags)
     from .train import is_main_process, prepare_output, train
 
@@ -338,7 +343,7 @@ def parser() -> argparse.ArgumentParser:
     sweep_parser.add_argument("--trials", type=_positive_int, default=10, help="finished trials the study should hold")
     sweep_parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUTPUT/sweep.db)")
     sweep_parser.add_argument("--study-name", default="ptuning", help="the study in the storage (continued if there)")
-    sweep_parser.add_argument("--jobs", type=_positive_int, default=1, help="trials run at once in this process")
+    sweep_parser.add_argument("--jobs", type=_positive_int, default=1, help="trials run at once (one process each)")
     sweep_parser.add_argument("--no-pruning", action="store_true", help="never stop a trial early")
     sweep_parser.set_defaults(handler=command_sweep)
 
@@ -410,7 +415,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
+    args.argv = argv  # a sweep's worker processes repeat the command
     logger = logging.getLogger("ptuning")
     for handler in [handler for handler in logger.handlers if getattr(handler, "ptuning_console", False)]:
         logger.removeHandler(handler)  # one console handler, on the current stderr, however often main runs

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 import statistics
+import subprocess
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,10 +118,14 @@ def sweep(
     trials: int,
     storage: str | None = None,
     study_name: str = "ptuning",
-    jobs: int = 1,
     pruning: bool = True,
+    jobs: int = 1,
+    worker: list[str] | None = None,
 ) -> optuna.Study:
-    """Run trials until the study holds ``trials`` finished ones (completed or pruned); write the results."""
+    """Run trials until the study holds ``trials`` finished ones (completed or pruned), in this process and
+    ``jobs - 1`` more running the ``worker`` command on the same study; write the results."""
+    if jobs > 1 and worker is None:
+        raise PtuningError("more than one job needs the command its worker processes run")
     output = Path(base.output)
     output.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(output / 'sweep.db').resolve()}"
@@ -152,7 +157,14 @@ def sweep(
     finished = sum(trial.state in FINISHED for trial in study.trials)
     if finished < trials:
         logger.info("study %r holds %d finished trials; running %d more", study_name, finished, trials - finished)
-        study.optimize(objective, n_trials=trials - finished, n_jobs=jobs)
+        storage_flags = ["--storage", url, "--study-name", study_name]
+        workers = [subprocess.Popen([*worker, *storage_flags]) for _ in range(jobs - 1)] if worker else []
+        # every process stops once the study holds enough finished trials (running ones still finish)
+        enough = optuna.study.MaxTrialsCallback(trials, states=FINISHED)
+        study.optimize(objective, callbacks=[enough])
+        failed = [process.args for process in workers if process.wait() != 0]
+        if failed:
+            raise PtuningError(f"{len(failed)} of the sweep's worker processes failed (their errors are above)")
     write_results(study, searches, base, output)
     return study
 
