@@ -154,7 +154,7 @@ def _load_for_inference(path: str, task: str | None, device: str):
 
 
 def command_sweep(args: argparse.Namespace) -> None:
-    base = build_recipe(recipe_flags(args, "search", "trials", "storage", "study_name", "jobs", "no_pruning"))
+    base = build_recipe(setting_flags(args, "search", "trials", "storage", "study_name", "jobs", "no_pruning"))
     from .sweep import parse_search, summary, sweep
 
     searches = [parse_search(text) for text in args.search]  # every spec checked before the first trial
@@ -164,13 +164,13 @@ def command_sweep(args: argparse.Namespace) -> None:
     print("\n" + summary(study, Path(base.output)))
 
 
-def recipe_flags(args: argparse.Namespace, *others: str) -> dict[str, Any]:
-    """The flags that are recipe keys (the command's own, ``others``, left out)."""
+def setting_flags(args: argparse.Namespace, *others: str) -> dict[str, Any]:
+    """The flags that are settings of a dataclass (the command's own, ``others``, left out)."""
     return {key: value for key, value in vars(args).items() if key not in ("command", "handler", "argv", *others)}
 
 
 def command_train(args: argparse.Namespace) -> None:
-    flags = recipe_flags(args)
+    flags = setting_flags(args)
     recipe = build_recipe(flags)
     from .train import is_main_process, prepare_output, train
 
@@ -274,8 +274,7 @@ def command_serve(args: argparse.Namespace) -> None:
     from .serve import serve
     from .serve_config import ServeConfig
 
-    values = {key: value for key, value in vars(args).items() if key not in ("command", "handler", "checkpoints")}
-    config = ServeConfig(**values)  # checked before the model loads
+    config = ServeConfig(**setting_flags(args, "checkpoints"))  # checked before the model loads
     sources = parse_sources(args.checkpoints) or args.checkpoints[0]
     serve(sources, config)
 
