@@ -64,6 +64,8 @@ def test_wrong_resumes_are_refused(tmp_path, tiny_backbone_folder, capsys):
     (state / "checkpoint-10").mkdir(parents=True)
     (state / "checkpoint-10" / "trainer_state.json").write_text("{}")
     recipe = {"train": str(tmp_path / "ner.conll"), "lr": 0.5}
+    assert main(flags(tmp_path, tiny_backbone_folder, "run", "--resume")) == 2
+    assert "resume/recipe.json is missing" in capsys.readouterr().err
     (state / "recipe.json").write_text(json.dumps(recipe))
     assert main(flags(tmp_path, tiny_backbone_folder, "run")) == 2
     assert "is not empty (an interrupted run (--resume continues it))" in capsys.readouterr().err

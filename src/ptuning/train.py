@@ -293,7 +293,10 @@ def latest_resume_state(output: Path) -> Path | None:
 
 def _check_same_recipe(recipe: Recipe, output: Path) -> None:
     """A resumed run must be the interrupted one: the same recipe, but for how the run was started."""
-    saved = json.loads((output / RESUME_DIR / RESUME_RECIPE).read_text())
+    path = output / RESUME_DIR / RESUME_RECIPE
+    if not path.is_file():
+        raise PtuningError(f"--resume: {path} is missing: that state was not written by --save-steps")
+    saved = json.loads(path.read_text())
     current = json.loads(json.dumps(recipe.to_dict()))
     changed = sorted(
         key for key in set(saved) | set(current) if key not in RUN_CONTROL and saved.get(key) != current.get(key)
