@@ -156,3 +156,15 @@ def test_truncated_inputs_are_logged_once_per_call_not_once_per_input(runs, capl
     assert ["warning" in answer for answer in answers] == [True, False, True]
     truncation = [record.getMessage() for record in caplog.records if "truncated" in record.getMessage()]
     assert truncation == ["2 input(s) were longer than their task allows and were truncated"]
+
+
+def test_the_forward_budget_changes_how_inputs_are_batched_not_the_answers(runs, tmp_path, capsys):
+    texts = ["Peter visited Oslo", " ".join(["Oslo"] * 40), "Mary", "Anna met Peter in Bergen and Oslo"]
+    lines = [json.dumps({"task": "ner" if index % 2 else "sent", "text": text}) for index, text in enumerate(texts)]
+    sources = (f"ner={runs / 'ner'}", f"sent={runs / 'sent'}")
+    code, one_batch, _ = predict(capsys, tmp_path, lines, *sources, "--forward-tokens", "100000")
+    assert code == 0
+    code, small_forwards, _ = predict(capsys, tmp_path, lines, *sources, "--forward-tokens", "8")  # one input each
+    assert code == 0
+    for small, whole in zip(small_forwards, one_batch, strict=True):
+        assert_same_answer(small, whole)

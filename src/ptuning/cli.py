@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .devices import DEVICE_HELP, DEVICES
+from .devices import DEVICE_HELP, DEVICES, FORWARD_TOKENS, FORWARD_TOKENS_HELP
 from .errors import DataError, PtuningError
 from .recipe import Recipe, lr_family
 
@@ -253,7 +253,7 @@ def command_predict(args: argparse.Namespace) -> None:
     if sources is not None:  # several tasks on one backbone: each input names its task
         if args.task:
             raise PtuningError("--task picks a task of one checkpoint; with NAME=DIR each input names its task")
-        predictor = Predictor.from_checkpoints(sources, batch_size=args.batch_size)
+        predictor = Predictor.from_checkpoints(sources, batch_size=args.batch_size, max_tokens=args.forward_tokens)
         _on_device(predictor.model, args.device)
         requests = [predictor.parse(record, source) for _, record, source in _read_input_records(args.input)]
         answers = predictor.predict(requests)
@@ -261,7 +261,7 @@ def command_predict(args: argparse.Namespace) -> None:
         from .predictor import Request
 
         model, task = _load_for_inference(args.checkpoints[0], args.task, args.device)
-        predictor = Predictor(model, args.batch_size)
+        predictor = Predictor(model, args.batch_size, max_tokens=args.forward_tokens)
         name = model.default_task
         requests = [Request(name, task.parse_input(*item)) for item in _read_input_records(args.input)]
         answers = predictor.predict(requests)
@@ -375,6 +375,9 @@ def parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("--task", help="the task to use, when the checkpoint holds several")
     predict_parser.add_argument("--input", help="input file, - for standard input (default: standard input)")
     predict_parser.add_argument("--batch-size", type=_positive_int, default=64, help="examples per forward pass")
+    predict_parser.add_argument(
+        "--forward-tokens", type=_positive_int, default=FORWARD_TOKENS, help=FORWARD_TOKENS_HELP
+    )
     _add_device_flag(predict_parser)
     predict_parser.set_defaults(handler=command_predict)
 

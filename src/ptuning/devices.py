@@ -11,6 +11,11 @@ if TYPE_CHECKING:
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DEVICE_HELP = "where to run (auto: a CUDA or MPS accelerator when present, else the CPU)"
+FORWARD_TOKENS = 256  # the best of 128-1024 on 2 CPU cores (benchmarks/forward_tokens.py)
+FORWARD_TOKENS_HELP = (
+    "padded tokens (rows x longest row) in one forward pass at most: inputs run as several forwards, the shortest "
+    "together (small suits a CPU; raise it on a GPU)"
+)
 PRECISIONS = ("fp32", "bf16", "fp16")  # torch loads only when a run resolves them: --help stays instant
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .devices import DEVICE_HELP, DEVICES
+from .devices import DEVICE_HELP, DEVICES, FORWARD_TOKENS, FORWARD_TOKENS_HELP
 from .settings import at_least, check_settings, setting
 
 
@@ -16,12 +16,7 @@ class ServeConfig:
     port: int = setting(8000, "port", check=at_least(0))
     device: str = setting("auto", DEVICE_HELP, choices=DEVICES)
     max_batch_tokens: int = setting(4096, "token budget of one batch, inputs of any tasks", check=at_least(1))
-    forward_tokens: int = setting(
-        256,
-        "padded tokens (rows x longest row) in one forward pass at most: a batch runs as several, the shortest "
-        "inputs together (small suits a CPU; raise it on a GPU)",
-        check=at_least(1),
-    )
+    forward_tokens: int = setting(FORWARD_TOKENS, FORWARD_TOKENS_HELP, check=at_least(1))
     max_wait_ms: float = setting(5.0, "longest wait for more inputs after the first of a batch", check=at_least(0))
     max_queue: int = setting(1024, "inputs waiting at most; more are refused with 429", check=at_least(1))
     max_inputs_per_request: int = setting(256, "inputs in one request at most (413 beyond)", check=at_least(1))
