@@ -18,6 +18,7 @@ from conftest import tiny_backbone
 from safetensors.torch import load_file
 
 from ptuning.cli import main
+from ptuning.train import latest_resume_state
 
 TEXTS = "text,label\ngood film,pos\nbad film,neg\nfine acting,pos\ndull plot,neg\n"
 
@@ -82,12 +83,12 @@ def test_a_killed_data_parallel_run_resumes_to_the_uninterrupted_result(tmp_path
     subprocess.run([*launch, *common, "--output", str(tmp_path / "whole")], env=environment, check=True, timeout=300)
     interrupted = [*launch, *common, "--output", str(tmp_path / "run"), "--save-steps", "10"]
     process = subprocess.Popen(interrupted, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not list((tmp_path / "run" / "resume").glob("checkpoint-*/trainer_state.json")):
+    while latest_resume_state(tmp_path / "run") is None:  # every process's part of the state written
         assert process.poll() is None, "the run ended before its first saved state"
         time.sleep(0.002)
     kill_every_process_of(str(tmp_path / "run"))
     process.wait()
-    saved = next((tmp_path / "run" / "resume").glob("checkpoint-*"))
+    saved = latest_resume_state(tmp_path / "run")
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= {path.name for path in saved.iterdir()}  # each process's RNG
     done = subprocess.run([*interrupted, "--resume"], env=environment, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -11,9 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 
 from ptuning.cli import main
+from ptuning.train import latest_resume_state, save_tensors
 
 DATA = "Peter B-PER\nBlackburn I-PER\nruns O\n\nOslo B-LOC\ncalls O\n\nMary B-PER\nsings O\n\nAnna B-PER\nwaits O\n"
 
@@ -36,7 +38,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_backbon
         command + interrupted, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     state = tmp_path / "run" / "resume"
-    while not list(state.glob("checkpoint-*/trainer_state.json")):
+    while latest_resume_state(tmp_path / "run") is None:
         assert process.poll() is None, "the run ended before its first saved state"
         time.sleep(0.002)
     process.send_signal(signal.SIGKILL)
@@ -63,6 +65,7 @@ def test_wrong_resumes_are_refused(tmp_path, tiny_backbone_folder, capsys):
     state = tmp_path / "run" / "resume"
     (state / "checkpoint-10").mkdir(parents=True)
     (state / "checkpoint-10" / "trainer_state.json").write_text("{}")
+    save_tensors({"x": torch.zeros(1)}, state / "checkpoint-10" / "trainable_state.safetensors", {"world_size": "1"})
     recipe = {"train": str(tmp_path / "ner.conll"), "lr": 0.5}
     assert main(flags(tmp_path, tiny_backbone_folder, "run", "--resume")) == 2
     assert "resume/recipe.json is missing" in capsys.readouterr().err

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Sampler
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
@@ -66,8 +67,8 @@ def replica_checksums(model: PromptedModel) -> list[float]:
     return gathered
 
 
-def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    save_file({name: tensor.contiguous().cpu() for name, tensor in tensors.items()}, str(path))
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    save_file({name: tensor.contiguous().cpu() for name, tensor in tensors.items()}, str(path), metadata=metadata)
 
 
 logger = logging.getLogger("ptuning")
@@ -236,7 +237,8 @@ class PromptTrainer(Trainer):
         folder = Path(output_dir or self.args.output_dir)
         folder.mkdir(parents=True, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
-        save_tensors(model.trainable_state(), folder / TRAINABLE_STATE)
+        # how many processes saved RNG states beside it: the state is complete once every one has
+        save_tensors(model.trainable_state(), folder / TRAINABLE_STATE, {"world_size": str(self.args.world_size)})
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, EvaluateEachEpoch):
                 callback.save_state(folder)
@@ -285,10 +287,18 @@ def prepare_output(output: Path, overwrite: bool, resume: bool = False) -> None:
 
 
 def latest_resume_state(output: Path) -> Path | None:
-    """The newest complete resumable checkpoint of an interrupted run (the Trainer writes its state file last)."""
-    folder = output / RESUME_DIR
-    complete = [path for path in folder.glob("checkpoint-*") if (path / "trainer_state.json").is_file()]
-    return max(complete, key=lambda path: int(path.name.rpartition("-")[2]), default=None)
+    """The newest complete resumable checkpoint of an interrupted run: process 0 writes the Trainer's state file
+    last, and every other data-parallel process its own RNG state."""
+
+    def complete(path: Path) -> bool:
+        if not (path / "trainer_state.json").is_file() or not (path / TRAINABLE_STATE).is_file():
+            return False
+        with safe_open(str(path / TRAINABLE_STATE), "pt") as saved:
+            processes = int((saved.metadata() or {}).get("world_size", "1"))
+        return processes == 1 or all((path / f"rng_state_{rank}.pth").is_file() for rank in range(processes))
+
+    finished = [path for path in (output / RESUME_DIR).glob("checkpoint-*") if complete(path)]
+    return max(finished, key=lambda path: int(path.name.rpartition("-")[2]), default=None)
 
 
 def _check_same_recipe(recipe: Recipe, output: Path) -> None:
