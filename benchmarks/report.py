@@ -45,6 +45,139 @@ def plot_parity(parity: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def backbone_rows(parity: dict[str, Any], backbone: str) -> dict[str, Any]:
+    """parity.json restricted to one backbone's rows (rows from before the second scale are MiniLM's)."""
+    return {**parity, "rows": [row for row in parity["rows"] if row.get("backbone", "minilm-l6") == backbone]}
+
+
+def scale_pairs(parity: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per (task, backbone) with both fine-tuning and deep rows: the backbone's size and deep's test gap."""
+    cells = {(row.get("backbone", "minilm-l6"), row["task"], row["method"]): row for row in parity["rows"]}
+    pairs = []
+    for backbone, task, method in cells:
+        if method != "deep" or (backbone, task, "finetune") not in cells:
+            continue
+        deep, finetune = cells[(backbone, task, "deep")], cells[(backbone, task, "finetune")]
+        pairs.append(
+            {
+                "backbone": backbone,
+                "task": task,
+                "metric": deep["metric"],
+                "parameters": finetune["trainable_parameters"],  # fine-tuning trains every weight (and the head)
+                "finetune": finetune,
+                "deep": deep,
+                "gap": deep["mean"] - finetune["mean"],
+                "gap_std": (deep["std"] ** 2 + finetune["std"] ** 2) ** 0.5,
+                "validation_gap": deep["validation"] - finetune["validation"],
+            }
+        )
+    return sorted(pairs, key=lambda pair: (pair["task"], pair["parameters"]))
+
+
+def scale_table(pairs: list[dict[str, Any]]) -> str:
+    lines = [
+        "| task | backbone | parameters | finetune (test, mean ± std) | deep (test, mean ± std) | gap (test) | "
+        "gap (validation) | finetune lr | deep lr, length | train s finetune / deep |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for pair in pairs:
+        finetune, deep = pair["finetune"], pair["deep"]
+        lines.append(
+            f"| {pair['task']} ({pair['metric']}) | {pair['backbone']} | {pair['parameters'] / 1e6:.1f}M | "
+            f"{finetune['mean']:.2f} ± {finetune['std']:.2f} | {deep['mean']:.2f} ± {deep['std']:.2f} | "
+            f"{pair['gap']:+.2f} ± {pair['gap_std']:.2f} | {pair['validation_gap']:+.2f} | {finetune['lr']:g} | "
+            f"{deep['lr']:g}, {deep['prompt_length']} | {finetune['train_seconds']:.0f} / {deep['train_seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_scale(pairs: list[dict[str, Any]], path: Path) -> None:
+    """Deep minus fine-tuning (test points, ± the seeds' combined std) against backbone size, one line per task."""
+    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    for task in dict.fromkeys(pair["task"] for pair in pairs):
+        points = [pair for pair in pairs if pair["task"] == task]
+        axis.errorbar(
+            [pair["parameters"] / 1e6 for pair in points],
+            [pair["gap"] for pair in points],
+            yerr=[pair["gap_std"] for pair in points],
+            marker="o",
+            capsize=3,
+            label=task,
+        )
+    axis.axhline(0, color="#888", linewidth=0.8)
+    axis.set_xscale("log")
+    axis.set_xlabel("backbone parameters (millions)")
+    axis.set_ylabel("deep - finetune (test points)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def scale_section(parity: dict[str, Any], results: Path) -> list[str]:
+    """The parity comparison on every backbone that has both methods: the gap against size."""
+    if len({row.get("backbone", "minilm-l6") for row in parity["rows"]}) < 2:
+        return []
+    pairs = scale_pairs(parity)
+    backbones = list(dict.fromkeys(pair["backbone"] for pair in pairs))
+    plot_scale(pairs, results / "scale.png")
+    setups = parity.get("setups", {})
+    commands = [
+        "python benchmarks/study.py --parts parity" + ("" if name == "minilm-l6" else f" --backbone {name} --resume")
+        for name in backbones
+    ]
+    return [
+        "## Gap against backbone size\n",
+        "Fine-tuning against deep at the same parity budget on each backbone (same training subsamples, epochs, "
+        "batch, validation and test examples); each method's learning rate (and deep's prompt length) searched on "
+        "validation with the first seed, then 3 seeds. Grids: "
+        + "; ".join(
+            f"{name}: {setups[name]['scale']['learning_rates'].get('finetune')} finetune, "
+            f"{setups[name]['scale']['learning_rates'].get('deep')} deep, lengths "
+            f"{setups[name]['scale']['prompt_lengths']} ({setups[name]['date']})"
+            for name in backbones
+            if name in setups
+        )
+        + ". Commands: "
+        + ", ".join(f"`{command}`" for command in commands)
+        + ".\n",
+        scale_table(pairs),
+        "",
+        "![gap against size](scale.png)\n",
+    ]
+
+
+def faithfulness_section(faithfulness: dict[str, Any]) -> list[str]:
+    """ptuning's deep prompts against PEFT's prefix tuning trained alike."""
+    setup = faithfulness["setup"]
+    lines = [
+        f"## Faithfulness: ptuning against PEFT prefix tuning ({setup['date']})\n",
+        f"`{setup['command']}`: both implementations through one training loop on {setup['backbone']} (the parity "
+        "budget, each task's deep learning rate and prompt length from the parity search, flat prompt, positions "
+        "shifted as PEFT does, prompt and backbone dropout off, head dropout 0.1, the same Trainer arguments, best "
+        "epoch on validation); each implementation initializes its own prompt and head from the same seed.\n",
+        "| task | implementation | test (mean ± std) | validation (mean ± std) | test per seed | final train loss | "
+        "trainable parameters | train s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in faithfulness["rows"]:
+        lines.append(
+            f"| {row['task']} | {row['implementation']} | {row['metric']} {row['mean']:.2f} ± {row['std']:.2f} | "
+            f"{row['validation']['mean']:.2f} ± {row['validation']['std']:.2f} | "
+            f"{', '.join(f'{score:.2f}' for score in row['scores'])} | {row['final_train_loss']:.3f} | "
+            f"{row['trainable_parameters']:,} | {row['train_seconds']:.0f} |"
+        )
+    lines.append("")
+    for task, check in faithfulness["checks"].items():
+        lines.append(
+            f"- {task}: ptuning - PEFT **{check['test_gap']:+.2f}** test, {check['validation_gap']:+.2f} validation; "
+            f"same batches in the same order: {'yes' if check['same_batches'] else 'NO'}; same trainable parameters: "
+            f"{'yes' if check['same_trainable_parameters'] else 'NO'}; given ptuning's weights, PEFT's logits differ "
+            f"by at most {check['max_logit_difference_same_weights']:.1e}."
+        )
+    return [*lines, "", "![training loss](faithfulness.png)\n"]
+
+
 MULTITASK_SETTINGS = ("single", "multi", "multi-then-single")
 
 
@@ -258,8 +391,10 @@ def rerun_section(result: dict[str, Any], title: str, change: str) -> list[str]:
 
 
 def write(results: Path = RESULTS) -> Path:
-    names = ("parity", "ablations", "longer", "data", "data_longer", "multitask", "cost")
-    parity, ablations, longer, data, data_longer, multitask, cost = (_load(results, f"{name}.json") for name in names)
+    names = ("parity", "ablations", "longer", "data", "data_longer", "multitask", "cost", "faithfulness")
+    loaded = (_load(results, f"{name}.json") for name in names)
+    parity_all, ablations, longer, data, data_longer, multitask, cost, faithfulness = loaded
+    parity = backbone_rows(parity_all, "minilm-l6") if parity_all else None
     sections = [
         "# Study: P-Tuning v2 at CPU scale\n",
         "Produced by `python benchmarks/study.py` (the `--quick` mode runs every part reduced). "
@@ -291,6 +426,10 @@ def write(results: Path = RESULTS) -> Path:
             gaps(parity),
             "",
         ]
+    if faithfulness:
+        sections += faithfulness_section(faithfulness)
+    if parity_all:
+        sections += scale_section(parity_all, results)
     if ablations:
         plot_lengths(ablations, results / "prompt_length.png")
         plot_depth(ablations, results / "depth.png")

@@ -19,6 +19,7 @@ picks parts, ``--tasks`` the tasks the reruns may take; ``--resume`` reuses runs
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -76,6 +77,9 @@ class Scale:
     # backbone dropout on/off searched per method (others: the METHODS setting)
     backbone_dropout: dict[str, tuple[bool, ...]] = field(default_factory=dict)
     batch_size: int = 16
+    backbone: str = "minilm-l6"
+    methods: tuple[str, ...] = tuple(METHODS)
+    tasks: tuple[str, ...] = TASKS
     # longer / data rerun tasks whose validation gap exceeds this; None (quick): every task, so the parts run
     rerun_margin: float | None = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -134,40 +138,66 @@ FULL = Scale(
     # off raised NER validation F1 for fine-tuning too (79.2 -> 80.9 at 3 epochs): searched, not assumed
     backbone_dropout={"finetune": (True, False)},
 )
+# The second scale: MPNet-base (110M) at MiniLM's parity budget, fine-tuning against deep on two tasks (each run
+# 6-10x MiniLM's on these cores). Deep's lrs bracket the 60-step pilot's working 1e-2 for 3x the steps (3e-3 and
+# 3e-2 scored F1 0 at 60 steps); fine-tuning keeps MiniLM's grid and its chosen backbone dropout (off, both tasks).
+MPNET = dataclasses.replace(
+    FULL,
+    backbone="mpnet-base",
+    methods=("finetune", "deep"),
+    tasks=("conll2003-ner", "rotten-tomatoes"),
+    learning_rates={"finetune": (5e-5, 2e-4), "deep": (3e-3, 1e-2)},
+    backbone_dropout={"finetune": (False,)},
+)
+SCALES = {scale.backbone: scale for scale in (FULL, MPNET)}
+DEFAULT_BACKBONE = FULL.backbone
 PROMPT_DROPOUT = 0.0  # the longer full-data NER runs learned faster without it
 
 
-def _child(settings: dict[str, Any], threads: int, queue) -> None:
-    """One training run in a forked process; its output goes to a log file, its metrics to the queue."""
+def train_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """One run of the study: ``ptuning train`` with these recipe fields (into a scratch folder unless kept)."""
+    from ptuning.train import Recipe, train
+
+    if "output" in settings:  # a run whose checkpoint a later run starts from: kept
+        return train(Recipe.from_dict({**settings, "overwrite": True}))
+    with tempfile.TemporaryDirectory() as folder:
+        return train(Recipe.from_dict({**settings, "output": folder}))
+
+
+def _child(run: Callable[[dict[str, Any]], dict[str, Any]], settings: dict[str, Any], threads: int, queue) -> None:
+    """One run in a forked process; its output goes to a log file, its metrics to the queue."""
     log = open(settings.pop("log"), "w")  # noqa: SIM115 - stays open for the life of this process
     sys.stdout = sys.stderr = log
     import torch
 
     torch.set_num_threads(threads)
-    from ptuning.train import Recipe, train
-
     try:
-        if "output" in settings:  # a run whose checkpoint a later run starts from: kept
-            queue.put(train(Recipe.from_dict({**settings, "overwrite": True})))
-            return
-        with tempfile.TemporaryDirectory() as folder:
-            queue.put(train(Recipe.from_dict({**settings, "output": folder})))
+        queue.put(run(settings))
     except BaseException as error:  # the parent waits on the queue: always answer
         queue.put({"error": f"{type(error).__name__}: {error}"})
         raise
 
 
 class Runner:
-    """Runs trainings in forked processes, ``jobs`` at a time, and remembers each result by its settings.
+    """Runs trainings (``run``: by default ``ptuning train``) in forked processes, ``jobs`` at a time, and remembers
+    each result by its settings.
 
     Two one-thread jobs train about 1.4x more examples per second than one two-thread job on the 2-core
     machines (measured); the ablations reuse parity runs with identical settings instead of repeating them.
     """
 
-    def __init__(self, jobs: int, resume: bool, results: Path = RESULTS) -> None:
+    def __init__(
+        self,
+        jobs: int,
+        resume: bool,
+        results: Path = RESULTS,
+        run: Callable[[dict[str, Any]], dict[str, Any]] = train_settings,
+        journal: str = "runs.jsonl",
+    ) -> None:
         self.jobs = jobs
+        self.run = run  # settings -> metrics, in the forked process
         self.threads = max(1, (os.cpu_count() or 1) // jobs)
-        self.journal = results / "logs" / "runs.jsonl"  # every finished run, so --resume skips it
+        self.journal = results / "logs" / journal  # every finished run, so --resume skips it
         self.journal.parent.mkdir(parents=True, exist_ok=True)
         self.done: dict[str, dict[str, Any]] = {}
         if resume and self.journal.is_file():
@@ -186,7 +216,7 @@ class Runner:
         context = multiprocessing.get_context("fork")
         queue = context.Queue()
         child_settings = {**settings, "log": str(logs / f"{name}.log")}
-        process = context.Process(target=_child, args=(child_settings, self.threads, queue))
+        process = context.Process(target=_child, args=(self.run, child_settings, self.threads, queue))
         started = time.perf_counter()
         process.start()
         metrics = queue.get()
@@ -233,6 +263,8 @@ def settings_for(scale: Scale, task: str, method: str, point: Point, seed: int) 
         "lr": point.lr,
         "seed": seed,
     }
+    if scale.backbone != DEFAULT_BACKBONE:  # MiniLM's journalled settings name no model
+        settings["model"] = scale.backbone
     if point.prompt_length is not None:
         settings["prompt_length"] = point.prompt_length
         settings["prompt_dropout"] = PROMPT_DROPOUT
@@ -259,9 +291,10 @@ def search_space(scale: Scale, method: str) -> list[Point]:
     ]
 
 
-def run_name(task: str, method: str, point: Point, seed: int) -> str:
+def run_name(task: str, method: str, point: Point, seed: int, backbone: str = DEFAULT_BACKBONE) -> str:
     dropout = "" if point.backbone_dropout is None else f"-bd{int(point.backbone_dropout)}"
-    return f"parity-{task}-{method}-lr{point.lr:g}-P{point.prompt_length}{dropout}-s{seed}"
+    scale = "" if backbone == DEFAULT_BACKBONE else f"{backbone}-"
+    return f"parity-{scale}{task}-{method}-lr{point.lr:g}-P{point.prompt_length}{dropout}-s{seed}"
 
 
 def row_point(row: dict[str, Any]) -> Point:
@@ -294,6 +327,7 @@ def parity_row(
     best_metrics = seed_runs[0]
     primary = best_metrics["primary_metric"]
     return {
+        "backbone": best_metrics["recipe"]["model"],
         "task": task,
         "method": method,
         "metric": primary,
@@ -325,33 +359,33 @@ def parity(scale: Scale, runner: Runner, write: Callable[[list[dict[str, Any]]],
     """
     rows: list[dict[str, Any]] = []
     first = scale.seeds[0]
-    for task in TASKS:
-        print(task, flush=True)
-        planned = [(method, point) for method in METHODS for point in search_space(scale, method)]
+    for task in scale.tasks:
+        print(f"{task} ({scale.backbone})", flush=True)
+        planned = [(method, point) for method in scale.methods for point in search_space(scale, method)]
         results = runner.many(
             [
-                (run_name(task, method, point, first), settings_for(scale, task, method, point, first))
+                (run_name(task, method, point, first, scale.backbone), settings_for(scale, task, method, point, first))
                 for method, point in planned
             ]
         )
-        grids: dict[str, list] = {method: [] for method in METHODS}
+        grids: dict[str, list] = {method: [] for method in scale.methods}
         for (method, point), metrics in zip(planned, results, strict=True):
             grids[method].append((point, metrics))
         best = {}
         for method, grid in grids.items():
             primary = grid[0][1]["primary_metric"]
             best[method] = max(grid, key=lambda entry: entry[1]["validation"].get(primary, -1.0))
-        reruns = [(method, seed) for method in METHODS for seed in scale.seeds[1:]]
+        reruns = [(method, seed) for method in scale.methods for seed in scale.seeds[1:]]
         rerun_results = runner.many(
             [
                 (
-                    run_name(task, method, best[method][0], seed),
+                    run_name(task, method, best[method][0], seed, scale.backbone),
                     settings_for(scale, task, method, best[method][0], seed),
                 )
                 for method, seed in reruns
             ]
         )
-        for method in METHODS:
+        for method in scale.methods:
             point, first_metrics = best[method]
             seed_runs = [first_metrics] + [
                 metrics for (m, _), metrics in zip(reruns, rerun_results, strict=True) if m == method
@@ -523,11 +557,29 @@ def ablations(scale: Scale, runner: Runner, parity_rows: list[dict[str, Any]]) -
 
 
 def rows_of(results: Path, source: str, part: str) -> list[dict[str, Any]]:
-    """The rows a part builds on (parity's or data's), or a clear stop naming the part to run first."""
+    """The MiniLM rows a part builds on (parity's or data's), or a clear stop naming the part to run first."""
     path = results / f"{source}.json"
     if not path.is_file():
         raise SystemExit(f"the {part} part builds on {path}, which does not exist: run --parts {source} first")
-    return json.loads(path.read_text())["rows"]
+    return [row for row in json.loads(path.read_text())["rows"] if backbone_of(row) == DEFAULT_BACKBONE]
+
+
+def backbone_of(row: dict[str, Any]) -> str:
+    return row.get("backbone", DEFAULT_BACKBONE)  # rows written before the second scale are MiniLM's
+
+
+def write_parity(results: Path, setup: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """parity.json with this backbone's rows replaced and the other backbones' kept; ``setup`` is MiniLM's setup,
+    ``setups`` every backbone's."""
+    path = results / "parity.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    backbone = setup["scale"]["backbone"]
+    kept = [row for row in earlier.get("rows", []) if backbone_of(row) != backbone]
+    setups = {**earlier.get("setups", {}), backbone: setup}
+    if "setup" in earlier:
+        setups.setdefault(DEFAULT_BACKBONE, earlier["setup"])
+    content = {"setup": setups.get(DEFAULT_BACKBONE, setup), "setups": setups, "rows": kept + rows}
+    write_json(results, "parity.json", content)
 
 
 def write_json(results: Path, name: str, content: dict[str, Any]) -> None:
@@ -549,14 +601,25 @@ def main() -> None:
         help="comma-separated tasks the longer/data/data-longer parts may rerun (default: all), and those the "
         "multitask part trains together (default: conll2003-ner,conll2003-pos,conll2003-chunk)",
     )
+    parser.add_argument(
+        "--backbone",
+        default=DEFAULT_BACKBONE,
+        choices=sorted(SCALES),
+        help="the parity part on another backbone (mpnet-base: fine-tuning and deep on NER and rotten-tomatoes, "
+        "rows added to parity.json; fetch it with make backbones)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once, the cores shared among them")
     parser.add_argument("--resume", action="store_true", help="reuse runs finished by an earlier invocation")
     args = parser.parse_args()
-    scale = QUICK if args.quick else FULL
+    scale = QUICK if args.quick else SCALES[args.backbone]
     default_parts = "parity,ablations,longer,data,data-longer,multitask,cost" if args.quick else "parity,ablations,cost"
+    if args.backbone != DEFAULT_BACKBONE:
+        default_parts = "parity"
     parts = set((args.parts or default_parts).split(","))
     if unknown := parts - set(PARTS):
         parser.error(f"unknown part(s) {sorted(unknown)}; expected some of {', '.join(PARTS)}")
+    if args.backbone != DEFAULT_BACKBONE and (args.quick or parts != {"parity"}):
+        parser.error(f"--backbone {args.backbone} runs the full parity part only")
     only = set(args.tasks.split(",")) if args.tasks else None
     known = set(TASKS) | {"conll2003-pos"}  # the multitask part's third CoNLL task
     if only and (unknown := only - known):
@@ -566,17 +629,20 @@ def main() -> None:
     setup = {
         "mode": "quick" if args.quick else "full",
         "scale": scale.__dict__,
-        "backbone": "all-MiniLM-L6-v2 (packaged)",
+        "backbone": {"minilm-l6": "all-MiniLM-L6-v2 (packaged)", "mpnet-base": "all-mpnet-base-v2 (make backbones)"}[
+            scale.backbone
+        ],
         "date": time.strftime("%Y-%m-%d"),
         "jobs": args.jobs,
         "prompt_dropout": PROMPT_DROPOUT,
     }
-    runner = Runner(args.jobs, args.resume, results)
+    journal = "runs.jsonl" if scale.backbone == DEFAULT_BACKBONE else f"runs-{scale.backbone}.jsonl"
+    runner = Runner(args.jobs, args.resume, results, journal=journal)
     import ptuning.train  # noqa: F401 - imported once here, inherited by every forked run
 
     started = time.perf_counter()
     if "parity" in parts:
-        parity(scale, runner, lambda rows: write_json(results, "parity.json", {"setup": setup, "rows": rows}))
+        parity(scale, runner, lambda rows: write_parity(results, setup, rows))
     if "ablations" in parts:
         rows = rows_of(results, "parity", "ablations")
         write_json(results, "ablations.json", {"setup": setup, **ablations(scale, runner, rows)})

@@ -11,6 +11,7 @@ from conftest import BERT_LIKE, random_batch
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     BertConfig,
     BertForSequenceClassification,
     BertModel,
@@ -22,7 +23,7 @@ from transformers import (
 
 from ptuning import CheckpointError, PromptConfig, PromptedModel, PtuningError
 from ptuning.cli import main
-from ptuning.peft_interop import check_exportable, export_peft, import_peft, peft_prefix_problem
+from ptuning.peft_interop import check_exportable, copy_into_peft, export_peft, import_peft, peft_prefix_problem
 
 peft = pytest.importorskip("peft")
 # Where PEFT itself cannot do prefix tuning (transformers 5.24 with peft 0.21.2) the tests that run PEFT are
@@ -383,3 +384,39 @@ def test_export_one_task_of_a_multi_task_checkpoint(tmp_path, capsys):
         backbone, tmp_path / "adapter", input_ids, attention_mask, num_labels=2, ignore_mismatched_sizes=True
     )
     assert (ours - theirs).abs().max() <= TOLERANCE
+
+
+@needs_peft
+@pytest.mark.parametrize("shift_positions", [True, False])
+def test_token_classification_copied_into_peft_gives_the_same_logits(tmp_path, shift_positions):
+    """The faithfulness benchmark's NER arm: PEFT TOKEN_CLS given our prompt and head computes our logits, exactly
+    when positions are shifted as PEFT shifts them, and not otherwise (so the check can fail)."""
+    backbone = save_backbone(tmp_path / "backbone")
+    torch.manual_seed(2)
+    ours = PromptedModel.from_backbone(
+        str(backbone),
+        "token-classification",
+        labels=["O", "B-X", "I-X"],
+        prompt=PromptConfig(length=4, dropout=0.0, shift_positions=shift_positions),
+    ).eval()
+    base = AutoModelForTokenClassification.from_pretrained(backbone, num_labels=3)
+    config = base.config
+    theirs = peft.get_peft_model(
+        base,
+        peft.PrefixTuningConfig(
+            task_type="TOKEN_CLS",
+            num_virtual_tokens=4,
+            token_dim=config.hidden_size,
+            num_attention_heads=config.num_attention_heads,
+            num_layers=config.num_hidden_layers,
+            prefix_projection=False,
+        ),
+    ).eval()
+    copy_into_peft(ours, theirs)
+    input_ids, attention_mask = random_batch()
+    with torch.no_grad():
+        expected = ours(input_ids=input_ids, attention_mask=attention_mask).logits
+        got = theirs(input_ids=input_ids, attention_mask=attention_mask).logits
+    assert got.shape == expected.shape == (*input_ids.shape, 3)
+    difference = float((got - expected).abs().max())
+    assert difference <= TOLERANCE if shift_positions else difference > 1e-3

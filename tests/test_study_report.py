@@ -335,3 +335,77 @@ def test_multitask_part_runs_single_joint_and_second_stage(tmp_path) -> None:
     )
     text = report.write(tmp_path).read_text()
     assert "| conll2003-ner (f1) | 77.64 ± 1.00 (val 67.64) |" in text and (tmp_path / "multitask.png").is_file()
+
+
+def test_second_backbone_settings_journal_and_names() -> None:
+    point = study.Point(1e-2, 64)
+    settings = study.settings_for(study.MPNET, "conll2003-ner", "deep", point, 0)
+    assert Recipe.from_dict({**settings, "output": "x"}).model == "mpnet-base"
+    assert "model" not in study.settings_for(study.FULL, "conll2003-ner", "deep", point, 0)  # MiniLM's journal keys
+    assert study.run_name("conll2003-ner", "deep", point, 0, "mpnet-base").startswith("parity-mpnet-base-conll")
+    assert study.MPNET.methods == ("finetune", "deep") and "conll2003-ner" in study.MPNET.tasks
+    assert study.search_space(study.MPNET, "finetune") == [(lr, None, False) for lr in (5e-5, 2e-4)]
+
+
+def _scaled(backbone: str, method: str, mean: float, parameters: int) -> dict:
+    return {**_row("conll2003-ner", method, mean, mean), "backbone": backbone, "trainable_parameters": parameters}
+
+
+def test_parity_keeps_other_backbones_rows_and_reports_the_gap_against_size(tmp_path: Path) -> None:
+    minilm = {"mode": "full", "date": "2026-11-22", "jobs": 2, "scale": study.FULL.__dict__}
+    old = [_row("conll2003-ner", "finetune", 80.0, 80.0), _row("conll2003-ner", "deep", 73.0, 73.0)]
+    old[0]["trainable_parameters"] = 22_700_000
+    (tmp_path / "parity.json").write_text(json.dumps({"setup": minilm, "rows": old}))  # written before backbones
+    mpnet = {**minilm, "date": "2026-12-01", "scale": study.MPNET.__dict__}
+    new = [_scaled("mpnet-base", "finetune", 85.0, 109_000_000), _scaled("mpnet-base", "deep", 83.0, 109_000_000)]
+    study.write_parity(tmp_path, mpnet, new)
+    study.write_parity(tmp_path, mpnet, new)  # a rerun replaces its own rows, never the other backbone's
+    written = json.loads((tmp_path / "parity.json").read_text())
+    assert written["setup"]["date"] == "2026-11-22" and set(written["setups"]) == {"minilm-l6", "mpnet-base"}
+    assert len(written["rows"]) == 4
+    assert [row["mean"] for row in study.rows_of(tmp_path, "parity", "longer")] == [80.0, 73.0]  # MiniLM's only
+    pairs = report.scale_pairs(written)
+    assert [(pair["backbone"], round(pair["gap"], 2)) for pair in pairs] == [("minilm-l6", -7.0), ("mpnet-base", -2.0)]
+    text = report.write(tmp_path).read_text()
+    assert "| conll2003-ner (f1) | mpnet-base | 109.0M | 85.00 ± 0.50 | 83.00 ± 0.50 | -2.00 ± 0.71 |" in text
+    assert "--backbone mpnet-base --resume" in text
+    assert (tmp_path / "scale.png").stat().st_size > 0
+    assert "| conll2003-ner | deep | f1 83.00" not in text.split("## Gap against")[0]  # MiniLM's tables stay MiniLM's
+
+
+def test_faithfulness_summary_compares_like_for_like(tmp_path: Path) -> None:
+    faithfulness = pytest.importorskip("faithfulness")
+
+    def run(implementation: str, score: float, digest: str) -> dict:
+        return {
+            "implementation": implementation,
+            "primary_metric": "f1",
+            "validation": {"f1": score - 1},
+            "test": {"f1": score},
+            "loss_curve": [(10, 1.0), (20, 0.5)],
+            "batches": digest,
+            "trainable_parameters": 100,
+            "same_function_difference": 0.0 if implementation == "peft" else None,
+            "train_seconds": 5.0,
+        }
+
+    results = {}
+    for task in faithfulness.TASKS:
+        for seed, (ours, theirs) in enumerate([(70.0, 71.0), (72.0, 70.0), (74.0, 72.0)]):
+            digest = f"{task}{seed}"
+            results[(task, "ptuning", seed)] = run("ptuning", ours, digest)
+            results[(task, "peft", seed)] = run("peft", theirs, digest if task == "rotten-tomatoes" else "other")
+    summary = faithfulness.summarize(results, [0, 1, 2])
+    rows = {(row["task"], row["implementation"]): row for row in summary["rows"]}
+    assert rows[("conll2003-ner", "ptuning")]["mean"] == 72.0 and rows[("conll2003-ner", "peft")]["mean"] == 71.0
+    assert rows[("conll2003-ner", "peft")]["std"] == pytest.approx(1.0)
+    assert set(rows[("conll2003-ner", "peft")]) >= {"task", "implementation", "metric", "mean", "std", "seeds"}
+    checks = summary["checks"]
+    assert checks["conll2003-ner"]["test_gap"] == pytest.approx(1.0)
+    assert checks["rotten-tomatoes"]["same_batches"] and not checks["conll2003-ner"]["same_batches"]
+    faithfulness.plot(summary, tmp_path / "faithfulness.png")
+    assert (tmp_path / "faithfulness.png").stat().st_size > 0
+    section = "\n".join(
+        report.faithfulness_section({"setup": {"date": "d", "command": "c", "backbone": "b"}, **summary})
+    )
+    assert "same batches in the same order: NO" in section and "ptuning - PEFT **+1.00** test" in section

@@ -186,6 +186,18 @@ def check_same_logits(model: PromptedModel, peft_model: torch.nn.Module, subject
         )
 
 
+def copy_into_peft(model: PromptedModel, peft_model: torch.nn.Module) -> None:
+    """Give a PEFT prefix-tuning model (sequence or token classification) the active task's prompt table and head."""
+    head = peft_model.base_model.classifier.modules_to_save["default"]
+    with torch.no_grad():
+        peft_model.prompt_encoder["default"].embedding.weight.copy_(model.prompt_encoder.folded_table())
+        if model.backbone.config.model_type in ROBERTA_HEAD and hasattr(head, "out_proj"):
+            head.dense.load_state_dict(model.backbone.pooler.dense.state_dict())
+            head.out_proj.load_state_dict(model.head.classifier.state_dict())
+        else:
+            head.load_state_dict(model.head.classifier.state_dict())
+
+
 def export_peft(
     checkpoint_dir: str | Path, out_dir: str | Path, backbone: str | None = None, task: str | None = None
 ) -> Path:
@@ -252,14 +264,7 @@ def export_peft(
     adapter_config.base_model_name_or_path = _base_reference(reference)
     # PEFT's SEQ_CLS adds ["classifier", "score"] in get_peft_model and again in the model: keep one copy.
     adapter_config.modules_to_save = list(dict.fromkeys(adapter_config.modules_to_save or []))
-    head = peft_model.base_model.classifier.modules_to_save["default"]
-    with torch.no_grad():
-        peft_model.prompt_encoder["default"].embedding.weight.copy_(model.prompt_encoder.folded_table())
-        if backbone_config.model_type in ROBERTA_HEAD:
-            head.dense.load_state_dict(model.backbone.pooler.dense.state_dict())
-            head.out_proj.load_state_dict(model.head.classifier.state_dict())
-        else:
-            head.load_state_dict(model.head.classifier.state_dict())
+    copy_into_peft(model, peft_model)
     peft_model.eval()
     if prompt.shift_positions:
         check_same_logits(model, peft_model, f"the adapter of {checkpoint_dir}")
