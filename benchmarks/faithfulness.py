@@ -1,6 +1,6 @@
 """Faithfulness: ptuning's deep prompts against PEFT's prefix tuning, trained alike on the packaged MiniLM-L6.
 
-    python benchmarks/faithfulness.py                      # 2 tasks x 2 implementations x 3 seeds: ~20 min on 2 cores
+    python benchmarks/faithfulness.py                      # 2 tasks x 3 arms x 3 seeds: ~10 min on 2 cores
     python benchmarks/faithfulness.py --resume             # reuse the runs an interrupted invocation finished
     python benchmarks/faithfulness.py --seeds 0 --max-steps 10 --out /tmp/faith   # a smoke run
 
@@ -10,8 +10,10 @@ flat prompt, positions shifted (PEFT numbers the text after the prefix), prompt 
 (PEFT's backbone loaded with its dropout probabilities at 0), the head's dropout 0.1 in both, the same Trainer
 arguments (AdamW, linear schedule, length-grouped batches, seed), validation each epoch keeping the best epoch, and
 the same scorer. What differs is the implementation: ptuning's prompt route and head against PEFT's
-``PrefixTuningConfig(prefix_projection=False)`` on ``AutoModelFor{Sequence,Token}Classification``, each with its own
-initialization. Before training, each PEFT run is checked to be the same function as ptuning's with ptuning's
+``PrefixTuningConfig(prefix_projection=False)`` on ``AutoModelFor{Sequence,Token}Classification``. Three arms per seed:
+ptuning and PEFT each initialized by itself from the seed (independent: the gap carries seed noise), and PEFT
+started from ptuning's initial prompt and head (paired: the gap is the implementations' training alone). Before
+training, each PEFT run is checked to be the same function as ptuning's with ptuning's
 weights copied in (logits within 1e-4), and every run records a digest of its batches, so the data order is shown
 equal rather than assumed. Writes benchmarks/results/faithfulness.json and faithfulness.png.
 """
@@ -33,7 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study import FULL, RESULTS, Runner, seed_summary, write_json  # noqa: E402
 
 TASKS = ("rotten-tomatoes", "conll2003-ner")
-IMPLEMENTATIONS = ("ptuning", "peft")
+# (implementation, start): each initialized by itself from the seed (independent: seed noise in the gap), and PEFT
+# started from ptuning's initial prompt and head (paired: the gap is the implementations' training alone)
+ARMS = (("ptuning", "own"), ("peft", "own"), ("peft", "shared"))
 PEFT_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "token-classification": "TOKEN_CLS"}
 HEAD_DROPOUT = 0.1  # ptuning's head dropout (the backbone's hidden dropout) and PEFT's classifier dropout
 
@@ -129,14 +133,17 @@ class PeftArm:
 
 
 def train_alike(settings: dict[str, Any]) -> dict[str, Any]:
-    """One run of ``settings["implementation"]`` through the shared loop; metrics like ``ptuning train``'s."""
+    """One run of ``settings["implementation"]`` through the shared loop, started from its own initialization or
+    (``start: shared``) from ptuning's; metrics like ``ptuning train``'s."""
     import torch
     from transformers import Trainer, set_seed
 
+    from ptuning.peft_interop import copy_into_peft
     from ptuning.train import EvaluateEachEpoch, Recipe, _arguments, _build_model, _prepare_task, _task_run
 
     settings = dict(settings)
     implementation = settings.pop("implementation")
+    start = settings.pop("start", "own")
     with tempfile.TemporaryDirectory() as folder:
         recipe = Recipe.from_dict({**settings, "output": folder})
         set_seed(recipe.seed)
@@ -149,6 +156,8 @@ def train_alike(settings: dict[str, Any]) -> dict[str, Any]:
             difference = same_function(recipe, run, ours)
             set_seed(recipe.seed)  # PEFT's model initialized from the same seed as ptuning's
             model = PeftArm.wrap(peft_model(recipe, run, ours))
+            if start == "shared":
+                copy_into_peft(ours, model)
         model.train()
         callback = EvaluateEachEpoch(model, [run], recipe.eval_batch_size)
         collator = RecordingCollator(run.task.collator())
@@ -166,6 +175,7 @@ def train_alike(settings: dict[str, Any]) -> dict[str, Any]:
     primary = run.task.primary_metric
     return {
         "implementation": implementation,
+        "start": start,
         "primary_metric": primary,
         "validation": callback.best_metrics[run.name],
         "test": run.task.evaluate(model, run.test, recipe.eval_batch_size),
@@ -179,7 +189,8 @@ def train_alike(settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def settings_for(task: str, implementation: str, seed: int, deep: dict[str, Any], max_steps: int) -> dict[str, Any]:
+def settings_for(task: str, arm: tuple[str, str], seed: int, deep: dict[str, Any], max_steps: int) -> dict[str, Any]:
+    implementation, start = arm
     settings = {
         "implementation": implementation,
         "dataset": task,
@@ -201,6 +212,8 @@ def settings_for(task: str, implementation: str, seed: int, deep: dict[str, Any]
         settings["pooling"] = "pooler"  # BertForSequenceClassification classifies the pooler output
     if max_steps > 0:
         settings["max_steps"] = max_steps
+    if start != "own":  # own starts are journalled without the key
+        settings["start"] = start
     return settings
 
 
@@ -212,43 +225,58 @@ def mean_loss_curve(runs: list[dict[str, Any]]) -> list[tuple[int, float]]:
     ]
 
 
-def summarize(results: dict[tuple[str, str, int], dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+def arm_name(arm: tuple[str, str]) -> str:
+    return arm[0] if arm[1] == "own" else f"{arm[0]} from ptuning's start"
+
+
+def gap(ours: dict[str, Any], theirs: dict[str, Any], key: str) -> float:
+    return ours[key]["mean"] - theirs[key]["mean"] if key == "validation" else ours["mean"] - theirs["mean"]
+
+
+def summarize(results: dict[tuple[str, tuple[str, str], int], dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Rows per (task, arm) with test and validation mean ± std over the seeds; checks of like-for-like and the
+    gaps (ptuning - PEFT) independent and paired; mean training-loss curves."""
     rows, checks, curves = [], {}, {}
     for task in TASKS:
-        by_implementation = {}
-        for implementation in IMPLEMENTATIONS:
-            runs = [results[(task, implementation, seed)] for seed in seeds]
+        runs_of, row_of = {}, {}
+        for arm in ARMS:
+            runs = [results[(task, arm, seed)] for seed in seeds]
             primary = runs[0]["primary_metric"]
             test = seed_summary([run["test"][primary] for run in runs])
             validation = seed_summary([run["validation"][primary] for run in runs])
-            rows.append(
-                {
-                    "task": task,
-                    "implementation": implementation,
-                    "metric": primary,
-                    "mean": test["mean"],
-                    "std": test["std"],
-                    "seeds": seeds,
-                    "scores": test["scores"],
-                    "validation": {
-                        "mean": validation["mean"],
-                        "std": validation["std"],
-                        "scores": validation["scores"],
-                    },
-                    "trainable_parameters": runs[0]["trainable_parameters"],
-                    "train_seconds": statistics.fmean(run["train_seconds"] for run in runs),
-                    "final_train_loss": statistics.fmean(run["loss_curve"][-1][1] for run in runs),
-                }
-            )
-            by_implementation[implementation] = runs
-            curves.setdefault(task, {})[implementation] = mean_loss_curve(runs)
-        ours, theirs = (by_implementation[name] for name in IMPLEMENTATIONS)
+            row_of[arm] = {
+                "task": task,
+                "implementation": arm[0],
+                "start": arm[1],
+                "metric": primary,
+                "mean": test["mean"],
+                "std": test["std"],
+                "seeds": seeds,
+                "scores": test["scores"],
+                "validation": {"mean": validation["mean"], "std": validation["std"], "scores": validation["scores"]},
+                "trainable_parameters": runs[0]["trainable_parameters"],
+                "train_seconds": statistics.fmean(run["train_seconds"] for run in runs),
+                "final_train_loss": statistics.fmean(run["loss_curve"][-1][1] for run in runs),
+            }
+            rows.append(row_of[arm])
+            runs_of[arm] = runs
+            curves.setdefault(task, {})[arm_name(arm)] = mean_loss_curve(runs)
+        ours, theirs, paired = (row_of[arm] for arm in ARMS)
         checks[task] = {
-            "same_batches": all(a["batches"] == b["batches"] for a, b in zip(ours, theirs, strict=True)),
-            "same_trainable_parameters": ours[0]["trainable_parameters"] == theirs[0]["trainable_parameters"],
-            "max_logit_difference_same_weights": max(run["same_function_difference"] for run in theirs),
-            "test_gap": rows[-2]["mean"] - rows[-1]["mean"],
-            "validation_gap": rows[-2]["validation"]["mean"] - rows[-1]["validation"]["mean"],
+            "same_batches": all(
+                len({runs_of[arm][index]["batches"] for arm in ARMS}) == 1 for index in range(len(seeds))
+            ),
+            "same_trainable_parameters": len({row["trainable_parameters"] for row in (ours, theirs, paired)}) == 1,
+            "max_logit_difference_same_weights": max(
+                run["same_function_difference"] for arm in ARMS[1:] for run in runs_of[arm]
+            ),
+            "test_gap": gap(ours, theirs, "test"),
+            "validation_gap": gap(ours, theirs, "validation"),
+            "paired_test_gap": gap(ours, paired, "test"),
+            "paired_validation_gap": gap(ours, paired, "validation"),
+            "paired_largest_seed_difference": float(
+                max(abs(a - b) for a, b in zip(ours["scores"], paired["scores"], strict=True))
+            ),
         }
     return {"rows": rows, "checks": checks, "loss_curves": curves}
 
@@ -261,11 +289,11 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
     figure, axes = plt.subplots(1, len(TASKS), figsize=(5 * len(TASKS), 3.6))
     for axis, task in zip(axes, TASKS, strict=True):
-        for implementation, style in zip(IMPLEMENTATIONS, ("-", "--"), strict=True):
-            row = next(r for r in summary["rows"] if r["task"] == task and r["implementation"] == implementation)
-            steps, losses = zip(*summary["loss_curves"][task][implementation], strict=True)
-            label = f"{implementation}: test {row['metric']} {row['mean']:.2f} ± {row['std']:.2f}"
-            axis.plot(steps, losses, style, label=label)
+        for arm, style in zip(ARMS, ("-", "--", ":"), strict=True):
+            row = next(r for r in summary["rows"] if r["task"] == task and (r["implementation"], r["start"]) == arm)
+            steps, losses = zip(*summary["loss_curves"][task][arm_name(arm)], strict=True)
+            label = f"{arm_name(arm)}: test {row['metric']} {row['mean']:.2f} ± {row['std']:.2f}"
+            axis.plot(steps, losses, style, label=label, linewidth=2.5 if arm[1] == "shared" else 1.5)
         axis.set_title(f"{task} (mean of {len(row['seeds'])} seeds)")
         axis.set_xlabel("step")
         axis.set_ylabel("training loss")
@@ -289,29 +317,32 @@ def main() -> None:
     runner = Runner(args.jobs, args.resume, args.out, run=train_alike, journal="faithfulness.jsonl")
     import ptuning.train  # noqa: F401 - imported once here, inherited by every forked run
 
-    planned = [(task, implementation, seed) for task in TASKS for seed in seeds for implementation in IMPLEMENTATIONS]
+    planned = [(task, arm, seed) for task in TASKS for seed in seeds for arm in ARMS]
     started = time.perf_counter()
     metrics = runner.many(
         [
             (
-                f"faithfulness-{task}-{implementation}-s{seed}",
-                settings_for(task, implementation, seed, deep[task], args.max_steps),
+                f"faithfulness-{task}-{'-'.join(arm)}-s{seed}",
+                settings_for(task, arm, seed, deep[task], args.max_steps),
             )
-            for task, implementation, seed in planned
+            for task, arm, seed in planned
         ]
     )
     summary = summarize(dict(zip(planned, metrics, strict=True)), seeds)
     setup = {
         "backbone": "minilm-l6",
         "date": time.strftime("%Y-%m-%d"),
-        "settings": {task: settings_for(task, "either", seeds[0], deep[task], args.max_steps) for task in TASKS},
+        "settings": {
+            task: settings_for(task, ("either", "own"), seeds[0], deep[task], args.max_steps) for task in TASKS
+        },
         "command": "python benchmarks/faithfulness.py" + (f" --seeds {args.seeds}" if args.seeds != "0,1,2" else ""),
     }
     write_json(args.out, "faithfulness.json", {"setup": setup, **summary})
     plot(summary, args.out / "faithfulness.png")
     for row in summary["rows"]:
         print(
-            f"{row['task']:16} {row['implementation']:8} test {row['metric']} {row['mean']:.2f} ± {row['std']:.2f}, "
+            f"{row['task']:16} {arm_name((row['implementation'], row['start'])):28} test {row['metric']} "
+            f"{row['mean']:.2f} ± {row['std']:.2f}, "
             f"validation {row['validation']['mean']:.2f} ± {row['validation']['std']:.2f}"
         )
     for task, check in summary["checks"].items():

@@ -155,14 +155,18 @@ def faithfulness_section(faithfulness: dict[str, Any]) -> list[str]:
         f"`{setup['command']}`: both implementations through one training loop on {setup['backbone']} (the parity "
         "budget, each task's deep learning rate and prompt length from the parity search, flat prompt, positions "
         "shifted as PEFT does, prompt and backbone dropout off, head dropout 0.1, the same Trainer arguments, best "
-        "epoch on validation); each implementation initializes its own prompt and head from the same seed.\n",
-        "| task | implementation | test (mean ± std) | validation (mean ± std) | test per seed | final train loss | "
-        "trainable parameters | train s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "epoch on validation). Start `own`: each implementation initializes its prompt and head from the seed "
+        "(independent runs: their gap carries seed noise); `ptuning's`: PEFT starts from ptuning's initial prompt "
+        "and head (paired runs: their gap is the implementations' training alone).\n",
+        "| task | implementation | start | test (mean ± std) | validation (mean ± std) | test per seed | "
+        "final train loss | trainable parameters | train s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in faithfulness["rows"]:
+        start = "ptuning's" if row.get("start") == "shared" else "own"
         lines.append(
-            f"| {row['task']} | {row['implementation']} | {row['metric']} {row['mean']:.2f} ± {row['std']:.2f} | "
+            f"| {row['task']} | {row['implementation']} | {start} | "
+            f"{row['metric']} {row['mean']:.2f} ± {row['std']:.2f} | "
             f"{row['validation']['mean']:.2f} ± {row['validation']['std']:.2f} | "
             f"{', '.join(f'{score:.2f}' for score in row['scores'])} | {row['final_train_loss']:.3f} | "
             f"{row['trainable_parameters']:,} | {row['train_seconds']:.0f} |"
@@ -170,7 +174,10 @@ def faithfulness_section(faithfulness: dict[str, Any]) -> list[str]:
     lines.append("")
     for task, check in faithfulness["checks"].items():
         lines.append(
-            f"- {task}: ptuning - PEFT **{check['test_gap']:+.2f}** test, {check['validation_gap']:+.2f} validation; "
+            f"- {task}: ptuning - PEFT **{check['test_gap']:+.2f}** test, {check['validation_gap']:+.2f} validation "
+            f"(independent); from the same start **{check['paired_test_gap']:+.2f}** test, "
+            f"{check['paired_validation_gap']:+.2f} validation, at most {check['paired_largest_seed_difference']:.2f} "
+            "on any seed; "
             f"same batches in the same order: {'yes' if check['same_batches'] else 'NO'}; same trainable parameters: "
             f"{'yes' if check['same_trainable_parameters'] else 'NO'}; given ptuning's weights, PEFT's logits differ "
             f"by at most {check['max_logit_difference_same_weights']:.1e}."
