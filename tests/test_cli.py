@@ -127,3 +127,25 @@ def test_eval_writes_predictions_and_metrics_files(ner_checkpoint, tmp_path, cap
     assert code == 0 and [line["id"] for line in lines] == [f"{test_file}:1", f"{test_file}:4"]
     assert [line["words"] for line in lines] == [["Peter", "Blackburn"], ["runs"]]
     assert json.loads(metrics_file.read_text()) == json.loads(out)
+
+
+def test_eval_forward_budget_changes_the_forwards_not_the_scores(ner_checkpoint, tmp_path, capsys, monkeypatch):
+    test_file = tmp_path / "test.conll"
+    sentences = ["Peter B-PER\nruns O", "Peter B-PER\nBlackburn I-PER\nruns O\nfast O", "runs O"]
+    test_file.write_text("\n\n".join(sentences) + "\n")
+    forwards = []
+    original = PromptedModel.forward
+    monkeypatch.setattr(PromptedModel, "forward", lambda self, *a, **k: forwards.append(1) or original(self, *a, **k))
+    results = []
+    for budget in ("100000", "4"):  # every sentence in one forward; one sentence per forward
+        forwards.clear()
+        predictions = tmp_path / f"predictions-{budget}.jsonl"
+        code, out, _ = run_cli(
+            capsys, "eval", str(ner_checkpoint), "--test", str(test_file), "--forward-tokens", budget,
+            "--predictions", str(predictions),
+        )  # fmt: skip
+        assert code == 0
+        results.append((json.loads(out), predictions.read_text(), len(forwards)))
+    (one_metrics, one_predictions, one_count), (many_metrics, many_predictions, many_count) = results
+    assert (one_count, many_count) == (1, 3)
+    assert one_metrics == many_metrics and one_predictions == many_predictions

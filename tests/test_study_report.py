@@ -407,7 +407,8 @@ def test_faithfulness_summary_compares_like_for_like(tmp_path: Path) -> None:
     checks = summary["checks"]["conll2003-ner"]
     assert checks["test_gap"] == pytest.approx(1.0) and checks["validation_gap"] == pytest.approx(1.0)
     assert (
-        checks["paired_test_gap"] == pytest.approx(72.0 - 71.5 - 1 / 3) and checks["paired_largest_seed_difference"] == 1
+        checks["paired_test_gap"] == pytest.approx(72.0 - 71.5 - 1 / 3)
+        and checks["paired_largest_seed_difference"] == 1
     )
     assert summary["checks"]["rotten-tomatoes"]["same_batches"] and not checks["same_batches"]
     faithfulness.plot(summary, tmp_path / "faithfulness.png")

@@ -134,6 +134,11 @@ def _add_device_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
 
 
+def _add_forward_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=_positive_int, default=64, help="examples per forward pass")
+    parser.add_argument("--forward-tokens", type=_positive_int, default=FORWARD_TOKENS, help=FORWARD_TOKENS_HELP)
+
+
 def _on_device(model, device: str):
     from .devices import resolve_device
 
@@ -209,7 +214,7 @@ def command_eval(args: argparse.Namespace) -> None:
         if not dataset:
             raise PtuningError("give --test FILE (or --dataset NAME for a packaged dataset)")
         examples = getattr(load_dataset(dataset, model.task, model.extra.get("reader") or {}), args.split)
-    predictions, metrics = task.predict_and_score(model, examples, args.batch_size)
+    predictions, metrics = task.predict_and_score(model, examples, args.batch_size, args.forward_tokens)
     if args.predictions:
         with Path(args.predictions).open("w", encoding="utf-8") as handle:
             for example, prediction in zip(examples, predictions, strict=True):
@@ -354,7 +359,7 @@ def parser() -> argparse.ArgumentParser:
     eval_parser.add_argument("--test", help="file in the format the checkpoint was trained on")
     eval_parser.add_argument("--dataset", help="packaged or hf: dataset to score instead of a file")
     eval_parser.add_argument("--split", default="test", choices=["train", "validation", "test"], help="with --dataset")
-    eval_parser.add_argument("--batch-size", type=_positive_int, default=64, help="examples per forward pass")
+    _add_forward_flags(eval_parser)
     _add_device_flag(eval_parser)
     eval_parser.add_argument("--predictions", help="write one JSON line per example (id and prediction) here")
     eval_parser.add_argument("--output-metrics", help="write the metrics as JSON here too")
@@ -374,10 +379,7 @@ def parser() -> argparse.ArgumentParser:
     )
     predict_parser.add_argument("--task", help="the task to use, when the checkpoint holds several")
     predict_parser.add_argument("--input", help="input file, - for standard input (default: standard input)")
-    predict_parser.add_argument("--batch-size", type=_positive_int, default=64, help="examples per forward pass")
-    predict_parser.add_argument(
-        "--forward-tokens", type=_positive_int, default=FORWARD_TOKENS, help=FORWARD_TOKENS_HELP
-    )
+    _add_forward_flags(predict_parser)
     _add_device_flag(predict_parser)
     predict_parser.set_defaults(handler=command_predict)
 

@@ -86,16 +86,21 @@ class Task:
     def parse_input(self, line: str, record: dict[str, Any] | None, source: str) -> Any:
         raise NotImplementedError
 
-    def predict(self, model: torch.nn.Module, examples: list[Any], batch_size: int = 64) -> list[Any]:
+    def predict(
+        self, model: torch.nn.Module, examples: list[Any], batch_size: int = 64, max_tokens: int | None = None
+    ) -> list[Any]:
+        """Predictions in input order; forwards of at most ``batch_size`` inputs (and ``max_tokens`` padded tokens)."""
         encoded = self.encode(examples, with_labels=False)
-        logits = run_model(model, encoded.inputs, self.collator(), batch_size, per_token=self.per_token)
+        logits = run_model(
+            model, encoded.inputs, self.collator(), batch_size, per_token=self.per_token, max_tokens=max_tokens
+        )
         return self.decode(logits, encoded, examples)
 
     def predict_and_score(
-        self, model: torch.nn.Module, examples: list[Any], batch_size: int = 64
+        self, model: torch.nn.Module, examples: list[Any], batch_size: int = 64, max_tokens: int | None = None
     ) -> tuple[list[Any], dict[str, float]]:
         self.check_labels(examples)
-        predictions = self.predict(model, examples, batch_size)
+        predictions = self.predict(model, examples, batch_size, max_tokens)
         return predictions, self.score(examples, predictions)
 
     def evaluate(self, model: torch.nn.Module, examples: list[Any], batch_size: int = 64) -> dict[str, float]:
