@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -18,22 +19,30 @@ from ptuning.cli import main
 from ptuning.train import latest_resume_state, save_tensors
 
 DATA = "Peter B-PER\nBlackburn I-PER\nruns O\n\nOslo B-LOC\ncalls O\n\nMary B-PER\nsings O\n\nAnna B-PER\nwaits O\n"
+# a second task for the multi-task run: chunk tags, another label set, a head of its own
+CHUNKS = "Peter B-NP\nBlackburn I-NP\nruns B-VP\n\nOslo B-NP\ncalls B-VP\n\nthe B-NP\nsun I-NP\nshines B-VP\n"
 
 
-def flags(tmp_path: Path, backbone: Path, output: str, *more: str) -> list[str]:
-    data = tmp_path / "ner.conll"
-    data.write_text(DATA)
+def flags(tmp_path: Path, backbone: Path, output: str, *more: str, tasks: int = 1) -> list[str]:
+    files = []
+    for name, text in [("ner.conll", DATA), ("chunk.conll", CHUNKS)][:tasks]:
+        (tmp_path / name).write_text(text)
+        files.append(str(tmp_path / name))
+    data = ",".join(files)
     return [
-        "train", "--train", str(data), "--validation", str(data), "--model", str(backbone), "--max-steps", "150",
+        "train", "--train", data, "--validation", data, "--model", str(backbone), "--max-steps", "150",
         "--batch-size", "2", "--lr", "0.1", "--prompt-length", "2", "--output", str(tmp_path / output), *more,
     ]  # fmt: skip
 
 
-def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_backbone_folder):
+@pytest.mark.parametrize("tasks", [1, 2], ids=["one task", "two tasks"])
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_backbone_folder, tasks):
+    """With two tasks the order of the tasks' batches must also continue where it stopped (the sampler's epoch)."""
     command = [sys.executable, "-m", "ptuning"]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    subprocess.run(command + flags(tmp_path, tiny_backbone_folder, "whole"), check=True, capture_output=True)
-    interrupted = flags(tmp_path, tiny_backbone_folder, "run", "--save-steps", "10")
+    whole = flags(tmp_path, tiny_backbone_folder, "whole", tasks=tasks)
+    subprocess.run(command + whole, check=True, capture_output=True)
+    interrupted = flags(tmp_path, tiny_backbone_folder, "run", "--save-steps", "10", tasks=tasks)
     process = subprocess.Popen(
         command + interrupted, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -54,7 +63,8 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_backbon
     assert whole.keys() == resumed.keys()
     assert all((whole[key] - resumed[key]).abs().max().item() <= 1e-5 for key in whole)
     before, after = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("whole", "run"))
-    assert after["validation"] == before["validation"] and after["steps"] == before["steps"] == 150
+    assert after.get("validation", after.get("tasks")) == before.get("validation", before.get("tasks"))
+    assert after["steps"] == before["steps"] == 150 and len(after.get("tasks", [None])) == tasks
     assert after["validation_curve"] == before["validation_curve"]
     assert not state.exists()  # a finished run keeps no resume state
 
