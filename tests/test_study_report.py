@@ -344,7 +344,7 @@ def test_second_backbone_settings_journal_and_names() -> None:
     assert "model" not in study.settings_for(study.FULL, "conll2003-ner", "deep", point, 0)  # MiniLM's journal keys
     assert study.run_name("conll2003-ner", "deep", point, 0, "mpnet-base").startswith("parity-mpnet-base-conll")
     assert study.MPNET.methods == ("finetune", "deep") and "conll2003-ner" in study.MPNET.tasks
-    assert study.search_space(study.MPNET, "finetune") == [(lr, None, False) for lr in (5e-5, 2e-4)]
+    assert study.search_space(study.MPNET, "finetune") == [(lr, None, False) for lr in (5e-5, 2e-4, 5e-4)]
 
 
 def _scaled(backbone: str, method: str, mean: float, parameters: int) -> dict:
