@@ -92,10 +92,13 @@ def scale_table(pairs: list[dict[str, Any]]) -> str:
 
 
 def plot_scale(pairs: list[dict[str, Any]], path: Path) -> None:
-    """Deep minus fine-tuning (test points, ± the seeds' combined std) against backbone size, one line per task."""
+    """Deep minus fine-tuning (test points, ± the seeds' combined std) against backbone size, one line per task
+    measured on several backbones."""
     figure, axis = plt.subplots(figsize=(5.5, 3.8))
     for task in dict.fromkeys(pair["task"] for pair in pairs):
         points = [pair for pair in pairs if pair["task"] == task]
+        if len(points) < 2:  # a task measured on one backbone has no trend to show
+            continue
         axis.errorbar(
             [pair["parameters"] / 1e6 for pair in points],
             [pair["gap"] for pair in points],

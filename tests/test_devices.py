@@ -95,3 +95,47 @@ def test_eval_and_predict_run_where_told(tiny_runs, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["words"] == ["Peter", "visited", "Oslo"]
     assert main(["eval", str(tiny_runs / "ner"), "--device", "cpu", "--test", str(tiny_runs / "ner.conll")]) == 0
     assert "f1" in json.loads(capsys.readouterr().out)
+
+
+def test_eval_and_predict_in_bf16_answer_like_fp32(tiny_runs, tmp_path, capsys):
+    lines = tmp_path / "in.jsonl"
+    lines.write_text('{"task": "ner", "text": "Peter visited Oslo"}\n{"task": "sent", "text": "a good film"}\n')
+    answers = {}
+    for precision in ("fp32", "bf16"):
+        sources = [f"ner={tiny_runs / 'ner'}", f"sent={tiny_runs / 'sent'}"]
+        assert main(["predict", *sources, "--precision", precision, "--input", str(lines)]) == 0
+        answers[precision] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        test = ["--test", str(tiny_runs / "ner.conll")]
+        assert main(["eval", str(tiny_runs / "ner"), "--precision", precision, *test]) == 0
+        answers[precision].append(json.loads(capsys.readouterr().out))
+    full, half = answers["fp32"], answers["bf16"]
+    assert full[0]["tags"] == half[0]["tags"] and full[1]["label"] == half[1]["label"]
+    assert abs(full[1]["probabilities"][full[1]["label"]] - half[1]["probabilities"][half[1]["label"]]) < 0.05
+    assert full[2]["f1"] == pytest.approx(half[2]["f1"], abs=1e-6)  # the tiny model's tags are the same either way
+
+
+def test_inference_precisions_the_device_lacks_are_refused_before_loading(tiny_runs, tmp_path, capsys):
+    lines = tmp_path / "in.txt"
+    lines.write_text("Peter visited Oslo\n")
+    commands = [
+        ["predict", str(tiny_runs / "ner"), "--input", str(lines)],
+        ["eval", str(tiny_runs / "ner"), "--test", str(tiny_runs / "ner.conll")],
+        ["serve", str(tiny_runs / "ner")],
+    ]
+    for command in commands:
+        assert main([*command, "--device", "cpu", "--precision", "fp16"]) == 2
+        assert "--precision fp16 needs a GPU (CUDA or MPS); on a CPU use bf16 or fp32" in capsys.readouterr().err
+
+
+def test_a_finetuned_checkpoint_is_not_cast_for_inference(tiny_backbone_folder, tmp_path, capsys):
+    model = PromptedModel.from_backbone(
+        str(tiny_backbone_folder),
+        "sequence-classification",
+        labels=["neg", "pos"],
+        prompt=PromptConfig(method="finetune"),
+    )
+    model.save_pretrained(tmp_path / "run" / "checkpoint")
+    lines = tmp_path / "in.txt"
+    lines.write_text("a good film\n")
+    assert main(["predict", str(tmp_path / "run"), "--precision", "bf16", "--input", str(lines)]) == 2
+    assert "fine-tuning trains the backbone" in capsys.readouterr().err

@@ -118,6 +118,7 @@ def test_health_tasks_and_metrics(server):
     assert server.call("GET", "/health/live")[:3:2] == (200, {"status": "live"})
     assert server.call("GET", "/health/ready")[:3:2] == (200, {"status": "ready"})
     status, _, body = server.call("GET", "/v1/tasks")
+    assert body["backbone"]["dtype"] == "float32" and body["backbone"]["device"] == "cpu"
     tasks = {task["name"]: task for task in body["tasks"]}
     assert status == 200 and set(tasks) == {"ner", "sent"}
     assert tasks["ner"]["kind"] == "token-classification" and tasks["ner"]["prompt_length"] == 2
@@ -138,6 +139,18 @@ def test_mixed_task_answers_equal_offline_predict(server, offline):
     status, _, body = server.call("POST", "/v1/tasks/sent/predict", {"inputs": [{"text": "a good film"}]})
     assert status == 200
     assert_same_answer(body["outputs"][0], offline[1])
+
+
+def test_a_bf16_server_answers_like_fp32_predict(tiny_runs, offline):
+    process, client = start(tiny_runs, "--precision", "bf16", "--device", "cpu")
+    try:
+        status, _, body = client.call("POST", "/v1/predict", {"inputs": INPUTS})
+        backbone = client.call("GET", "/v1/tasks")[2]["backbone"]
+    finally:
+        stop(process)
+    assert status == 200 and backbone["dtype"] == "bfloat16"
+    for answer, expected in zip(body["outputs"], offline, strict=True):
+        assert answer.get("label") == expected.get("label") and answer.get("tags") == expected.get("tags")
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,14 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .devices import DEVICE_HELP, DEVICES, FORWARD_TOKENS, FORWARD_TOKENS_HELP
+from .devices import (
+    DEVICE_HELP,
+    DEVICES,
+    FORWARD_TOKENS,
+    FORWARD_TOKENS_HELP,
+    INFERENCE_PRECISION_HELP,
+    PRECISIONS,
+)
 from .errors import DataError, PtuningError
 from .recipe import Recipe, lr_family
 
@@ -130,8 +137,9 @@ def build_recipe(flags: dict[str, Any]) -> Recipe:
     return Recipe.from_dict(values, source=str(config or "flags"))
 
 
-def _add_device_flag(parser: argparse.ArgumentParser) -> None:
+def _add_device_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help=INFERENCE_PRECISION_HELP)
 
 
 def _add_forward_flags(parser: argparse.ArgumentParser) -> None:
@@ -139,19 +147,14 @@ def _add_forward_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--forward-tokens", type=_positive_int, default=FORWARD_TOKENS, help=FORWARD_TOKENS_HELP)
 
 
-def _on_device(model, device: str):
-    from .devices import resolve_device
-
-    return model.to(resolve_device(device))
-
-
-def _load_for_inference(path: str, task: str | None, device: str):
-    """The model of a checkpoint (or run) folder on ``device``, and the Task of the task it answers (``task``: which
-    one, when the checkpoint holds several)."""
+def _load_for_inference(path: str, task: str | None, device: str, precision: str):
+    """The model of a checkpoint (or run) folder on ``device`` in ``precision``, and the Task of the task it answers
+    (``task``: which one, when the checkpoint holds several)."""
+    from .devices import place
     from .model import PromptedModel
     from .predictor import task_for
 
-    model = _on_device(PromptedModel.from_pretrained(path), device)
+    model = place(PromptedModel.from_pretrained(path), device, precision)
     if task is None and len(model.task_names) > 1:
         raise PtuningError(f"{path} holds several tasks ({', '.join(model.task_names)}): choose one with --task NAME")
     model.use(task or model.task_names[0])
@@ -206,7 +209,7 @@ def command_train(args: argparse.Namespace) -> None:
 def command_eval(args: argparse.Namespace) -> None:
     from .data.sources import load_dataset, read_examples
 
-    model, task = _load_for_inference(args.checkpoint, args.task, args.device)
+    model, task = _load_for_inference(args.checkpoint, args.task, args.device, args.precision)
     if args.test:
         examples = read_examples(args.test, model.extra.get("reader") or {})
     else:
@@ -252,6 +255,7 @@ def _read_input_records(path: str | None) -> list[tuple[str, Any, str]]:
 
 
 def command_predict(args: argparse.Namespace) -> None:
+    from .devices import place
     from .predictor import Predictor, parse_sources
 
     sources = parse_sources(args.checkpoints)
@@ -259,13 +263,13 @@ def command_predict(args: argparse.Namespace) -> None:
         if args.task:
             raise PtuningError("--task picks a task of one checkpoint; with NAME=DIR each input names its task")
         predictor = Predictor.from_checkpoints(sources, batch_size=args.batch_size, max_tokens=args.forward_tokens)
-        _on_device(predictor.model, args.device)
+        place(predictor.model, args.device, args.precision)
         requests = [predictor.parse(record, source) for _, record, source in _read_input_records(args.input)]
         answers = predictor.predict(requests)
     else:  # one checkpoint: plain text lines too; the same Predictor formats the answers
         from .predictor import Request
 
-        model, task = _load_for_inference(args.checkpoints[0], args.task, args.device)
+        model, task = _load_for_inference(args.checkpoints[0], args.task, args.device, args.precision)
         predictor = Predictor(model, args.batch_size, max_tokens=args.forward_tokens)
         name = model.default_task
         requests = [Request(name, task.parse_input(*item)) for item in _read_input_records(args.input)]
@@ -280,6 +284,9 @@ def command_serve(args: argparse.Namespace) -> None:
     from .serve_config import ServeConfig
 
     config = ServeConfig(**setting_flags(args, "checkpoints"))  # checked before the model loads
+    from .devices import check_precision, resolve_device
+
+    check_precision(config.precision, resolve_device(config.device))
     sources = parse_sources(args.checkpoints) or args.checkpoints[0]
     serve(sources, config)
 
@@ -360,7 +367,7 @@ def parser() -> argparse.ArgumentParser:
     eval_parser.add_argument("--dataset", help="packaged or hf: dataset to score instead of a file")
     eval_parser.add_argument("--split", default="test", choices=["train", "validation", "test"], help="with --dataset")
     _add_forward_flags(eval_parser)
-    _add_device_flag(eval_parser)
+    _add_device_flags(eval_parser)
     eval_parser.add_argument("--predictions", help="write one JSON line per example (id and prediction) here")
     eval_parser.add_argument("--output-metrics", help="write the metrics as JSON here too")
     eval_parser.set_defaults(handler=command_eval)
@@ -380,7 +387,7 @@ def parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("--task", help="the task to use, when the checkpoint holds several")
     predict_parser.add_argument("--input", help="input file, - for standard input (default: standard input)")
     _add_forward_flags(predict_parser)
-    _add_device_flag(predict_parser)
+    _add_device_flags(predict_parser)
     predict_parser.set_defaults(handler=command_predict)
 
     serve_parser = commands.add_parser(

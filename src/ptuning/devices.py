@@ -17,6 +17,9 @@ FORWARD_TOKENS_HELP = (
     "together (small suits a CPU; raise it on a GPU)"
 )
 PRECISIONS = ("fp32", "bf16", "fp16")  # torch loads only when a run resolves them: --help stays instant
+INFERENCE_PRECISION_HELP = (
+    "fp32, or bf16/fp16: the frozen backbone held in that type (half its memory), the prompts and heads in fp32"
+)
 
 
 def dtype_of(precision: str) -> torch.dtype:
@@ -48,7 +51,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def check_precision(precision: str, device: torch.device) -> None:
-    """Refuse a mixed precision the device cannot train in."""
+    """Refuse a mixed precision the device cannot train or predict in."""
     import torch
 
     if precision == "fp16" and device.type == "cpu":
@@ -57,3 +60,13 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise PtuningError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16; use fp16 or fp32")
     if precision == "bf16" and device.type == "mps":
         raise PtuningError("--precision bf16 is not supported on MPS here; use fp16 or fp32")
+
+
+def place(model, device: str, precision: str = "fp32"):
+    """``model`` (a PromptedModel) on the resolved device with its frozen backbone held in ``precision``; refused with
+    a message where the device lacks it, or for a fine-tuned backbone, which stays fp32."""
+    target = resolve_device(device)
+    check_precision(precision, target)
+    if precision != "fp32":
+        model.cast_backbone(dtype_of(precision))
+    return model.to(target)

@@ -160,7 +160,10 @@ class PromptedModel(nn.Module):
     def cast_backbone(self, dtype: torch.dtype) -> None:
         """Hold the frozen backbone in ``dtype`` (bf16/fp16 halve its memory); prompts and heads stay in fp32."""
         if any(config.method == "finetune" for config in self.prompt_configs.values()):
-            raise PtuningError("fine-tuning trains the backbone: its weights stay fp32 (mixed precision still applies)")
+            raise PtuningError(
+                "fine-tuning trains the backbone, so a fine-tuned checkpoint's backbone stays fp32: --precision casts "
+                "only a frozen backbone (training a fine-tuned one in bf16/fp16 still uses mixed precision)"
+            )
         self._fingerprint_before_cast = self.backbone_fingerprint()
         self.transformer.to(dtype)
 

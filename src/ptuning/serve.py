@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .devices import resolve_device
+from .devices import place
 from .errors import PtuningError
 from .predictor import Predictor
 from .predictor import Request as TaskInput
@@ -227,6 +227,13 @@ class Server:
                 raise ApiError(422, "unknown_task" if unknown else "validation", str(error)) from error
         return parsed
 
+    def backbone(self) -> dict[str, str]:
+        """The shared backbone: its reference, where it runs and the type its weights are held in."""
+        model = self.ready().model
+        weight = next(model.backbone.parameters())
+        dtype = str(weight.dtype).removeprefix("torch.")
+        return {"name": str(model.backbone_reference), "device": str(weight.device), "dtype": dtype}
+
     def describe(self) -> list[dict[str, Any]]:
         model = self.ready().model
         described = []
@@ -284,7 +291,7 @@ def create_app(sources: dict[str, str] | str, config: ServeConfig) -> FastAPI:
                     Predictor.from_checkpoints, server.sources, max_tokens=config.forward_tokens, progress=False
                 ),
             )
-            predictor.model.to(resolve_device(config.device))
+            place(predictor.model, config.device, config.precision)
             freeze_loaded_objects()
             server.batcher = Batcher(predictor, config, server.metrics)
             server.predictor = predictor
@@ -336,7 +343,7 @@ def create_app(sources: dict[str, str] | str, config: ServeConfig) -> FastAPI:
 
     @app.get("/v1/tasks")
     async def tasks() -> dict[str, Any]:
-        return {"tasks": server.describe()}
+        return {"backbone": server.backbone(), "tasks": server.describe()}
 
     async def predict(request: Request, task: str | None) -> dict[str, Any]:
         if task is not None and task not in server.ready().tasks:
@@ -389,7 +396,7 @@ def create_app(sources: dict[str, str] | str, config: ServeConfig) -> FastAPI:
         except PtuningError as error:
             raise ApiError(422, "validation", str(error)) from error
         gc.freeze()  # the new task's objects too (a full collection here would take longer than the load)
-        return {"tasks": server.describe()}
+        return {"backbone": server.backbone(), "tasks": server.describe()}
 
     @app.delete("/v1/tasks/{name}")
     async def unload_task(name: str, request: Request) -> dict[str, Any]:
@@ -398,7 +405,7 @@ def create_app(sources: dict[str, str] | str, config: ServeConfig) -> FastAPI:
         if name not in predictor.tasks:
             raise ApiError(404, "unknown_task", f"unknown task {name!r}; loaded tasks: {', '.join(predictor.tasks)}")
         await asyncio.get_running_loop().run_in_executor(server.batcher.worker, predictor.unload, name)
-        return {"tasks": server.describe()}
+        return {"backbone": server.backbone(), "tasks": server.describe()}
 
     return app
 

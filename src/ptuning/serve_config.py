@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .devices import DEVICE_HELP, DEVICES, FORWARD_TOKENS, FORWARD_TOKENS_HELP
+from .devices import DEVICE_HELP, DEVICES, FORWARD_TOKENS, FORWARD_TOKENS_HELP, INFERENCE_PRECISION_HELP, PRECISIONS
 from .settings import at_least, check_settings, setting
 
 
@@ -15,6 +15,7 @@ class ServeConfig:
     host: str = setting("127.0.0.1", "address to bind (loopback unless told otherwise)")
     port: int = setting(8000, "port", check=at_least(0))
     device: str = setting("auto", DEVICE_HELP, choices=DEVICES)
+    precision: str = setting("fp32", INFERENCE_PRECISION_HELP, choices=PRECISIONS)
     max_batch_tokens: int = setting(4096, "token budget of one batch, inputs of any tasks", check=at_least(1))
     forward_tokens: int = setting(FORWARD_TOKENS, FORWARD_TOKENS_HELP, check=at_least(1))
     max_wait_ms: float = setting(5.0, "longest wait for more inputs after the first of a batch", check=at_least(0))
