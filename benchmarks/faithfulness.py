@@ -282,10 +282,7 @@ def summarize(results: dict[tuple[str, tuple[str, str], int], dict[str, Any]], s
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from report import finish, plt
 
     figure, axes = plt.subplots(1, len(TASKS), figsize=(5 * len(TASKS), 3.6))
     for axis, task in zip(axes, TASKS, strict=True):
@@ -295,12 +292,11 @@ def plot(summary: dict[str, Any], path: Path) -> None:
             label = f"{arm_name(arm)}: test {row['metric']} {row['mean']:.2f} ± {row['std']:.2f}"
             axis.plot(steps, losses, style, label=label, linewidth=2.5 if arm[1] == "shared" else 1.5)
         axis.set_title(f"{task} (mean of {len(row['seeds'])} seeds)")
-        axis.set_xlabel("step")
-        axis.set_ylabel("training loss")
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+        if axis is not axes[-1]:
+            axis.set_ylabel("training loss")
+            axis.legend(fontsize=8)
+            axis.set_xlabel("step")
+    finish(figure, axes[-1], "step", "training loss", path)
 
 
 def main() -> None:

@@ -18,6 +18,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 METHOD_ORDER = ("finetune", "linear-probe", "shallow", "ptuning-v1", "deep", "deep-mlp")
 
 
+def finish(figure, axis, xlabel: str, ylabel: str, path: Path) -> None:
+    """Label the (last) axes, add its legend and save the figure."""
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def _load(results: Path, name: str) -> dict[str, Any] | None:
     path = results / name
     return json.loads(path.read_text()) if path.is_file() else None
@@ -109,12 +119,7 @@ def plot_scale(pairs: list[dict[str, Any]], path: Path) -> None:
         )
     axis.axhline(0, color="#888", linewidth=0.8)
     axis.set_xscale("log")
-    axis.set_xlabel("backbone parameters (millions)")
-    axis.set_ylabel("deep - finetune (test points)")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    finish(figure, axis, "backbone parameters (millions)", "deep - finetune (test points)", path)
 
 
 def scale_section(parity: dict[str, Any], results: Path) -> list[str]:
