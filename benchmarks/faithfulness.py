@@ -103,14 +103,13 @@ def same_function(recipe, run, ours) -> float:
     import torch
 
     from ptuning.peft_interop import EXACT, copy_into_peft
+    from ptuning.tasks.base import MODEL_INPUTS
 
     with torch.random.fork_rng():
         twin = peft_model(recipe, run, ours).eval()
     copy_into_peft(ours, twin)
     features = run.task.encode(run.validation[:8]).inputs
-    batch = run.task.collator()(
-        [{k: f[k] for k in ("input_ids", "attention_mask", "token_type_ids")} for f in features]
-    )
+    batch = run.task.collator()([{k: f[k] for k in MODEL_INPUTS if k in f} for f in features])
     ours.eval()
     with torch.no_grad():
         difference = float((ours(**batch).logits - twin(**batch).logits).abs().max())
@@ -120,16 +119,13 @@ def same_function(recipe, run, ours) -> float:
     return difference
 
 
-class PeftArm:
-    """What the evaluation callback asks of a model (``use``, ``active``, trainable state), for PEFT's."""
-
-    @staticmethod
-    def wrap(model):
-        model.active = None
-        model.use = lambda name: model
-        model.trainable_state = lambda: {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-        model.restore_trainable_state = lambda state: model.load_state_dict(state, strict=False)
-        return model
+def evaluable(model):
+    """PEFT's model with what the evaluation callback asks of a model (``use``, ``active``, trainable state)."""
+    model.active = None
+    model.use = lambda name: model
+    model.trainable_state = lambda: {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.restore_trainable_state = lambda state: model.load_state_dict(state, strict=False)
+    return model
 
 
 def train_alike(settings: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +151,7 @@ def train_alike(settings: dict[str, Any]) -> dict[str, Any]:
         if implementation == "peft":
             difference = same_function(recipe, run, ours)
             set_seed(recipe.seed)  # PEFT's model initialized from the same seed as ptuning's
-            model = PeftArm.wrap(peft_model(recipe, run, ours))
+            model = evaluable(peft_model(recipe, run, ours))
             if start == "shared":
                 copy_into_peft(ours, model)
         model.train()

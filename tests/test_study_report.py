@@ -417,3 +417,24 @@ def test_faithfulness_summary_compares_like_for_like(tmp_path: Path) -> None:
     section = "\n".join(report.faithfulness_section({"setup": setup, **summary}))
     assert "same batches in the same order: NO" in section and "ptuning - PEFT **+1.00** test" in section
     assert "| conll2003-ner | peft | ptuning's | f1 71.83 ± 1.26 |" in section
+
+
+def test_peft_from_ptunings_start_trains_exactly_like_ptuning() -> None:
+    """The faithfulness benchmark's paired arm on the packaged MiniLM, shrunk: same batches, same function, and the
+    same scores and loss curve after training."""
+    faithfulness = pytest.importorskip("faithfulness")
+    pytest.importorskip("peft")
+    shrink = {"max_train_samples": 16, "max_eval_samples": 8, "max_steps": 4, "batch_size": 4}
+    deep = {"lr": 0.06, "prompt_length": 4}
+    runs = [
+        faithfulness.train_alike({**faithfulness.settings_for("conll2003-ner", arm, 0, deep, 0), **shrink})
+        for arm in (("ptuning", "own"), ("peft", "shared"))
+    ]
+    ours, theirs = runs
+    assert theirs["same_function_difference"] <= 1e-4 and ours["batches"] == theirs["batches"]
+    assert ours["trainable_parameters"] == theirs["trainable_parameters"] and ours["steps"] == 4
+    assert ours["validation"] == theirs["validation"] and ours["test"] == theirs["test"]
+    assert [step for step, _ in ours["loss_curve"]] == [step for step, _ in theirs["loss_curve"]]
+    assert [loss for _, loss in ours["loss_curve"]] == pytest.approx(
+        [loss for _, loss in theirs["loss_curve"]], abs=1e-5
+    )
