@@ -114,7 +114,8 @@ def test_eval_and_predict_in_bf16_answer_like_fp32(tiny_runs, tmp_path, capsys):
     assert full[2]["f1"] == pytest.approx(half[2]["f1"], abs=1e-6)  # the tiny model's tags are the same either way
 
 
-def test_inference_precisions_the_device_lacks_are_refused_before_loading(tiny_runs, tmp_path, capsys):
+def test_inference_precisions_the_device_lacks_are_refused_before_loading(tiny_runs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(PromptedModel, "from_pretrained", lambda *args, **kwargs: pytest.fail("a checkpoint loaded"))
     lines = tmp_path / "in.txt"
     lines.write_text("Peter visited Oslo\n")
     commands = [

@@ -150,11 +150,12 @@ def _add_forward_flags(parser: argparse.ArgumentParser) -> None:
 def _load_for_inference(path: str, task: str | None, device: str, precision: str):
     """The model of a checkpoint (or run) folder on ``device`` in ``precision``, and the Task of the task it answers
     (``task``: which one, when the checkpoint holds several)."""
-    from .devices import place
+    from .devices import inference_device, place
     from .model import PromptedModel
     from .predictor import task_for
 
-    model = place(PromptedModel.from_pretrained(path), device, precision)
+    where = inference_device(device, precision)
+    model = place(PromptedModel.from_pretrained(path), where, precision)
     if task is None and len(model.task_names) > 1:
         raise PtuningError(f"{path} holds several tasks ({', '.join(model.task_names)}): choose one with --task NAME")
     model.use(task or model.task_names[0])
@@ -255,15 +256,16 @@ def _read_input_records(path: str | None) -> list[tuple[str, Any, str]]:
 
 
 def command_predict(args: argparse.Namespace) -> None:
-    from .devices import place
+    from .devices import inference_device, place
     from .predictor import Predictor, parse_sources
 
     sources = parse_sources(args.checkpoints)
     if sources is not None:  # several tasks on one backbone: each input names its task
         if args.task:
             raise PtuningError("--task picks a task of one checkpoint; with NAME=DIR each input names its task")
+        where = inference_device(args.device, args.precision)
         predictor = Predictor.from_checkpoints(sources, batch_size=args.batch_size, max_tokens=args.forward_tokens)
-        place(predictor.model, args.device, args.precision)
+        place(predictor.model, where, args.precision)
         requests = [predictor.parse(record, source) for _, record, source in _read_input_records(args.input)]
         answers = predictor.predict(requests)
     else:  # one checkpoint: plain text lines too; the same Predictor formats the answers
@@ -284,9 +286,9 @@ def command_serve(args: argparse.Namespace) -> None:
     from .serve_config import ServeConfig
 
     config = ServeConfig(**setting_flags(args, "checkpoints"))  # checked before the model loads
-    from .devices import check_precision, resolve_device
+    from .devices import inference_device
 
-    check_precision(config.precision, resolve_device(config.device))
+    inference_device(config.device, config.precision)
     sources = parse_sources(args.checkpoints) or args.checkpoints[0]
     serve(sources, config)
 

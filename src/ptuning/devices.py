@@ -62,11 +62,16 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise PtuningError("--precision bf16 is not supported on MPS here; use fp16 or fp32")
 
 
-def place(model, device: str, precision: str = "fp32"):
-    """``model`` (a PromptedModel) on the resolved device with its frozen backbone held in ``precision``; refused with
-    a message where the device lacks it, or for a fine-tuned backbone, which stays fp32."""
-    target = resolve_device(device)
-    check_precision(precision, target)
+def inference_device(device: str, precision: str) -> torch.device:
+    """The resolved device, refused with a message (before anything loads) where it lacks ``precision``."""
+    resolved = resolve_device(device)
+    check_precision(precision, resolved)
+    return resolved
+
+
+def place(model, device: torch.device, precision: str = "fp32"):
+    """``model`` (a PromptedModel) on ``device`` with its frozen backbone held in ``precision`` (a fine-tuned
+    backbone stays fp32 and is refused with a message)."""
     if precision != "fp32":
         model.cast_backbone(dtype_of(precision))
-    return model.to(target)
+    return model.to(device)

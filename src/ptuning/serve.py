@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .devices import place
+from .devices import place, resolve_device
 from .errors import PtuningError
 from .predictor import Predictor
 from .predictor import Request as TaskInput
@@ -291,7 +291,7 @@ def create_app(sources: dict[str, str] | str, config: ServeConfig) -> FastAPI:
                     Predictor.from_checkpoints, server.sources, max_tokens=config.forward_tokens, progress=False
                 ),
             )
-            place(predictor.model, config.device, config.precision)
+            place(predictor.model, resolve_device(config.device), config.precision)
             freeze_loaded_objects()
             server.batcher = Batcher(predictor, config, server.metrics)
             server.predictor = predictor
