@@ -87,15 +87,18 @@ def scale_pairs(parity: dict[str, Any]) -> list[dict[str, Any]]:
 def scale_table(pairs: list[dict[str, Any]]) -> str:
     lines = [
         "| task | backbone | parameters | finetune (test, mean ± std) | deep (test, mean ± std) | gap (test) | "
-        "gap (validation) | finetune lr | deep lr, length | train s finetune / deep |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "gap (validation) | finetune / deep per seed (test) | finetune lr | deep lr, length | "
+        "train s finetune / deep |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for pair in pairs:
         finetune, deep = pair["finetune"], pair["deep"]
+        seeds = " / ".join(", ".join(f"{score:.1f}" for score in row["scores"]) for row in (finetune, deep))
         lines.append(
             f"| {pair['task']} ({pair['metric']}) | {pair['backbone']} | {pair['parameters'] / 1e6:.1f}M | "
             f"{finetune['mean']:.2f} ± {finetune['std']:.2f} | {deep['mean']:.2f} ± {deep['std']:.2f} | "
-            f"{pair['gap']:+.2f} ± {pair['gap_std']:.2f} | {pair['validation_gap']:+.2f} | {finetune['lr']:g} | "
+            f"{pair['gap']:+.2f} ± {pair['gap_std']:.2f} | {pair['validation_gap']:+.2f} | {seeds} | "
+            f"{finetune['lr']:g} | "
             f"{deep['lr']:g}, {deep['prompt_length']} | {finetune['train_seconds']:.0f} / {deep['train_seconds']:.0f} |"
         )
     return "\n".join(lines)

@@ -54,6 +54,7 @@ def _row(task: str, method: str, mean: float, validation: float) -> dict:
         "mean": mean,
         "std": 0.5,
         "seeds": [0, 1, 2],
+        "scores": [mean - 0.5, mean, mean + 0.5],
         "validation": validation,
         "lr": 0.01,
         "prompt_length": None if method == "finetune" else 16,
@@ -367,7 +368,8 @@ def test_parity_keeps_other_backbones_rows_and_reports_the_gap_against_size(tmp_
     pairs = report.scale_pairs(written)
     assert [(pair["backbone"], round(pair["gap"], 2)) for pair in pairs] == [("minilm-l6", -7.0), ("mpnet-base", -2.0)]
     text = report.write(tmp_path).read_text()
-    assert "| conll2003-ner (f1) | mpnet-base | 109.0M | 85.00 ± 0.50 | 83.00 ± 0.50 | -2.00 ± 0.71 |" in text
+    assert "| conll2003-ner (f1) | mpnet-base | 109.0M | 85.00 ± 0.50 | 83.00 ± 0.50 | -2.00 ± 0.71 | -2.00 | " in text
+    assert "| 84.5, 85.0, 85.5 / 82.5, 83.0, 83.5 |" in text  # every seed shown: a collapsed one is seen
     assert "--backbone mpnet-base --resume" in text
     assert (tmp_path / "scale.png").stat().st_size > 0
     assert "| conll2003-ner | deep | f1 83.00" not in text.split("## Gap against")[0]  # MiniLM's tables stay MiniLM's
