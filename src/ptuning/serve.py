@@ -234,6 +234,10 @@ class Server:
         dtype = str(weight.dtype).removeprefix("torch.")
         return {"name": str(model.backbone_reference), "device": str(weight.device), "dtype": dtype}
 
+    def listing(self) -> dict[str, Any]:
+        """What GET /v1/tasks answers (and load/unload after their change): the backbone and every task."""
+        return {"backbone": self.backbone(), "tasks": self.describe()}
+
     def describe(self) -> list[dict[str, Any]]:
         model = self.ready().model
         described = []
@@ -343,7 +347,7 @@ def create_app(sources: dict[str, str] | str, config: ServeConfig) -> FastAPI:
 
     @app.get("/v1/tasks")
     async def tasks() -> dict[str, Any]:
-        return {"backbone": server.backbone(), "tasks": server.describe()}
+        return server.listing()
 
     async def predict(request: Request, task: str | None) -> dict[str, Any]:
         if task is not None and task not in server.ready().tasks:
@@ -396,7 +400,7 @@ def create_app(sources: dict[str, str] | str, config: ServeConfig) -> FastAPI:
         except PtuningError as error:
             raise ApiError(422, "validation", str(error)) from error
         gc.freeze()  # the new task's objects too (a full collection here would take longer than the load)
-        return {"backbone": server.backbone(), "tasks": server.describe()}
+        return server.listing()
 
     @app.delete("/v1/tasks/{name}")
     async def unload_task(name: str, request: Request) -> dict[str, Any]:
@@ -405,7 +409,7 @@ def create_app(sources: dict[str, str] | str, config: ServeConfig) -> FastAPI:
         if name not in predictor.tasks:
             raise ApiError(404, "unknown_task", f"unknown task {name!r}; loaded tasks: {', '.join(predictor.tasks)}")
         await asyncio.get_running_loop().run_in_executor(server.batcher.worker, predictor.unload, name)
-        return {"backbone": server.backbone(), "tasks": server.describe()}
+        return server.listing()
 
     return app
 
