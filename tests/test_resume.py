@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from ptuning.cli import main
-from ptuning.train import latest_resume_state, save_tensors
+from ptuning.train import SAVED_MARK, latest_resume_state, save_tensors
 
 DATA = "Peter B-PER\nBlackburn I-PER\nruns O\n\nOslo B-LOC\ncalls O\n\nMary B-PER\nsings O\n\nAnna B-PER\nwaits O\n"
 # a second task for the multi-task run: chunk tags, another label set, a head of its own
@@ -75,7 +75,8 @@ def test_wrong_resumes_are_refused(tmp_path, tiny_backbone_folder, capsys):
     state = tmp_path / "run" / "resume"
     (state / "checkpoint-10").mkdir(parents=True)
     (state / "checkpoint-10" / "trainer_state.json").write_text("{}")
-    save_tensors({"x": torch.zeros(1)}, state / "checkpoint-10" / "trainable_state.safetensors", {"world_size": "1"})
+    save_tensors({"x": torch.zeros(1)}, state / "checkpoint-10" / "trainable_state.safetensors")
+    (state / "checkpoint-10" / SAVED_MARK).write_text("{}")
     recipe = {"train": str(tmp_path / "ner.conll"), "lr": 0.5}
     assert main(flags(tmp_path, tiny_backbone_folder, "run", "--resume")) == 2
     assert "resume/recipe.json is missing" in capsys.readouterr().err
@@ -84,3 +85,16 @@ def test_wrong_resumes_are_refused(tmp_path, tiny_backbone_folder, capsys):
     assert "is not empty (an interrupted run (--resume continues it))" in capsys.readouterr().err
     assert main(flags(tmp_path, tiny_backbone_folder, "run", "--resume")) == 2
     assert "lr: 0.5 then, 0.1 now" in capsys.readouterr().err
+
+
+def test_a_checkpoint_torn_by_a_kill_is_passed_over(tmp_path):
+    """The Trainer writes its files in place: a kill mid-save leaves an empty trainer_state.json; resume takes the
+    newest checkpoint that was marked complete after every process wrote its part."""
+    state = tmp_path / "resume"
+    for step in (10, 20):
+        (state / f"checkpoint-{step}").mkdir(parents=True)
+        (state / f"checkpoint-{step}" / "trainer_state.json").write_text("{}" if step == 10 else "")
+        save_tensors({"x": torch.zeros(1)}, state / f"checkpoint-{step}" / "trainable_state.safetensors")
+    assert latest_resume_state(tmp_path) is None
+    (state / "checkpoint-10" / SAVED_MARK).write_text("{}")
+    assert latest_resume_state(tmp_path) == state / "checkpoint-10"

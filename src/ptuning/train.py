@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Sampler
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
@@ -45,6 +44,7 @@ RESUME_RECIPE = "recipe.json"
 TRAINABLE_STATE = "trainable_state.safetensors"
 BEST_STATE = "best_state.safetensors"
 BEST_PROGRESS = "best_progress.json"
+SAVED_MARK = "complete.json"  # written last, atomically: a checkpoint without it was torn by a kill
 RUN_CONTROL = ("resume", "overwrite")  # what may differ between an interrupted run and its --resume
 
 
@@ -67,8 +67,8 @@ def replica_checksums(model: PromptedModel) -> list[float]:
     return gathered
 
 
-def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    save_file({name: tensor.contiguous().cpu() for name, tensor in tensors.items()}, str(path), metadata=metadata)
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    save_file({name: tensor.contiguous().cpu() for name, tensor in tensors.items()}, str(path))
 
 
 logger = logging.getLogger("ptuning")
@@ -237,11 +237,25 @@ class PromptTrainer(Trainer):
         folder = Path(output_dir or self.args.output_dir)
         folder.mkdir(parents=True, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
-        # how many processes saved RNG states beside it: the state is complete once every one has
-        save_tensors(model.trainable_state(), folder / TRAINABLE_STATE, {"world_size": str(self.args.world_size)})
+        save_tensors(model.trainable_state(), folder / TRAINABLE_STATE)
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, EvaluateEachEpoch):
                 callback.save_state(folder)
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        """Mark the checkpoint complete once every process has written its part, then drop the older ones: a kill
+        at any instant leaves at least one complete checkpoint (the Trainer's own files are written in place)."""
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()
+        if not self.args.should_save:
+            return
+        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        staged = folder / f".{SAVED_MARK}"
+        staged.write_text(json.dumps({"step": self.state.global_step, "processes": self.args.world_size}) + "\n")
+        os.replace(staged, folder / SAVED_MARK)
+        for older in folder.parent.glob("checkpoint-*"):
+            if older != folder:
+                shutil.rmtree(older)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         model = self.accelerator.unwrap_model(model or self.model)
@@ -287,17 +301,8 @@ def prepare_output(output: Path, overwrite: bool, resume: bool = False) -> None:
 
 
 def latest_resume_state(output: Path) -> Path | None:
-    """The newest complete resumable checkpoint of an interrupted run: process 0 writes the Trainer's state file
-    last, and every other data-parallel process its own RNG state."""
-
-    def complete(path: Path) -> bool:
-        if not (path / "trainer_state.json").is_file() or not (path / TRAINABLE_STATE).is_file():
-            return False
-        with safe_open(str(path / TRAINABLE_STATE), "pt") as saved:
-            processes = int((saved.metadata() or {}).get("world_size", "1"))
-        return processes == 1 or all((path / f"rng_state_{rank}.pth").is_file() for rank in range(processes))
-
-    finished = [path for path in (output / RESUME_DIR).glob("checkpoint-*") if complete(path)]
+    """The newest complete resumable checkpoint of an interrupted run (the one marked after every process wrote)."""
+    finished = [path for path in (output / RESUME_DIR).glob("checkpoint-*") if (path / SAVED_MARK).is_file()]
     return max(finished, key=lambda path: int(path.name.rpartition("-")[2]), default=None)
 
 
@@ -450,7 +455,7 @@ def _arguments(recipe: Recipe, output: Path, device: torch.device, multi_task: b
         logging_steps=0.05,  # a share of the steps: short runs log a training loss too
         save_strategy="steps" if resumable else "no",
         save_steps=recipe.save_steps or 500,
-        save_total_limit=1,
+        save_total_limit=None,  # PromptTrainer drops older checkpoints once the new one is complete
         eval_strategy="no",
         report_to=[],
         seed=recipe.seed,
