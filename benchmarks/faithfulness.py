@@ -1,21 +1,27 @@
-"""Faithfulness: ptuning's deep prompts against PEFT's prefix tuning, trained alike on the packaged MiniLM-L6.
+"""Faithfulness: ptuning's methods against an independent implementation, trained alike.
 
-    python benchmarks/faithfulness.py                      # 2 tasks x 3 arms x 3 seeds: ~10 min on 2 cores
+    python benchmarks/faithfulness.py                      # deep prompts vs PEFT prefix tuning (MiniLM): ~10 min
+    python benchmarks/faithfulness.py --compare finetune   # fine-tuning vs transformers' own model (MPNet): ~40 min
     python benchmarks/faithfulness.py --resume             # reuse the runs an interrupted invocation finished
     python benchmarks/faithfulness.py --seeds 0 --max-steps 10 --out /tmp/faith   # a smoke run
 
 Both implementations go through the same loop: the study's parity budget (1,000 training examples, 3 epochs of
-batch 16, 500 validation and test examples), each task's deep learning rate and prompt length from parity.json,
-flat prompt, positions shifted (PEFT numbers the text after the prefix), prompt dropout 0, backbone dropout off
-(PEFT's backbone loaded with its dropout probabilities at 0), the head's dropout 0.1 in both, the same Trainer
-arguments (AdamW, linear schedule, length-grouped batches, seed), validation each epoch keeping the best epoch, and
-the same scorer. What differs is the implementation: ptuning's prompt route and head against PEFT's
-``PrefixTuningConfig(prefix_projection=False)`` on ``AutoModelFor{Sequence,Token}Classification``. Three arms per seed:
-ptuning and PEFT each initialized by itself from the seed (independent: the gap carries seed noise), and PEFT
-started from ptuning's initial prompt and head (paired: the gap is the implementations' training alone). Before
-training, each PEFT run is checked to be the same function as ptuning's with ptuning's
-weights copied in (logits within 1e-4), and every run records a digest of its batches, so the data order is shown
-equal rather than assumed. Writes benchmarks/results/faithfulness.json and faithfulness.png.
+batch 16, 500 validation and test examples), each task's learning rate (and prompt length) from parity.json's rows
+of that method and backbone, the head's dropout 0.1 in both, the same Trainer arguments (AdamW, linear schedule,
+length-grouped batches, seed), validation each epoch keeping the best epoch, and the same scorer.
+
+- ``prefix``: ptuning's ``deep`` (flat prompt, positions shifted as PEFT numbers the text after the prefix, prompt
+  dropout 0, backbone dropout off) against PEFT's ``PrefixTuningConfig(prefix_projection=False)`` on
+  ``AutoModelFor{Sequence,Token}Classification`` (its dropout probabilities at 0), on the packaged MiniLM-L6.
+- ``finetune``: ptuning's ``finetune`` baseline (backbone dropout off, as the second-scale study ran it) against
+  ``AutoModelForTokenClassification`` itself, on MPNet-base, where the study saw fine-tuning collapse on some seeds.
+
+Three arms per seed: ptuning and the reference each initialized by itself from the seed (independent: the gap
+carries seed noise), and the reference started from ptuning's initial prompt and head (paired: the gap is the
+implementations' training alone). Before training, each reference run is checked to be the same function as
+ptuning's with ptuning's weights copied in (logits within 1e-4), and every run records a digest of its batches and
+counts the parameters its loss reaches, so like-for-like is shown rather than assumed. Writes
+benchmarks/results/faithfulness.json/.png (prefix) or faithfulness-finetune.json/.png.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +41,51 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from study import FULL, RESULTS, Runner, seed_summary, write_json  # noqa: E402
 
-TASKS = ("rotten-tomatoes", "conll2003-ner")
-# (implementation, start): each initialized by itself from the seed (independent: seed noise in the gap), and PEFT
-# started from ptuning's initial prompt and head (paired: the gap is the implementations' training alone)
-ARMS = (("ptuning", "own"), ("peft", "own"), ("peft", "shared"))
 PEFT_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "token-classification": "TOKEN_CLS"}
-HEAD_DROPOUT = 0.1  # ptuning's head dropout (the backbone's hidden dropout) and PEFT's classifier dropout
+HEAD_DROPOUT = 0.1  # ptuning's head dropout (the backbone's hidden dropout) and the reference's classifier dropout
 
 
-def deep_settings(parity: Path, task: str) -> dict[str, Any]:
-    """The parity study's deep learning rate and prompt length for ``task`` (chosen on validation)."""
+@dataclass(frozen=True)
+class Comparison:
+    """One of ptuning's methods on one backbone against a reference implementation of it."""
+
+    name: str
+    method: str
+    backbone: str
+    reference: str  # "peft" | "transformers"
+    tasks: tuple[str, ...]
+    output: str  # file stem of the results, the plot and the journal
+
+    @property
+    def arms(self) -> tuple[tuple[str, str], ...]:
+        """(implementation, start): each initialized by itself from the seed, and the reference started from
+        ptuning's initial prompt and head."""
+        return (("ptuning", "own"), (self.reference, "own"), (self.reference, "shared"))
+
+
+COMPARISONS = {
+    "prefix": Comparison("prefix", "deep", "minilm-l6", "peft", ("rotten-tomatoes", "conll2003-ner"), "faithfulness"),
+    "finetune": Comparison(
+        "finetune", "finetune", "mpnet-base", "transformers", ("conll2003-ner",), "faithfulness-finetune"
+    ),
+}
+PREFIX = COMPARISONS["prefix"]
+
+
+def chosen_settings(parity: Path, comparison: Comparison, task: str) -> dict[str, Any]:
+    """The parity study's learning rate (and prompt length) for ``task`` with the comparison's method and backbone
+    (chosen on validation)."""
     rows = json.loads(parity.read_text())["rows"] if parity.is_file() else []
     for row in rows:
-        if row["task"] == task and row["method"] == "deep" and row.get("backbone", "minilm-l6") == "minilm-l6":
-            return {"lr": row["lr"], "prompt_length": row["prompt_length"]}
-    raise SystemExit(f"{parity} has no deep row for {task}: run benchmarks/study.py --parts parity first")
+        if (row["task"], row["method"], row.get("backbone", "minilm-l6")) == (
+            task,
+            comparison.method,
+            comparison.backbone,
+        ):
+            return {"lr": row["lr"], **({"prompt_length": row["prompt_length"]} if row.get("prompt_length") else {})}
+    raise SystemExit(
+        f"{parity} has no {comparison.method} row for {task} on {comparison.backbone}: run benchmarks/study.py first"
+    )
 
 
 class RecordingCollator:
@@ -65,9 +102,9 @@ class RecordingCollator:
         return batch
 
 
-def peft_model(recipe, run, ours):
-    """PEFT prefix tuning (flat prompt) on the backbone's own classification model, its dropout off but the head's."""
-    import peft
+def reference_model(implementation: str, recipe, run, ours):
+    """The reference on the backbone's own classification model, its dropout off but the head's: PEFT prefix
+    tuning (flat prompt) on it, or the model itself, every weight trained."""
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     from ptuning.backbones import resolve
@@ -81,8 +118,12 @@ def peft_model(recipe, run, ours):
         num_labels=len(run.labels),
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
-        classifier_dropout=HEAD_DROPOUT,
     )
+    base.dropout.p = HEAD_DROPOUT  # the dropout before the classifier (BERT's and MPNet's heads name it so)
+    if implementation == "transformers":
+        return base
+    import peft
+
     config = base.config
     return peft.get_peft_model(
         base,
@@ -97,25 +138,54 @@ def peft_model(recipe, run, ours):
     )
 
 
-def same_function(recipe, run, ours) -> float:
-    """A second PEFT model given ptuning's initial weights must give ptuning's logits (else PEFT is not the same
+def copy_start(implementation: str, ours, model) -> None:
+    """Give the reference ptuning's initial prompt and head (the pretrained backbone is the same already)."""
+    from ptuning.peft_interop import copy_into_peft
+
+    if implementation == "peft":
+        copy_into_peft(ours, model)
+    else:
+        model.classifier.load_state_dict(ours.head.classifier.state_dict())
+
+
+def probe_batch(run) -> dict[str, Any]:
+    """Eight real validation inputs, collated by the task."""
+    from ptuning.tasks.base import MODEL_INPUTS
+
+    features = run.task.encode(run.validation[:8]).inputs
+    return run.task.collator()([{k: f[k] for k in MODEL_INPUTS if k in f} for f in features])
+
+
+def reached_parameters(model, batch: dict[str, Any]) -> int:
+    """How many trainable parameters the loss reaches (a trainable weight the task never uses, such as a pooler
+    under a token head, is not trained); in eval mode and on forked RNG, so training draws what it would have."""
+    import torch
+
+    with torch.random.fork_rng():
+        model.eval()
+        model(**batch).logits.float().sum().backward()
+    count = sum(p.numel() for p in model.parameters() if p.requires_grad and p.grad is not None)
+    model.zero_grad(set_to_none=True)
+    return count
+
+
+def same_function(implementation: str, recipe, run, ours) -> float:
+    """A second reference model given ptuning's initial weights must give ptuning's logits (else it is not the same
     model and the comparison says nothing); returns the largest difference on real validation inputs."""
     import torch
 
-    from ptuning.peft_interop import EXACT, copy_into_peft
-    from ptuning.tasks.base import MODEL_INPUTS
+    from ptuning.peft_interop import EXACT
 
     with torch.random.fork_rng():
-        twin = peft_model(recipe, run, ours).eval()
-    copy_into_peft(ours, twin)
-    features = run.task.encode(run.validation[:8]).inputs
-    batch = run.task.collator()([{k: f[k] for k in MODEL_INPUTS if k in f} for f in features])
+        twin = reference_model(implementation, recipe, run, ours).eval()
+    copy_start(implementation, ours, twin)
+    batch = probe_batch(run)
     ours.eval()
     with torch.no_grad():
         difference = float((ours(**batch).logits - twin(**batch).logits).abs().max())
     ours.train()
     if not difference <= EXACT:
-        raise RuntimeError(f"PEFT's model differs from ptuning's by {difference:.3g} given the same weights")
+        raise RuntimeError(f"{implementation}'s model differs from ptuning's by {difference:.3g} with the same weights")
     return difference
 
 
@@ -134,7 +204,6 @@ def train_alike(settings: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import Trainer, set_seed
 
-    from ptuning.peft_interop import copy_into_peft
     from ptuning.train import EvaluateEachEpoch, Recipe, _arguments, _build_model, _prepare_task, _task_run
 
     settings = dict(settings)
@@ -144,16 +213,17 @@ def train_alike(settings: dict[str, Any]) -> dict[str, Any]:
         recipe = Recipe.from_dict({**settings, "output": folder})
         set_seed(recipe.seed)
         [run] = [_task_run(name, part) for name, part in recipe.parts()]
-        ours = _build_model(recipe, [run])  # ptuning's model; PEFT's run uses it for the task's inputs and the check
+        ours = _build_model(recipe, [run])  # ptuning's model; the reference's run uses it for the inputs and check
         _prepare_task(run, ours, recipe)
         difference = None
         model = ours
-        if implementation == "peft":
-            difference = same_function(recipe, run, ours)
-            set_seed(recipe.seed)  # PEFT's model initialized from the same seed as ptuning's
-            model = evaluable(peft_model(recipe, run, ours))
+        if implementation != "ptuning":
+            difference = same_function(implementation, recipe, run, ours)
+            set_seed(recipe.seed)  # the reference initialized from the same seed as ptuning's
+            model = evaluable(reference_model(implementation, recipe, run, ours))
             if start == "shared":
-                copy_into_peft(ours, model)
+                copy_start(implementation, ours, model)
+        reached = reached_parameters(model, probe_batch(run))
         model.train()
         callback = EvaluateEachEpoch(model, [run], recipe.eval_batch_size)
         collator = RecordingCollator(run.task.collator())
@@ -178,25 +248,34 @@ def train_alike(settings: dict[str, Any]) -> dict[str, Any]:
         "validation_curve": callback.curve,
         "loss_curve": [(entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry],
         "batches": collator.digest.hexdigest(),
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "trainable_parameters": reached,
         "same_function_difference": difference,
         "train_seconds": round(seconds, 1),
         "steps": trainer.state.global_step,
     }
 
 
-def settings_for(task: str, arm: tuple[str, str], seed: int, deep: dict[str, Any], max_steps: int) -> dict[str, Any]:
+def settings_for(
+    comparison: Comparison, task: str, arm: tuple[str, str], seed: int, chosen: dict[str, Any], max_steps: int
+) -> dict[str, Any]:
     implementation, start = arm
     settings = {
         "implementation": implementation,
         "dataset": task,
-        "model": "minilm-l6",
-        "method": "deep",
-        "lr": deep["lr"],
-        "prompt_length": deep["prompt_length"],
-        "shift_positions": True,
-        "prompt_dropout": 0.0,
-        "backbone_dropout": False,
+        "model": comparison.backbone,
+        "method": comparison.method,
+        "lr": chosen["lr"],
+    }
+    if comparison.method == "finetune":
+        settings["backbone_dropout"] = False
+    else:
+        settings |= {
+            "prompt_length": chosen["prompt_length"],
+            "shift_positions": True,
+            "prompt_dropout": 0.0,
+            "backbone_dropout": False,
+        }
+    settings |= {
         "max_train_samples": FULL.train_examples,
         "max_eval_samples": FULL.eval_examples,
         "epochs": FULL.epochs,
@@ -229,13 +308,16 @@ def gap(ours: dict[str, Any], theirs: dict[str, Any], key: str) -> float:
     return ours[key]["mean"] - theirs[key]["mean"] if key == "validation" else ours["mean"] - theirs["mean"]
 
 
-def summarize(results: dict[tuple[str, tuple[str, str], int], dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+def summarize(
+    results: dict[tuple[str, tuple[str, str], int], dict[str, Any]], seeds: list[int], comparison: Comparison = PREFIX
+) -> dict[str, Any]:
     """Rows per (task, arm) with test and validation mean ± std over the seeds; checks of like-for-like and the
-    gaps (ptuning - PEFT) independent and paired; mean training-loss curves."""
+    gaps (ptuning - reference) independent and paired; mean training-loss curves."""
     rows, checks, curves = [], {}, {}
-    for task in TASKS:
+    arms = comparison.arms
+    for task in comparison.tasks:
         runs_of, row_of = {}, {}
-        for arm in ARMS:
+        for arm in arms:
             runs = [results[(task, arm, seed)] for seed in seeds]
             primary = runs[0]["primary_metric"]
             test = seed_summary([run["test"][primary] for run in runs])
@@ -257,14 +339,14 @@ def summarize(results: dict[tuple[str, tuple[str, str], int], dict[str, Any]], s
             rows.append(row_of[arm])
             runs_of[arm] = runs
             curves.setdefault(task, {})[arm_name(arm)] = mean_loss_curve(runs)
-        ours, theirs, paired = (row_of[arm] for arm in ARMS)
+        ours, theirs, paired = (row_of[arm] for arm in arms)
         checks[task] = {
             "same_batches": all(
-                len({runs_of[arm][index]["batches"] for arm in ARMS}) == 1 for index in range(len(seeds))
+                len({runs_of[arm][index]["batches"] for arm in arms}) == 1 for index in range(len(seeds))
             ),
             "same_trainable_parameters": len({row["trainable_parameters"] for row in (ours, theirs, paired)}) == 1,
             "max_logit_difference_same_weights": max(
-                run["same_function_difference"] for arm in ARMS[1:] for run in runs_of[arm]
+                run["same_function_difference"] for arm in arms[1:] for run in runs_of[arm]
             ),
             "test_gap": gap(ours, theirs, "test"),
             "validation_gap": gap(ours, theirs, "validation"),
@@ -277,17 +359,18 @@ def summarize(results: dict[tuple[str, tuple[str, str], int], dict[str, Any]], s
     return {"rows": rows, "checks": checks, "loss_curves": curves}
 
 
-def plot(summary: dict[str, Any], path: Path) -> None:
+def plot(summary: dict[str, Any], path: Path, comparison: Comparison = PREFIX) -> None:
     from report import finish, plt
 
-    figure, axes = plt.subplots(1, len(TASKS), figsize=(5 * len(TASKS), 3.6))
-    for axis, task in zip(axes, TASKS, strict=True):
-        for arm, style in zip(ARMS, ("-", "--", ":"), strict=True):
+    figure, axes = plt.subplots(1, len(comparison.tasks), figsize=(5 * len(comparison.tasks), 3.6), squeeze=False)
+    axes = list(axes[0])
+    for axis, task in zip(axes, comparison.tasks, strict=True):
+        for arm, style in zip(comparison.arms, ("-", "--", ":"), strict=True):
             row = next(r for r in summary["rows"] if r["task"] == task and (r["implementation"], r["start"]) == arm)
             steps, losses = zip(*summary["loss_curves"][task][arm_name(arm)], strict=True)
             label = f"{arm_name(arm)}: test {row['metric']} {row['mean']:.2f} ± {row['std']:.2f}"
             axis.plot(steps, losses, style, label=label, linewidth=2.5 if arm[1] == "shared" else 1.5)
-        axis.set_title(f"{task} (mean of {len(row['seeds'])} seeds)")
+        axis.set_title(f"{task}, {comparison.method} on {comparison.backbone} (mean of {len(row['seeds'])} seeds)")
         if axis is not axes[-1]:
             axis.set_ylabel("training loss")
             axis.legend(fontsize=8)
@@ -297,51 +380,58 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--compare", choices=sorted(COMPARISONS), default="prefix", help="which method to compare")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--max-steps", type=int, default=0, help="stop each run after this many steps (0: 3 epochs)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once, the cores shared among them")
     parser.add_argument("--resume", action="store_true", help="reuse runs finished by an earlier invocation")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of faithfulness.json/.png")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results and the plot")
     args = parser.parse_args()
+    comparison = COMPARISONS[args.compare]
     seeds = [int(seed) for seed in args.seeds.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
-    deep = {task: deep_settings(RESULTS / "parity.json", task) for task in TASKS}
-    runner = Runner(args.jobs, args.resume, args.out, run=train_alike, journal="faithfulness.jsonl")
+    chosen = {task: chosen_settings(RESULTS / "parity.json", comparison, task) for task in comparison.tasks}
+    runner = Runner(args.jobs, args.resume, args.out, run=train_alike, journal=f"{comparison.output}.jsonl")
     import ptuning.train  # noqa: F401 - imported once here, inherited by every forked run
 
-    planned = [(task, arm, seed) for task in TASKS for seed in seeds for arm in ARMS]
+    planned = [(task, arm, seed) for task in comparison.tasks for seed in seeds for arm in comparison.arms]
     started = time.perf_counter()
     metrics = runner.many(
         [
             (
-                f"faithfulness-{task}-{'-'.join(arm)}-s{seed}",
-                settings_for(task, arm, seed, deep[task], args.max_steps),
+                f"{comparison.output}-{task}-{'-'.join(arm)}-s{seed}",
+                settings_for(comparison, task, arm, seed, chosen[task], args.max_steps),
             )
             for task, arm, seed in planned
         ]
     )
-    summary = summarize(dict(zip(planned, metrics, strict=True)), seeds)
+    summary = summarize(dict(zip(planned, metrics, strict=True)), seeds, comparison)
+    command = "python benchmarks/faithfulness.py" + (f" --compare {args.compare}" if args.compare != "prefix" else "")
     setup = {
-        "backbone": "minilm-l6",
+        "backbone": comparison.backbone,
+        "method": comparison.method,
+        "reference": comparison.reference,
         "date": time.strftime("%Y-%m-%d"),
         "settings": {
-            task: settings_for(task, ("either", "own"), seeds[0], deep[task], args.max_steps) for task in TASKS
+            task: settings_for(comparison, task, ("either", "own"), seeds[0], chosen[task], args.max_steps)
+            for task in comparison.tasks
         },
-        "command": "python benchmarks/faithfulness.py" + (f" --seeds {args.seeds}" if args.seeds != "0,1,2" else ""),
+        "command": command + (f" --seeds {args.seeds}" if args.seeds != "0,1,2" else ""),
     }
-    write_json(args.out, "faithfulness.json", {"setup": setup, **summary})
-    plot(summary, args.out / "faithfulness.png")
+    write_json(args.out, f"{comparison.output}.json", {"setup": setup, **summary})
+    plot(summary, args.out / f"{comparison.output}.png", comparison)
     for row in summary["rows"]:
         print(
-            f"{row['task']:16} {arm_name((row['implementation'], row['start'])):28} test {row['metric']} "
+            f"{row['task']:16} {arm_name((row['implementation'], row['start'])):33} test {row['metric']} "
             f"{row['mean']:.2f} ± {row['std']:.2f}, "
             f"validation {row['validation']['mean']:.2f} ± {row['validation']['std']:.2f}"
         )
     for task, check in summary["checks"].items():
         print(
-            f"{task}: ptuning - peft test {check['test_gap']:+.2f}, validation {check['validation_gap']:+.2f}; {check}"
+            f"{task}: ptuning - {comparison.reference} test {check['test_gap']:+.2f}, "
+            f"validation {check['validation_gap']:+.2f}; {check}"
         )
-    print(f"done in {(time.perf_counter() - started) / 60:.1f} min; see {args.out / 'faithfulness.json'}")
+    print(f"done in {(time.perf_counter() - started) / 60:.1f} min; see {args.out / f'{comparison.output}.json'}")
 
 
 if __name__ == "__main__":

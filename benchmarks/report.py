@@ -175,17 +175,32 @@ def scale_section(parity: dict[str, Any], results: Path) -> list[str]:
     ]
 
 
-def faithfulness_section(faithfulness: dict[str, Any]) -> list[str]:
-    """ptuning's deep prompts against PEFT's prefix tuning trained alike."""
+REFERENCES = {"peft": "PEFT", "transformers": "transformers"}
+
+
+def faithfulness_section(faithfulness: dict[str, Any], plot: str = "faithfulness.png") -> list[str]:
+    """One of ptuning's methods against a reference implementation trained alike: deep prompts against PEFT's
+    prefix tuning, or fine-tuning against transformers' own model."""
     setup = faithfulness["setup"]
+    reference = REFERENCES[setup.get("reference", "peft")]
+    if setup.get("method", "deep") == "deep":
+        title = "ptuning against PEFT prefix tuning"
+        recipe = (
+            "each task's deep learning rate and prompt length from the parity search, flat prompt, positions shifted "
+            "as PEFT does, prompt and backbone dropout off"
+        )
+        parts = "prompt and head"
+    else:
+        title = f"ptuning's fine-tuning baseline against the {reference} library's own model class"
+        recipe = "each task's fine-tuning learning rate from the parity search on this backbone, backbone dropout off"
+        parts = "head (the pretrained backbone is the same)"
     lines = [
-        f"## Faithfulness: ptuning against PEFT prefix tuning ({setup['date']})\n",
+        f"## Faithfulness: {title} ({setup['date']})\n",
         f"`{setup['command']}`: both implementations through one training loop on {setup['backbone']} (the parity "
-        "budget, each task's deep learning rate and prompt length from the parity search, flat prompt, positions "
-        "shifted as PEFT does, prompt and backbone dropout off, head dropout 0.1, the same Trainer arguments, best "
-        "epoch on validation). Start `own`: each implementation initializes its prompt and head from the seed "
-        "(independent runs: their gap carries seed noise); `ptuning's`: PEFT starts from ptuning's initial prompt "
-        "and head (paired runs: their gap is the implementations' training alone).\n",
+        f"budget, {recipe}, head dropout 0.1, the same Trainer arguments, best epoch on validation). Start `own`: "
+        f"each implementation initializes its {parts} from the seed (independent runs: their gap carries seed "
+        f"noise); `ptuning's`: {reference} starts from ptuning's initial {parts} (paired runs: their gap is the "
+        "implementations' training alone). Trainable parameters: those the loss reaches.\n",
         "| task | implementation | start | test (mean ± std) | validation (mean ± std) | test per seed | "
         "final train loss | trainable parameters | train s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -202,15 +217,15 @@ def faithfulness_section(faithfulness: dict[str, Any]) -> list[str]:
     lines.append("")
     for task, check in faithfulness["checks"].items():
         lines.append(
-            f"- {task}: ptuning - PEFT **{check['test_gap']:+.2f}** test, {check['validation_gap']:+.2f} validation "
-            f"(independent); from the same start **{check['paired_test_gap']:+.2f}** test, "
+            f"- {task}: ptuning - {reference} **{check['test_gap']:+.2f}** test, {check['validation_gap']:+.2f} "
+            f"validation (independent); from the same start **{check['paired_test_gap']:+.2f}** test, "
             f"{check['paired_validation_gap']:+.2f} validation, at most {check['paired_largest_seed_difference']:.2f} "
             "on any seed; "
             f"same batches in the same order: {'yes' if check['same_batches'] else 'NO'}; same trainable parameters: "
-            f"{'yes' if check['same_trainable_parameters'] else 'NO'}; given ptuning's weights, PEFT's logits differ "
-            f"by at most {check['max_logit_difference_same_weights']:.1e}."
+            f"{'yes' if check['same_trainable_parameters'] else 'NO'}; given ptuning's weights, {reference}'s logits "
+            f"differ by at most {check['max_logit_difference_same_weights']:.1e}."
         )
-    return [*lines, "", "![training loss](faithfulness.png)\n"]
+    return [*lines, "", f"![training loss]({plot})\n"]
 
 
 MULTITASK_SETTINGS = ("single", "multi", "multi-then-single")
@@ -429,6 +444,7 @@ def write(results: Path = RESULTS) -> Path:
     names = ("parity", "ablations", "longer", "data", "data_longer", "multitask", "cost", "faithfulness")
     loaded = (_load(results, f"{name}.json") for name in names)
     parity_all, ablations, longer, data, data_longer, multitask, cost, faithfulness = loaded
+    finetune_faithfulness = _load(results, "faithfulness-finetune.json")
     parity = backbone_rows(parity_all, "minilm-l6") if parity_all else None
     sections = [
         "# Study: P-Tuning v2 at CPU scale\n",
@@ -465,6 +481,8 @@ def write(results: Path = RESULTS) -> Path:
         sections += faithfulness_section(faithfulness)
     if parity_all:
         sections += scale_section(parity_all, results)
+    if finetune_faithfulness:
+        sections += faithfulness_section(finetune_faithfulness, "faithfulness-finetune.png")
     if ablations:
         plot_lengths(ablations, results / "prompt_length.png")
         plot_depth(ablations, results / "depth.png")

@@ -391,9 +391,9 @@ def test_faithfulness_summary_compares_like_for_like(tmp_path: Path) -> None:
             "train_seconds": 5.0,
         }
 
-    ours, theirs, paired = faithfulness.ARMS
+    ours, theirs, paired = faithfulness.PREFIX.arms
     results = {}
-    for task in faithfulness.TASKS:
+    for task in faithfulness.PREFIX.tasks:
         scores = [(70.0, 71.0, 70.5), (72.0, 70.0, 72.0), (74.0, 72.0, 73.0)]
         for seed, (mine, independent, shared) in enumerate(scores):
             digest = f"{task}{seed}"
@@ -419,19 +419,28 @@ def test_faithfulness_summary_compares_like_for_like(tmp_path: Path) -> None:
     section = "\n".join(report.faithfulness_section({"setup": setup, **summary}))
     assert "same batches in the same order: NO" in section and "ptuning - PEFT **+1.00** test" in section
     assert "| conll2003-ner | peft | ptuning's | f1 71.83 ± 1.26 |" in section
+    finetune = {**setup, "method": "finetune", "reference": "transformers"}
+    section = "\n".join(report.faithfulness_section({"setup": finetune, **summary}, "faithfulness-finetune.png"))
+    assert "fine-tuning baseline against the transformers library's own model class" in section
+    assert "ptuning - transformers **+1.00** test" in section and "(faithfulness-finetune.png)" in section
 
 
-def test_peft_from_ptunings_start_trains_exactly_like_ptuning() -> None:
-    """The faithfulness benchmark's paired arm on the packaged MiniLM, shrunk: same batches, same function, and the
+@pytest.mark.parametrize("reference", ["peft", "transformers"])
+def test_a_reference_from_ptunings_start_trains_exactly_like_ptuning(reference: str) -> None:
+    """The faithfulness benchmark's paired arm on the packaged MiniLM, shrunk: same batches, same function, the same
+    parameters reached by the loss (ptuning's fine-tuned backbone keeps a pooler a token head never uses), and the
     same scores and loss curve after training."""
     faithfulness = pytest.importorskip("faithfulness")
-    pytest.importorskip("peft")
+    if reference == "peft":
+        pytest.importorskip("peft")
+    comparison = faithfulness.PREFIX
+    if reference == "transformers":
+        comparison = faithfulness.Comparison("t", "finetune", "minilm-l6", reference, ("conll2003-ner",), "t")
     shrink = {"max_train_samples": 16, "max_eval_samples": 8, "max_steps": 4, "batch_size": 4}
-    deep = {"lr": 0.06, "prompt_length": 4}
-    runs = [
-        faithfulness.train_alike({**faithfulness.settings_for("conll2003-ner", arm, 0, deep, 0), **shrink})
-        for arm in (("ptuning", "own"), ("peft", "shared"))
-    ]
+    chosen = {"lr": 0.06 if reference == "peft" else 1e-4, "prompt_length": 4}
+    arms = (("ptuning", "own"), (reference, "shared"))
+    settings = [faithfulness.settings_for(comparison, "conll2003-ner", arm, 0, chosen, 0) for arm in arms]
+    runs = [faithfulness.train_alike({**one, **shrink}) for one in settings]
     ours, theirs = runs
     assert theirs["same_function_difference"] <= 1e-4 and ours["batches"] == theirs["batches"]
     assert ours["trainable_parameters"] == theirs["trainable_parameters"] and ours["steps"] == 4
