@@ -370,7 +370,7 @@ def plot(summary: dict[str, Any], path: Path, comparison: Comparison = PREFIX) -
             steps, losses = zip(*summary["loss_curves"][task][arm_name(arm)], strict=True)
             label = f"{arm_name(arm)}: test {row['metric']} {row['mean']:.2f} ± {row['std']:.2f}"
             axis.plot(steps, losses, style, label=label, linewidth=2.5 if arm[1] == "shared" else 1.5)
-        axis.set_title(f"{task}, {comparison.method} on {comparison.backbone} (mean of {len(row['seeds'])} seeds)")
+        axis.set_title(f"{task}: {comparison.method}, {comparison.backbone}, mean of {len(row['seeds'])} seeds")
         if axis is not axes[-1]:
             axis.set_ylabel("training loss")
             axis.legend(fontsize=8)
