@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from ptuning.cli import main
-from ptuning.train import SAVED_MARK, latest_resume_state, save_tensors
+from ptuning.errors import PtuningError
+from ptuning.train import SAVED_MARK, latest_resume_state, prepare_output, save_tensors
 
 DATA = "Peter B-PER\nBlackburn I-PER\nruns O\n\nOslo B-LOC\ncalls O\n\nMary B-PER\nsings O\n\nAnna B-PER\nwaits O\n"
 # a second task for the multi-task run: chunk tags, another label set, a head of its own
@@ -96,5 +97,7 @@ def test_a_checkpoint_torn_by_a_kill_is_passed_over(tmp_path):
         (state / f"checkpoint-{step}" / "trainer_state.json").write_text("{}" if step == 10 else "")
         save_tensors({"x": torch.zeros(1)}, state / f"checkpoint-{step}" / "trainable_state.safetensors")
     assert latest_resume_state(tmp_path) is None
+    with pytest.raises(PtuningError, match=r"holds only unfinished saves \(checkpoint-10, checkpoint-20: no complete"):
+        prepare_output(tmp_path, overwrite=False, resume=True)
     (state / "checkpoint-10" / SAVED_MARK).write_text("{}")
     assert latest_resume_state(tmp_path) == state / "checkpoint-10"

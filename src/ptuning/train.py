@@ -289,9 +289,9 @@ def prepare_output(output: Path, overwrite: bool, resume: bool = False) -> None:
         raise PtuningError(f"--output {output} is a file, not a folder")
     if resume:
         if latest_resume_state(output) is None:
-            raise PtuningError(
-                f"--resume: {output / RESUME_DIR} holds no saved state to continue (train with --save-steps N)"
-            )
+            torn = sorted(path.name for path in (output / RESUME_DIR).glob("checkpoint-*"))
+            held = f"only unfinished saves ({', '.join(torn)}: no {SAVED_MARK})" if torn else "no saved state"
+            raise PtuningError(f"--resume: {output / RESUME_DIR} holds {held} to continue (train with --save-steps N)")
         return
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         held = "an interrupted run (--resume continues it)" if (output / RESUME_DIR).is_dir() else "a previous run?"
