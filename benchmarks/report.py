@@ -193,7 +193,7 @@ def faithfulness_section(faithfulness: dict[str, Any], plot: str = "faithfulness
     else:
         title = f"ptuning's fine-tuning baseline against the {reference} library's own model class"
         recipe = "each task's fine-tuning learning rate from the parity search on this backbone, backbone dropout off"
-        parts = "head (the pretrained backbone is the same)"
+        parts = "head"
     lines = [
         f"## Faithfulness: {title} ({setup['date']})\n",
         f"`{setup['command']}`: both implementations through one training loop on {setup['backbone']} (the parity "
@@ -222,8 +222,8 @@ def faithfulness_section(faithfulness: dict[str, Any], plot: str = "faithfulness
             f"{check['paired_validation_gap']:+.2f} validation, at most {check['paired_largest_seed_difference']:.2f} "
             "on any seed; "
             f"same batches in the same order: {'yes' if check['same_batches'] else 'NO'}; same trainable parameters: "
-            f"{'yes' if check['same_trainable_parameters'] else 'NO'}; given ptuning's weights, {reference}'s logits "
-            f"differ by at most {check['max_logit_difference_same_weights']:.1e}."
+            f"{'yes' if check['same_trainable_parameters'] else 'NO'}; given ptuning's weights, the logits of "
+            f"{reference} differ by at most {check['max_logit_difference_same_weights']:.1e}."
         )
     return [*lines, "", f"![training loss]({plot})\n"]
 
