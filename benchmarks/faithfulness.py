@@ -49,7 +49,6 @@ HEAD_DROPOUT = 0.1  # ptuning's head dropout (the backbone's hidden dropout) and
 class Comparison:
     """One of ptuning's methods on one backbone against a reference implementation of it."""
 
-    name: str
     method: str
     backbone: str
     reference: str  # "peft" | "transformers"
@@ -64,10 +63,8 @@ class Comparison:
 
 
 COMPARISONS = {
-    "prefix": Comparison("prefix", "deep", "minilm-l6", "peft", ("rotten-tomatoes", "conll2003-ner"), "faithfulness"),
-    "finetune": Comparison(
-        "finetune", "finetune", "mpnet-base", "transformers", ("conll2003-ner",), "faithfulness-finetune"
-    ),
+    "prefix": Comparison("deep", "minilm-l6", "peft", ("rotten-tomatoes", "conll2003-ner"), "faithfulness"),
+    "finetune": Comparison("finetune", "mpnet-base", "transformers", ("conll2003-ner",), "faithfulness-finetune"),
 }
 PREFIX = COMPARISONS["prefix"]
 

@@ -435,7 +435,7 @@ def test_a_reference_from_ptunings_start_trains_exactly_like_ptuning(reference: 
         pytest.importorskip("peft")
     comparison = faithfulness.PREFIX
     if reference == "transformers":
-        comparison = faithfulness.Comparison("t", "finetune", "minilm-l6", reference, ("conll2003-ner",), "t")
+        comparison = faithfulness.Comparison("finetune", "minilm-l6", reference, ("conll2003-ner",), "t")
     shrink = {"max_train_samples": 16, "max_eval_samples": 8, "max_steps": 4, "batch_size": 4}
     chosen = {"lr": 0.06 if reference == "peft" else 1e-4, "prompt_length": 4}
     arms = (("ptuning", "own"), (reference, "shared"))
