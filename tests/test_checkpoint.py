@@ -7,13 +7,29 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_batch, tiny_backbone
+from conftest import assert_close, random_batch, tiny_backbone
 from safetensors.torch import load_file
+from transformers import BertModel
 
 from ptuning import CheckpointError, PromptConfig, PromptedModel, PtuningError
 from ptuning.model import CONFIG_NAME, WEIGHTS_NAME
 
 FORMAT1 = Path(__file__).parent / "data" / "format1"
+
+
+def format1_backbone() -> BertModel:
+    """The tiny BERT the format-1 checkpoints were written on, as saved: where PyTorch draws ``normal_`` without its
+    AVX2 kernel (``ATEN_CPU_CAPABILITY=default``), ``tiny_backbone("bert")`` differs in the last bits, and the
+    checkpoints' backbone fingerprint rightly refuses it."""
+    backbone = tiny_backbone("bert")
+    backbone.load_state_dict(load_file(str(FORMAT1 / "backbone.safetensors")))
+    return backbone
+
+
+def assert_logits_as_recorded(logits: torch.Tensor, expected: torch.Tensor) -> None:
+    """The recorded labels (argmax) exactly and the logits to 1e-5: they were written on another CPU."""
+    assert torch.equal(logits.argmax(-1), expected.argmax(-1))
+    assert_close(logits, expected)
 
 
 def trained_like(task="token-classification") -> PromptedModel:
@@ -26,6 +42,7 @@ def trained_like(task="token-classification") -> PromptedModel:
     return model.eval()
 
 
+@pytest.mark.numerics
 def test_round_trip_gives_identical_predictions(tmp_path):
     model = trained_like()
     input_ids, attention_mask = random_batch()
@@ -35,6 +52,7 @@ def test_round_trip_gives_identical_predictions(tmp_path):
     restored = PromptedModel.from_pretrained(tmp_path, backbone=tiny_backbone("bert")).eval()
     with torch.no_grad():
         after = restored(input_ids=input_ids, attention_mask=attention_mask).logits
+    # one process, the same kernels on the same shapes, and safetensors keeps fp32 bits: nothing may change
     assert torch.equal(before, after)
     assert restored.labels == ["B-PER", "I-PER", "O"] and restored.task == "token-classification"
 
@@ -89,19 +107,21 @@ def test_missing_or_broken_checkpoints(tmp_path):
         PromptedModel.from_pretrained(tmp_path, backbone=tiny_backbone())
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("name", ["ner", "sent", "probe"])
-def test_format_1_checkpoints_predict_exactly_as_before(name, tmp_path):
-    """Checkpoints written before format 2 (tests/data/format1) give the logits they gave then, and re-save as 2."""
+def test_format_1_checkpoints_predict_as_before(name, tmp_path):
+    """Checkpoints written before format 2 (tests/data/format1) give the labels they gave then and the logits to
+    1e-5, and re-save as 2."""
     input_ids, attention_mask = random_batch(batch_size=3, length=9)
     expected = load_file(str(FORMAT1 / "logits.safetensors"))[name]
-    model = PromptedModel.from_pretrained(FORMAT1 / name, backbone=tiny_backbone("bert")).eval()
+    model = PromptedModel.from_pretrained(FORMAT1 / name, backbone=format1_backbone()).eval()
     with torch.no_grad():
-        assert torch.equal(model(input_ids=input_ids, attention_mask=attention_mask).logits, expected)
+        assert_logits_as_recorded(model(input_ids=input_ids, attention_mask=attention_mask).logits, expected)
     assert model.task_names == ["default"] and model.extra["reader"]["format"] == "conll"
     model.save_pretrained(tmp_path)
-    again = PromptedModel.from_pretrained(tmp_path, backbone=tiny_backbone("bert")).eval()
+    again = PromptedModel.from_pretrained(tmp_path, backbone=format1_backbone()).eval()
     with torch.no_grad():
-        assert torch.equal(again(input_ids=input_ids, attention_mask=attention_mask).logits, expected)
+        assert_logits_as_recorded(again(input_ids=input_ids, attention_mask=attention_mask).logits, expected)
 
 
 def test_unknown_format_version_is_refused(tmp_path):
@@ -112,11 +132,14 @@ def test_unknown_format_version_is_refused(tmp_path):
         PromptedModel.from_pretrained(tmp_path, backbone=tiny_backbone())
 
 
+@pytest.mark.numerics
 def test_several_checkpoints_share_one_backbone(tmp_path):
     """Each task loaded onto the backbone answers as its own checkpoint did; the backbone is held once."""
     input_ids, attention_mask = random_batch(batch_size=3, length=9)
     logits = load_file(str(FORMAT1 / "logits.safetensors"))
-    model = PromptedModel.from_pretrained({"ner": FORMAT1 / "ner", "sent": FORMAT1 / "sent"}, backbone=tiny_backbone())
+    model = PromptedModel.from_pretrained(
+        {"ner": FORMAT1 / "ner", "sent": FORMAT1 / "sent"}, backbone=format1_backbone()
+    )
     assert model.load_task(FORMAT1 / "probe", name="probe") == ["probe"]
     assert model.task_names == ["ner", "sent", "probe"]
     backbone_parameters = sum(p.numel() for p in model.backbone.parameters())
@@ -125,18 +148,24 @@ def test_several_checkpoints_share_one_backbone(tmp_path):
     model.eval()
     for name in model.task_names:
         with torch.no_grad():
-            assert torch.equal(model.use(name)(input_ids=input_ids, attention_mask=attention_mask).logits, logits[name])
+            assert_logits_as_recorded(
+                model.use(name)(input_ids=input_ids, attention_mask=attention_mask).logits, logits[name]
+            )
     with pytest.raises(PtuningError, match="a task named .ner. is loaded already"):
         model.load_task(FORMAT1 / "ner", name="ner")
     model.save_pretrained(tmp_path)  # format 2 holds all three, and loads back whole
-    again = PromptedModel.from_pretrained(tmp_path, backbone=tiny_backbone()).eval()
+    again = PromptedModel.from_pretrained(tmp_path, backbone=format1_backbone()).eval()
     assert again.task_names == ["ner", "sent", "probe"] and again.tasks["sent"].labels == ["neg", "pos"]
     with torch.no_grad():
-        assert torch.equal(again.use("sent")(input_ids=input_ids, attention_mask=attention_mask).logits, logits["sent"])
+        assert_logits_as_recorded(
+            again.use("sent")(input_ids=input_ids, attention_mask=attention_mask).logits, logits["sent"]
+        )
 
 
 def test_a_model_of_several_tasks_needs_a_task_named(tmp_path):
-    model = PromptedModel.from_pretrained({"ner": FORMAT1 / "ner", "sent": FORMAT1 / "sent"}, backbone=tiny_backbone())
+    model = PromptedModel.from_pretrained(
+        {"ner": FORMAT1 / "ner", "sent": FORMAT1 / "sent"}, backbone=format1_backbone()
+    )
     with pytest.raises(PtuningError, match=r"several tasks \(ner, sent\): choose one with model.use"):
         _ = model.labels
     with pytest.raises(PtuningError, match="no task named 'pos'; loaded: ner, sent"):

@@ -26,6 +26,7 @@ def prefix_lm(arch: str, attn_implementation: str = "sdpa") -> PromptedModel:
     return PromptedModel.from_backbone(tiny_lm(arch, attn_implementation), "causal-lm", prompt=prompt).eval()
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
 def test_generate_uses_the_prefix_at_every_step(arch, impl):
@@ -44,7 +45,7 @@ def test_generate_uses_the_prefix_at_every_step(arch, impl):
         for _ in range(6):
             logits = model(input_ids=tokens, attention_mask=torch.ones_like(tokens)).logits
             tokens = torch.cat([tokens, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(generated, tokens)
+    assert torch.equal(generated, tokens)  # token ids are decisions (argmax): exactly, cache or not
 
 
 def test_causal_lm_loss_trains_only_the_prefix():
@@ -57,6 +58,7 @@ def test_causal_lm_loss_trains_only_the_prefix():
     assert all(p.grad is None for p in model.transformer.parameters())
 
 
+@pytest.mark.numerics
 def test_prefix_is_causal_for_text_but_visible_to_all():
     """Changing a later token must not change earlier tokens' logits, with the prefix present."""
     model = prefix_lm("llama")
@@ -68,6 +70,7 @@ def test_prefix_is_causal_for_text_but_visible_to_all():
     assert torch.allclose(a[0, :4], b[0, :4], atol=1e-6) and not torch.allclose(a[0, 4], b[0, 4])
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
 def test_sequence_classification_pools_the_last_real_token(arch):
     torch.manual_seed(0)

@@ -63,6 +63,7 @@ def test_bf16_trains_a_fp32_prompt_on_a_bf16_backbone_and_the_checkpoint_loads_o
     assert next(model.backbone.parameters()).dtype == torch.float32
 
 
+@pytest.mark.numerics
 def test_a_bf16_backbone_answers_like_the_fp32_one_and_keeps_prompt_and_head_fp32(tiny_backbone_folder):
     torch.manual_seed(0)
     model = PromptedModel.from_backbone(
@@ -97,6 +98,7 @@ def test_eval_and_predict_run_where_told(tiny_runs, tmp_path, capsys):
     assert "f1" in json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.numerics
 def test_eval_and_predict_in_bf16_answer_like_fp32(tiny_runs, tmp_path, capsys):
     lines = tmp_path / "in.jsonl"
     lines.write_text('{"task": "ner", "text": "Peter visited Oslo"}\n{"task": "sent", "text": "a good film"}\n')

@@ -34,7 +34,7 @@ needs_peft = pytest.mark.skipif(PROBLEM is not None, reason=f"PEFT prefix tuning
 TASK = "sequence-classification"
 LABELS = ["neg", "neu", "pos"]
 SETTINGS = {**BERT_LIKE, "num_hidden_layers": 2, "id2label": dict(enumerate(LABELS))}
-TOLERANCE = 1e-4
+TOLERANCE = 1e-4  # PEFT computes the logits its own way (cache route, its heads); the export's own check, EXACT
 
 
 def save_backbone(folder, model_type="bert", pooler=True, **overrides):
@@ -82,6 +82,7 @@ def peft_logits(backbone, adapter, input_ids, attention_mask, **base_kwargs):
         return model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
+@pytest.mark.numerics
 @needs_peft
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "xlm-roberta"])
 def test_export_loads_in_peft_with_the_same_logits(tmp_path, model_type):
@@ -96,7 +97,7 @@ def test_export_loads_in_peft_with_the_same_logits(tmp_path, model_type):
     assert config["base_model_name_or_path"] == str(backbone.resolve())
     assert config["modules_to_save"] == ["classifier", "score"]
     weights = load_file(str(adapter / "adapter_model.safetensors"))
-    assert torch.equal(
+    assert torch.equal(  # the table copied, not computed
         weights["prompt_embeddings"], load_file(str(checkpoint / "ptuning_model.safetensors"))["prompts.default.table"]
     )
 
@@ -106,6 +107,7 @@ def test_export_loads_in_peft_with_the_same_logits(tmp_path, model_type):
     assert (ours - theirs).abs().max() <= TOLERANCE
 
 
+@pytest.mark.numerics
 @needs_peft
 @pytest.mark.parametrize("model_type", ["bert", "roberta"])
 def test_export_then_import_gives_the_original_logits(tmp_path, model_type):
@@ -124,6 +126,7 @@ def test_export_then_import_gives_the_original_logits(tmp_path, model_type):
     assert (ptuning_logits(imported, input_ids, attention_mask) - original).abs().max() <= TOLERANCE
 
 
+@pytest.mark.numerics
 @needs_peft
 def test_import_of_an_adapter_trained_by_peft(tmp_path):
     """An adapter PEFT made itself, with prefix_projection (PEFT saves the projected table) and default labels."""
@@ -148,6 +151,7 @@ def test_import_of_an_adapter_trained_by_peft(tmp_path):
     assert (ptuning_logits(imported, input_ids, attention_mask) - theirs).abs().max() <= TOLERANCE
 
 
+@pytest.mark.numerics
 @needs_peft
 def test_unshifted_positions_export_with_a_warning_and_differ(tmp_path):
     backbone = save_backbone(tmp_path / "backbone")
@@ -160,6 +164,7 @@ def test_unshifted_positions_export_with_a_warning_and_differ(tmp_path):
     assert (ours - theirs).abs().max() > TOLERANCE  # the documented difference, not a silent match
 
 
+@pytest.mark.numerics
 @needs_peft
 def test_other_label_count_warns_and_loads_with_num_labels(tmp_path):
     backbone = save_backbone(tmp_path / "backbone", id2label=None, num_labels=2)
@@ -263,6 +268,7 @@ def test_peft_logits_are_checked_before_writing(tmp_path, monkeypatch, direction
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.numerics
 @needs_peft
 def test_cli_export_and_import_round_trip(tmp_path, capsys):
     backbone = save_backbone(tmp_path / "backbone", "bert")
@@ -356,6 +362,7 @@ def test_where_peft_cannot_prefix_tune_export_and_import_refuse_and_write_nothin
         assert not out.exists()
 
 
+@pytest.mark.numerics
 @needs_peft
 def test_export_one_task_of_a_multi_task_checkpoint(tmp_path, capsys):
     backbone = save_backbone(tmp_path / "backbone")
@@ -386,6 +393,7 @@ def test_export_one_task_of_a_multi_task_checkpoint(tmp_path, capsys):
     assert (ours - theirs).abs().max() <= TOLERANCE
 
 
+@pytest.mark.numerics
 @needs_peft
 @pytest.mark.parametrize("shift_positions", [True, False])
 def test_token_classification_copied_into_peft_gives_the_same_logits(tmp_path, shift_positions):

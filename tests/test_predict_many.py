@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import assert_same_answer
 
 from ptuning.cli import main
 
@@ -23,23 +24,6 @@ def predict(capsys, tmp_path, lines: list[str], *checkpoints: str) -> tuple[int,
     return code, [json.loads(line) for line in captured.out.splitlines()], captured.err
 
 
-def assert_same_answer(mixed, alone, where: str = "answer") -> None:
-    """Labels, tags, words and offsets exactly; probabilities and scores to 1e-5 (a padded batch sums in another
-    order)."""
-    if isinstance(alone, dict):
-        assert isinstance(mixed, dict) and mixed.keys() == alone.keys(), where
-        for key in alone:
-            assert_same_answer(mixed[key], alone[key], f"{where}.{key}")
-    elif isinstance(alone, list):
-        assert isinstance(mixed, list) and len(mixed) == len(alone), where
-        for index, (got, expected) in enumerate(zip(mixed, alone, strict=True)):
-            assert_same_answer(got, expected, f"{where}[{index}]")
-    elif isinstance(alone, float):
-        assert abs(mixed - alone) <= 1e-5, where
-    else:
-        assert mixed == alone, where
-
-
 # inputs of the two tiny runs, interleaved: plain text, given words, a text pair, a long text
 MIXED_INPUTS = [
     {"task": "ner", "text": "Peter visited Oslo"},
@@ -51,6 +35,7 @@ MIXED_INPUTS = [
 ]
 
 
+@pytest.mark.numerics
 def test_interleaved_tasks_answer_as_each_checkpoint_alone(runs, tmp_path, capsys):
     records = MIXED_INPUTS
     lines = [json.dumps(record) for record in records]
@@ -93,6 +78,7 @@ def test_over_long_inputs_are_truncated_with_a_warning(runs, tmp_path, capsys):
     assert code == 0 and alone["warning"] == answers[0]["warning"]
 
 
+@pytest.mark.numerics
 def test_multiple_choice_beside_a_tagger_answers_as_alone_and_warns_when_cut(tiny_backbone_folder):
     """A multiple-choice task runs in batches of its own (one per number of choices); its answers equal the task's
     own predict, in input order, and an input cut to fit says so like any other."""
@@ -158,6 +144,7 @@ def test_truncated_inputs_are_logged_once_per_call_not_once_per_input(runs, capl
     assert truncation == ["2 input(s) were longer than their task allows and were truncated"]
 
 
+@pytest.mark.numerics
 def test_the_forward_budget_changes_how_inputs_are_batched_not_the_answers(runs, tmp_path, capsys):
     texts = ["Peter visited Oslo", " ".join(["Oslo"] * 40), "Mary", "Anna met Peter in Bergen and Oslo"]
     lines = [json.dumps({"task": "ner" if index % 2 else "sent", "text": text}) for index, text in enumerate(texts)]

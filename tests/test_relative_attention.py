@@ -184,6 +184,7 @@ def no_prompt(backbone, batch_size):
 # tests -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.numerics
 def test_matches_hand_written_reference(variant):
     model = prompted(variant)
     backbone = model.backbone
@@ -218,6 +219,7 @@ def test_prompt_changes_output(variant):
     assert prompt_effect(model) > 1e-2
 
 
+@pytest.mark.numerics
 def test_padding_does_not_change_real_tokens(variant):
     model = prompted(variant)
     assert_padding_invariant(model)
@@ -234,6 +236,7 @@ def test_gradients_reach_every_layer_prompt(variant):
     assert (grad.abs().sum(dim=(0, 3, 4)) > 0).all()  # every layer, key and value
 
 
+@pytest.mark.numerics
 def test_only_selected_layers_are_prompted(variant):
     """Call-order numbering (these modules have no layer_idx) gives each layer its own prompt."""
     model = prompted(variant, layers=[2])
@@ -244,12 +247,13 @@ def test_only_selected_layers_are_prompted(variant):
         with active_prompts(prompts):
             ours = model.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
     real = attention_mask.bool()
-    for below in range(3):
+    for below in range(3):  # bitwise: a layer without a prompt runs the model's own attention forward
         assert torch.equal(plain.hidden_states[below][real], ours.hidden_states[below][real])
     assert (plain.hidden_states[3] - ours.hidden_states[3])[real].abs().max() > 1e-3
     assert prompts.consumed == {2} and prompts.calls == LAYERS
 
 
+@pytest.mark.numerics
 def test_without_prompt_the_model_is_unchanged(variant):
     untouched = tiny(variant)
     installed = tiny(variant)
@@ -260,11 +264,12 @@ def test_without_prompt_the_model_is_unchanged(variant):
         plain = installed(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True)
         with active_prompts(LayerPrompts({})):
             empty = installed(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True)
-    for output in (plain, empty):
+    for output in (plain, empty):  # bitwise: without a prompt the adapter calls the model's own attention forward
         assert torch.equal(output.last_hidden_state, expected.last_hidden_state)
         assert all(torch.equal(a, b) for a, b in zip(output.attentions, expected.attentions, strict=True))
 
 
+@pytest.mark.numerics
 def test_install_twice_does_not_double_wrap(variant):
     adapter = deberta if variant.startswith("deberta") else mpnet
     model = prompted(variant)
@@ -275,7 +280,7 @@ def test_install_twice_does_not_double_wrap(variant):
         prompts = model.layer_prompts(len(input_ids))
         with active_prompts(prompts):
             twice = model.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    assert torch.equal(once, twice)
+    assert torch.equal(once, twice)  # one process, one wrapper, the same kernels on the same shapes
     assert prompts.calls == LAYERS and prompts.consumed == set(range(LAYERS))
     wrapped = [m for m in model.backbone.modules() if getattr(m.forward, "__func__", None) is adapter._forward]
     assert len(wrapped) == LAYERS
@@ -319,6 +324,7 @@ def test_position_ids_of_the_text():
     assert shifted_position_ids(deberta_model, input_ids, LENGTH).tolist() == [list(range(LENGTH, LENGTH + 4))] * 2
 
 
+@pytest.mark.numerics
 def test_shifted_positions_move_only_absolute_embeddings(variant):
     model = prompted(variant, shift_positions=True)
     input_ids, attention_mask = random_batch()
@@ -327,4 +333,5 @@ def test_shifted_positions_move_only_absolute_embeddings(variant):
         unshifted = prompted(variant).encode(input_ids, attention_mask)
     absolute = getattr(model.backbone.embeddings, "position_embeddings", None) is not None
     moved = (shifted - unshifted)[attention_mask.bool()].abs().max().item()
+    # without absolute position embeddings the position ids reach no computation: bitwise the same
     assert (moved > 1e-4) if absolute else (moved == 0)
