@@ -1,5 +1,6 @@
-"""``ptuning sweep``: trials on Optuna storage, continued by a rerun with more trials; the best recipe is a YAML
-recipe ``ptuning train --config`` takes; every --search spec is checked before the first trial."""
+"""``ptuning sweep``: trials on Optuna storage, continued by a rerun of the same sweep with more trials (another
+sweep is refused there, ``--overwrite`` starts over); the best recipe is a YAML recipe ``ptuning train --config``
+takes; every --search spec is checked before the first trial (the values against the recipe: test_bad_inputs_cli)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,21 @@ def test_a_rerun_with_more_trials_continues_the_study_and_the_best_recipe_trains
     assert metrics["recipe"]["lr"] == study.best_params["lr"]
 
 
+def test_overwrite_starts_over_where_another_sweep_is_refused(tmp_path, tiny_backbone_folder, capsys):
+    folder = tmp_path / "sweep"
+    assert main(sweep_flags(tmp_path, tiny_backbone_folder, "--trials", "1")) == 0
+    (folder / "notes.txt").write_text("of the old sweep\n")
+    other = sweep_flags(tmp_path, tiny_backbone_folder, "--trials", "1", "--prompt-dropout", "0.2")
+    assert main(other) == 2
+    assert "is another sweep's (prompt_dropout: 0.1 then, 0.2 now)" in capsys.readouterr().err
+    assert main([*other, "--overwrite"]) == 0
+    assert not (folder / "notes.txt").exists()
+    assert yaml.safe_load((folder / "best.yaml").read_text())["prompt_dropout"] == 0.2
+    assert main([*other, "--resume", "--trials", "2"]) == 0  # the same sweep: continued
+    study = optuna.load_study(study_name="ptuning", storage=f"sqlite:///{folder / 'sweep.db'}")
+    assert len(study.trials) == 2 and study.user_attrs["ptuning_sweep"]["recipe"]["prompt_dropout"] == 0.2
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
@@ -76,7 +92,8 @@ def test_search_specs_read_ranges_and_typed_choices():
 
 
 def test_jobs_are_processes_sharing_one_study(tmp_path, tiny_backbone_folder, capsys):
-    assert main(sweep_flags(tmp_path, tiny_backbone_folder, "--trials", "4", "--jobs", "2")) == 0
+    # the workers continue the study this process starts, never start it over themselves
+    assert main(sweep_flags(tmp_path, tiny_backbone_folder, "--trials", "4", "--jobs", "2", "--overwrite")) == 0
     study = optuna.load_study(study_name="ptuning", storage=f"sqlite:///{tmp_path / 'sweep' / 'sweep.db'}")
     finished = [trial for trial in study.trials if trial.state.name in FINISHED]
     assert 4 <= len(finished) <= 5  # each process stops at 4 finished; one running trial may still end after

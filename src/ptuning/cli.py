@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import typing
 from importlib import resources
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 
 from . import __version__
+from .data.readers import decode_lines, json_object, text_lines
 from .devices import (
     DEVICE_HELP,
     DEVICES,
@@ -23,7 +25,7 @@ from .devices import (
     INFERENCE_PRECISION_HELP,
     PRECISIONS,
 )
-from .errors import DataError, PtuningError
+from .errors import PtuningError
 from .recipe import Recipe, lr_family
 
 DEFAULT_RECIPE = "conll2003-ner-minilm"
@@ -44,7 +46,7 @@ def recipe_file(name_or_path: str) -> Path:
 def load_recipe_values(name_or_path: str) -> dict[str, Any]:
     path = recipe_file(name_or_path)
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load("\n".join(text_lines(path))) or {}
     except yaml.YAMLError as error:
         raise PtuningError(f"{path}: not valid YAML: {error}") from error
     if not isinstance(values, dict):
@@ -164,11 +166,13 @@ def _load_for_inference(path: str, task: str | None, device: str, precision: str
 
 def command_sweep(args: argparse.Namespace) -> None:
     base = build_recipe(setting_flags(args, "search", "trials", "storage", "study_name", "jobs", "no_pruning"))
+    output_path(base.output, "--output", folder=True)
     from .sweep import parse_search, summary, sweep
 
     searches = [parse_search(text) for text in args.search]  # every spec checked before the first trial
-    # more jobs: more processes of this same command on the same study (a trial seeds and logs process-wide)
-    worker = [sys.executable, "-m", "ptuning", *args.argv, "--jobs", "1"]
+    # more jobs: more processes of this same command on the same study (a trial seeds and logs process-wide);
+    # they continue the study this process opens, never start it over (flags are not abbreviated in a sweep)
+    worker = [sys.executable, "-m", "ptuning", *[arg for arg in args.argv if arg != "--overwrite"], "--jobs", "1"]
     study = sweep(base, searches, args.trials, args.storage, args.study_name, not args.no_pruning, args.jobs, worker)
     print("\n" + summary(study, Path(base.output)))
 
@@ -184,6 +188,7 @@ def command_train(args: argparse.Namespace) -> None:
     from .train import is_main_process, prepare_output, train
 
     if is_main_process():  # the process that writes the run; others of a data-parallel launch only train
+        output_path(recipe.output, "--output", folder=True)
         prepare_output(Path(recipe.output), recipe.overwrite, recipe.resume)  # before minutes of loading
     metrics = train(recipe)
     if not metrics:
@@ -207,9 +212,39 @@ def command_train(args: argparse.Namespace) -> None:
     )
 
 
+def output_path(value: str, flag: str, folder: bool = False, inputs: tuple[str | None, ...] = ()) -> Path:
+    """Where the command writes once its work is done, checked before the work: a file (a folder with ``folder``),
+    not one of its ``inputs``, in a place that may be written; missing folders above it are made when it is."""
+    path = Path(value)
+    if folder and path.exists() and not path.is_dir():
+        raise PtuningError(f"{flag} {path} is a file, not a folder")
+    if not folder and path.is_dir():
+        raise PtuningError(f"{flag} {path} is a folder; give the path of a file to write")
+    if any(given and Path(given).resolve() == path.resolve() for given in inputs):
+        raise PtuningError(f"{flag} {path} is an input of this command; writing it would replace it")
+    above = next(parent for parent in path.absolute().parents if parent.exists())
+    if not above.is_dir():
+        raise PtuningError(f"{flag} {path}: {above} is a file, so no folder can be made there")
+    if not os.access(above, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise PtuningError(f"{flag} {path} cannot be written (no permission)")
+    return path
+
+
+def write_output(path: Path, text: str) -> None:
+    """Write a file that ``output_path`` checked, making the folders it lacks."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
 def command_eval(args: argparse.Namespace) -> None:
     from .data.sources import load_dataset, read_examples
 
+    # both checked before minutes of scoring, whose results they would lose
+    inputs = (args.test, args.checkpoint)
+    predictions_file = output_path(args.predictions, "--predictions", inputs=inputs) if args.predictions else None
+    metrics_file = output_path(args.output_metrics, "--output-metrics", inputs=inputs) if args.output_metrics else None
+    if predictions_file and metrics_file and predictions_file.resolve() == metrics_file.resolve():
+        raise PtuningError(f"--predictions and --output-metrics both name {predictions_file}")
     model, task = _load_for_inference(args.checkpoint, args.task, args.device, args.precision)
     if args.test:
         examples = read_examples(args.test, model.extra.get("reader") or {})
@@ -217,42 +252,36 @@ def command_eval(args: argparse.Namespace) -> None:
         dataset = args.dataset or model.extra.get("dataset")
         if not dataset:
             raise PtuningError("give --test FILE (or --dataset NAME for a packaged dataset)")
-        examples = getattr(load_dataset(dataset, model.task, model.extra.get("reader") or {}), args.split)
+        splits = load_dataset(dataset, model.task, model.extra.get("reader") or {})
+        if splits.task != model.task:
+            raise PtuningError(f"--dataset {dataset} holds {splits.task} data; this checkpoint does {model.task}")
+        examples = getattr(splits, args.split)
     predictions, metrics = task.predict_and_score(model, examples, args.batch_size, args.forward_tokens)
-    if args.predictions:
-        with Path(args.predictions).open("w", encoding="utf-8") as handle:
-            for example, prediction in zip(examples, predictions, strict=True):
-                record = {"id": getattr(example, "id", None) or example.source}
-                record.update(task.format_prediction(example, prediction))
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    if args.output_metrics:
-        Path(args.output_metrics).write_text(json.dumps(metrics, indent=2) + "\n")
+    if predictions_file:
+        records = [
+            {"id": getattr(example, "id", None) or example.source, **task.format_prediction(example, prediction)}
+            for example, prediction in zip(examples, predictions, strict=True)
+        ]
+        write_output(predictions_file, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+    if metrics_file:
+        write_output(metrics_file, json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics, indent=2))
 
 
-def _input_records(stream, name: str):
-    """(line, its JSON object or None for plain text, "file:line") for every non-blank input line."""
-    for number, line in enumerate(stream, start=1):
-        line = line.rstrip("\n")
+def _read_input_records(path: str | None) -> list[tuple[str, Any, str]]:
+    """(line, its JSON object or None for plain text, "file:line") for every non-blank line of the input file or
+    standard input, read as UTF-8 like training files are (never with the locale's encoding)."""
+    if path is None or path == "-":
+        name, lines = "<stdin>", decode_lines(sys.stdin.buffer.read(), "<stdin>")
+    else:
+        name, lines = path, text_lines(path)
+    records = []
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        record = None
-        if line.lstrip().startswith("{"):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{name}:{number}: not a JSON object ({error.msg})") from error
-        yield line, record, f"{name}:{number}"
-
-
-def _read_input_records(path: str | None) -> list[tuple[str, Any, str]]:
-    if path is None or path == "-":
-        return list(_input_records(sys.stdin, "<stdin>"))
-    file = Path(path)
-    if not file.is_file():
-        raise DataError(f"{file}: no such file")
-    with file.open(encoding="utf-8") as handle:
-        return list(_input_records(handle, str(file)))
+        record = json_object(line, f"{name}:{number}") if line.lstrip().startswith("{") else None
+        records.append((line, record, f"{name}:{number}"))
+    return records
 
 
 def command_predict(args: argparse.Namespace) -> None:
@@ -344,6 +373,7 @@ def parser() -> argparse.ArgumentParser:
         "sweep",
         help="search recipe keys with Optuna (the train flags, plus --search); selects on validation only",
         formatter_class=formatter,
+        allow_abbrev=False,
     )
     add_train_arguments(sweep_parser)
     sweep_parser.add_argument(

@@ -12,6 +12,7 @@ from typing import Any
 
 from .config import DEFAULT_TASK, POOLINGS, PromptConfig
 from .data.packaged import PACKAGED_DATASETS
+from .data.readers import text_lines
 from .data.sources import FORMAT_TASKS
 from .devices import DEVICE_HELP, DEVICES, PRECISIONS
 from .errors import PtuningError
@@ -39,6 +40,10 @@ def dataset_name(value: str) -> str | None:
     if not unknown:
         return None
     return f"names {unknown[0]!r}, neither a packaged dataset ({', '.join(PACKAGED_DATASETS)}) nor hf:NAME[:CONFIG]"
+
+
+def names_list(value: str) -> str | None:
+    return None if all(name.strip() for name in value.split(",")) else "must be comma-separated names, none empty"
 
 
 def sampling(value: str) -> str | None:
@@ -151,7 +156,10 @@ class Recipe:
         None, "score a fixed subsample of validation and test of this size", check=at_least(1)
     )
     task_names: str | None = setting(
-        None, "names of the tasks of a multi-task run, comma-separated", default_help="the dataset names"
+        None,
+        "names of the tasks of a multi-task run, comma-separated",
+        check=names_list,
+        default_help="the dataset names",
     )
     task_sampling: str = setting(
         "proportional",
@@ -167,7 +175,9 @@ class Recipe:
     )
     output: str = setting("runs/ptuning", "run folder: checkpoint/, metrics.json, train.log, log.json")
     overwrite: bool = setting(
-        False, "replace a non-empty --output folder (the old run stays until the new one has succeeded)"
+        False,
+        "replace a non-empty --output folder (the old run stays until the new one has succeeded; a sweep deletes its "
+        "study and the folder's files, then starts over)",
     )
     save_steps: int | None = setting(
         None,
@@ -175,10 +185,15 @@ class Recipe:
         "scheduler, RNG, data position, best-so-far validation; not the frozen backbone)",
         check=at_least(1),
     )
-    resume: bool = setting(False, "continue the interrupted run in --output from OUTPUT/resume/ (the same recipe)")
+    resume: bool = setting(
+        False,
+        "continue the interrupted run in --output from OUTPUT/resume/ (the same recipe); a sweep: continue its study, "
+        "which must be there (a rerun of the same sweep continues it anyway)",
+    )
 
     def __post_init__(self) -> None:
         check_settings(self)
+        self.parts()  # how many tasks, and their names, are checked with the other values: before anything loads
 
     @classmethod
     def keys(cls) -> dict[str, tuple[str, str | None]]:
@@ -225,11 +240,16 @@ class Recipe:
     def parts(self) -> list[tuple[str, Recipe]]:
         """(task name, recipe of that task alone) for every task: several for ``--dataset a,b,c``, ``--train
         a.conll,b.conll`` (with as many --validation/--test files, or none) or a ``tasks:`` list; one otherwise."""
+        names = self.task_names.split(",") if self.task_names else []
         if self.tasks is not None:
+            if not self.tasks:
+                raise PtuningError("tasks is an empty list: give one mapping per task, or leave tasks out")
             entries = [dict(entry) for entry in self.tasks]
         else:
             lists = {key: getattr(self, key).split(",") for key in ("dataset", "train") if getattr(self, key)}
             if not lists or all(len(values) == 1 for values in lists.values()):
+                if len(names) > 1:
+                    raise PtuningError(f"1 task but {len(names)} task names ({self.task_names})")
                 return [(self.task_names or (self.dataset or DEFAULT_TASK).replace(".", "-"), self)]
             if len(lists) > 1:
                 raise PtuningError("several tasks come from --dataset a,b or from --train a,b, not from both")
@@ -241,7 +261,6 @@ class Recipe:
                     raise PtuningError(f"{len(entries)} training sets but {len(files)} {split} files; give one each")
                 for entry, file in zip(entries, files, strict=False):
                     entry[split] = file
-        names = self.task_names.split(",") if self.task_names else []
         if names and len(names) != len(entries):
             raise PtuningError(f"{len(entries)} tasks but {len(names)} task names ({self.task_names})")
         parts = []
@@ -265,7 +284,9 @@ class Recipe:
         if self.labels is None:
             return None
         path = Path(self.labels)
-        names = path.read_text(encoding="utf-8").splitlines() if path.is_file() else self.labels.split(",")
+        if path.is_dir():
+            raise PtuningError(f"labels (--labels) {path} is a folder: give a file, one label a line, or a,b,c")
+        names = text_lines(path) if path.is_file() else self.labels.split(",")
         labels = [name.strip() for name in names if name.strip()]
         where = f"{path}" if path.is_file() else "labels (--labels)"
         if not labels:

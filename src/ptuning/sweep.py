@@ -3,14 +3,19 @@
 Each trial trains the base recipe with the searched keys set by the trial, into ``OUTPUT/trials/NUMBER/``; its value
 is the run's best-epoch validation score (the mean of the tasks' primary metrics), reported after every epoch so
 that the pruner can stop a poor trial early. The study lives in ``--storage`` (SQLite in OUTPUT by default; any
-SQLAlchemy URL lets workers on several machines share it): rerunning with more ``--trials`` continues it, and the
-trials of a killed sweep are failed by their missing heartbeat and run again.
+SQLAlchemy URL lets workers on several machines share it) and records the recipe and searches that define it:
+rerunning the same sweep with more ``--trials`` continues it, another sweep is refused (``--overwrite`` starts over),
+and the trials of a killed sweep are failed by their missing heartbeat and run again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import itertools
+import json
 import logging
+import shutil
 import statistics
 import subprocess
 import warnings
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 import yaml
 
 from .errors import PtuningError
@@ -28,6 +34,8 @@ from .train import train
 logger = logging.getLogger("ptuning")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 RUN_CONTROL = {"output", "overwrite", "resume", "save_steps"}  # set per trial, never searched or written
+DEFINITION = "ptuning_sweep"  # the study's user attribute holding what defines it: the recipe and the searches
+ChoiceValue = type(None) | bool | int | float | str  # what Optuna stores as a categorical choice
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,16 @@ class Search:
     log: bool = False
     choices: tuple[Any, ...] | None = None
 
+    def values(self) -> tuple[Any, ...]:
+        """The values a trial may take that bound the others: every choice, or the two ends of the range."""
+        return self.choices if self.choices is not None else (self.low, self.high)
+
+    def spec(self) -> str:
+        """The search as ``--search`` writes it (``prompt_length=8,16``, ``lr=0.001:0.1:log``)."""
+        if self.choices is not None:
+            return f"{self.key}={','.join(_shown(choice) for choice in self.choices)}"
+        return f"{self.key}={self.low}:{self.high}{':log' if self.log else ''}"
+
     def suggest(self, trial: optuna.Trial) -> Any:
         if self.choices is not None:
             return trial.suggest_categorical(self.key, list(self.choices))
@@ -50,8 +68,15 @@ class Search:
 
 def _value(text: str) -> Any:
     """A value as a recipe holds it: 16 an int, 1e-2 a float, none nothing, anything else a string."""
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:  # "[1": a string, which the recipe's own check then names
+        return text
     return None if value == "none" else value
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else str(value)
 
 
 def parse_search(text: str) -> Search:
@@ -66,7 +91,11 @@ def parse_search(text: str) -> Search:
         known = ", ".join(sorted(set(keys) - RUN_CONTROL))
         raise PtuningError(f"--search {text!r}: {name!r} is not a recipe key to search; known: {known}")
     if ":" not in spec:
-        return Search(key, choices=tuple(_value(part) for part in spec.split(",")))
+        choices = tuple(_value(part) for part in spec.split(","))
+        odd = [choice for choice in choices if not isinstance(choice, ChoiceValue)]
+        if odd:
+            raise PtuningError(f"--search {text!r}: a choice is a number, a word or none, not {odd[0]!r}")
+        return Search(key, choices=choices)
     parts = spec.split(":")
     bounds = [_value(part) for part in parts[:2]]
     if (
@@ -81,24 +110,79 @@ def parse_search(text: str) -> Search:
     return Search(key, low, high, log=len(parts) == 3)
 
 
+NO_VALIDATION = "a sweep selects on validation: give --validation, or a dataset that has a validation split"
+
+
 def validation_score(metrics: dict[str, Any]) -> float:
     """The run's best-epoch validation score: its primary metric, or the mean of its tasks'."""
     results = metrics.get("tasks") or {"": metrics}
     scores = [result["validation"].get(result["primary_metric"]) for result in results.values()]
     if any(score is None for score in scores):
-        raise PtuningError("a sweep selects on validation: give --validation, or a dataset that has a validation split")
+        raise PtuningError(NO_VALIDATION)
     return statistics.mean(scores)
+
+
+def recipe_keys(recipe: Recipe) -> dict[str, Any]:
+    """Every key of the recipe but the run controls, flat, as a YAML recipe names them."""
+    return {
+        key: getattr(recipe, field) if inner is None else getattr(recipe.prompt, inner)
+        for key, (field, inner) in Recipe.keys().items()
+        if key not in RUN_CONTROL
+    }
 
 
 def flat_recipe(recipe: Recipe) -> dict[str, Any]:
     """The recipe's keys as a YAML recipe writes them (flat), leaving out what equals the default."""
-    default, values = Recipe(), {}
-    for key, (field, inner) in Recipe.keys().items():
-        value = getattr(recipe, field) if inner is None else getattr(recipe.prompt, inner)
-        standard = getattr(default, field) if inner is None else getattr(default.prompt, inner)
-        if key not in RUN_CONTROL and value != standard:
-            values[key] = value
-    return values
+    default = recipe_keys(Recipe())
+    return {key: value for key, value in recipe_keys(recipe).items() if value != default[key]}
+
+
+def _base_values(base: Recipe) -> dict[str, Any]:
+    """The base recipe as ``Recipe.from_dict`` takes it, without what each trial sets for itself."""
+    return {key: value for key, value in base.to_dict().items() if key not in RUN_CONTROL}
+
+
+def check_sweep(base: Recipe, searches: list[Search]) -> None:
+    """Refuse, before any study or file is made, what would fail trials: a key searched twice, a value a trial may
+    take that the recipe's own checks refuse, a task without validation, and run controls a sweep cannot honour."""
+    keys = [search.key for search in searches]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise PtuningError(f"--search {twice[0]} is given twice")
+    if base.resume and base.overwrite:
+        raise PtuningError("--resume continues the study in --output and --overwrite starts it over: give one")
+    if base.save_steps is not None:
+        raise PtuningError("--save-steps: a sweep's trials do not resume (a killed trial runs again from its start)")
+    values = _base_values(base)
+    # each value alone, then with each other search's (the recipe's checks relate two keys at most: method, reparam)
+    for size in (1, 2):
+        for group in itertools.combinations(searches, size):
+            for chosen in itertools.product(*(search.values() for search in group)):
+                settings = {search.key: value for search, value in zip(group, chosen, strict=True)}
+                where = "--search " + ", ".join(f"{key}={_shown(value)}" for key, value in settings.items())
+                Recipe.from_dict({**values, **settings}, where)
+    for name, part in base.parts():
+        if not part.dataset and not part.validation:
+            raise PtuningError(f"{NO_VALIDATION} (task {name!r} has none)")
+
+
+def definition(base: Recipe, searches: list[Search]) -> dict[str, Any]:
+    """What defines a study, as JSON: the recipe's keys but the searched ones (each trial sets those) and the
+    searches."""
+    searched = {search.key for search in searches}
+    recipe = {key: value for key, value in recipe_keys(base).items() if key not in searched}
+    return json.loads(json.dumps({"recipe": recipe, "search": sorted(search.spec() for search in searches)}))
+
+
+def _differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """How a study's recorded definition and this sweep's differ (recipe keys searched by one are in the search)."""
+    then, now = recorded["recipe"], current["recipe"]
+    changed = [
+        f"{key}: {then[key]!r} then, {now[key]!r} now" for key in sorted(set(then) & set(now)) if then[key] != now[key]
+    ]
+    if recorded["search"] != current["search"]:
+        changed.append(f"--search: {' '.join(recorded['search'])} then, {' '.join(current['search'])} now")
+    return changed
 
 
 def _storage(url: str) -> optuna.storages.BaseStorage:
@@ -107,9 +191,90 @@ def _storage(url: str) -> optuna.storages.BaseStorage:
     with warnings.catch_warnings():  # Optuna calls heartbeats experimental; they are what resumes a killed sweep
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=30, grace_period=120, heartbeat_stale_trial_callback=retry
+        try:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=30, grace_period=120, heartbeat_stale_trial_callback=retry
+            )
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError) as error:  # said without the URL: it may hold a password
+            reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+            raise PtuningError(f"the study storage cannot be opened: {reason}") from error
+
+
+def open_study(
+    base: Recipe, searches: list[Search], storage: str | None, name: str, pruning: bool
+) -> tuple[optuna.Study, str]:
+    """The study of this sweep and its storage URL: the stored one when it records the same recipe and searches (a
+    continuation), else a new one in an ``--output`` that holds nothing else. ``--overwrite`` deletes the stored
+    study and empties the folder first; ``--resume`` requires a study to continue."""
+    output = Path(base.output)
+    database = output / "sweep.db"
+    url = storage or f"sqlite:///{database.resolve()}"
+    where = "--storage" if storage else str(database)  # a storage URL may hold a password
+    sampler = optuna.samplers.TPESampler(seed=base.seed)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if pruning else optuna.pruners.NopPruner()
+    current = definition(base, searches)
+    stored = None
+    if storage or database.is_file():  # opening SQLite storage makes its file: a missing one holds no study
+        with contextlib.suppress(KeyError):  # no study of that name
+            stored = optuna.load_study(study_name=name, storage=_storage(url), sampler=sampler, pruner=pruner)
+    if stored is not None and not base.overwrite:
+        _check_definition(stored, current, where)
+        return stored, url
+    if base.resume:
+        raise PtuningError(f"--resume: {where} holds no study {name!r} to continue")
+    if base.overwrite:
+        if stored is not None:
+            optuna.delete_study(study_name=name, storage=url)
+        for path in output.iterdir() if output.is_dir() else ():
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    elif output.is_dir() and any(output.iterdir()):
+        raise PtuningError(
+            f"--output {output} is not empty and {where} holds no study {name!r} (files of another sweep or run?); "
+            "give --overwrite to start a sweep there, or another --output"
         )
+    output.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(
+        study_name=name,
+        storage=_storage(url),
+        direction="maximize",
+        load_if_exists=True,
+        sampler=sampler,
+        pruner=pruner,
+    )
+    _check_definition(study, current, where)  # a worker on another machine may have made it meanwhile
+    return study, url
+
+
+def _check_definition(study: optuna.Study, current: dict[str, Any], where: str) -> None:
+    """Record the definition in a new study; refuse a stored one that records another (or none, being older)."""
+    recorded = study.user_attrs.get(DEFINITION)
+    if recorded is None and not study.trials:
+        study.set_user_attr(DEFINITION, current)
+        return
+    differences = (
+        _differences(recorded, current) if recorded is not None else ["it records no recipe (an older ptuning made it)"]
+    )
+    if differences:
+        raise PtuningError(
+            f"study {study.study_name!r} in {where} is another sweep's ({'; '.join(differences)}): rerun that sweep "
+            "to continue it, give --overwrite to start over, or another --output"
+        )
+
+
+class _UserErrorsPlain(logging.Filter):
+    """Optuna logs a failed trial with its traceback; an error in the user's input is said once, plainly, by the
+    command line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], PtuningError):
+            record.exc_info = None
+        return True
+
+
+USER_ERRORS_PLAIN = _UserErrorsPlain()
 
 
 def sweep(
@@ -126,19 +291,10 @@ def sweep(
     ``jobs - 1`` more running the ``worker`` command on the same study; write the results."""
     if jobs > 1 and worker is None:
         raise PtuningError("more than one job needs the command its worker processes run")
+    check_sweep(base, searches)
+    study, url = open_study(base, searches, storage, study_name, pruning)
     output = Path(base.output)
-    output.mkdir(parents=True, exist_ok=True)
-    url = storage or f"sqlite:///{(output / 'sweep.db').resolve()}"
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if pruning else optuna.pruners.NopPruner()
-    study = optuna.create_study(
-        study_name=study_name,
-        storage=_storage(url),
-        direction="maximize",
-        load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=base.seed),
-        pruner=pruner,
-    )
-    base_values = {key: value for key, value in base.to_dict().items() if key not in RUN_CONTROL}
+    base_values = _base_values(base)
 
     def objective(trial: optuna.Trial) -> float:
         values = {search.key: search.suggest(trial) for search in searches}
@@ -159,6 +315,8 @@ def sweep(
         logger.info("study %r holds %d finished trials; running %d more", study_name, finished, trials - finished)
         storage_flags = ["--storage", url, "--study-name", study_name]
         workers = [subprocess.Popen([*worker, *storage_flags]) for _ in range(jobs - 1)] if worker else []
+        for handler in logging.getLogger("optuna").handlers:
+            handler.addFilter(USER_ERRORS_PLAIN)
         # every process stops once the study holds enough finished trials (running ones still finish)
         enough = optuna.study.MaxTrialsCallback(trials, states=FINISHED)
         study.optimize(objective, callbacks=[enough])
@@ -186,8 +344,7 @@ def write_results(study: optuna.Study, searches: list[Search], base: Recipe, out
     if not completed:
         return
     best = study.best_trial
-    values = {key: value for key, value in base.to_dict().items() if key not in RUN_CONTROL}
-    recipe = Recipe.from_dict({**values, **best.params}, "best trial")
+    recipe = Recipe.from_dict({**_base_values(base), **best.params}, "best trial")
     header = f"# best of study {study.study_name!r}: trial {best.number}, validation {best.value:.2f} (never test)\n"
     settings = {**flat_recipe(recipe), "output": str(output / "best")}
     (output / "best.yaml").write_text(header + yaml.safe_dump(settings, sort_keys=False))

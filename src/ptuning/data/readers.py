@@ -5,6 +5,7 @@ Every malformed input raises DataError naming the file and the line.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 from collections.abc import Iterable, Iterator
@@ -43,13 +44,29 @@ class LabeledText:
     source: str = ""
 
 
-def _open_lines(path: Path) -> list[str]:
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+def decode_lines(data: bytes, name: str) -> list[str]:
+    """The lines of UTF-8 text, a leading byte order mark dropped, or a DataError naming the first line that is not
+    UTF-8. Lines end at LF, CRLF or CR only (not at U+2028, which a JSON string may hold)."""
+    data = data.removeprefix(codecs.BOM_UTF8)  # not utf-8-sig, whose error offsets leave the mark out
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text ({error})") from error
+        line = data.count(b"\n", 0, error.start) + 1
+        raise DataError(f"{name}:{line}: not UTF-8 text (byte {data[error.start]:#04x}); save it as UTF-8") from error
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
+
+
+def text_lines(path: str | Path) -> list[str]:
+    """The lines of a UTF-8 text file: every reader of user files (training data, predict's input) reads them so."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
+    return decode_lines(path.read_bytes(), str(path))
+
+
+def _open_lines(path: Path) -> list[str]:
+    lines = text_lines(path)
     if not any(line.strip() for line in lines):
         raise DataError(f"{path}: the file is empty")
     return lines
@@ -99,6 +116,45 @@ def read_conll(path: str | Path, tag_column: int = -1) -> list[TaggedSentence]:
     return sentences
 
 
+LONE_SURROGATE = "a lone surrogate at character {at} (a \\uD800-\\uDFFF escape without its pair)"
+
+
+def lone_surrogate_at(text: str) -> int | None:
+    """Where ``text`` holds a lone surrogate (what a \\uD800-\\uDFFF JSON escape without its pair parses to: no
+    tokenizer takes it and no UTF-8 output can hold it), or None for Unicode text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return error.start
+    return None
+
+
+def unicode_only(value: Any, source: str, field: str = "") -> Any:
+    """``value`` (parsed JSON) if each of its strings is Unicode text."""
+    if isinstance(value, str):
+        at = lone_surrogate_at(value)
+        if at is not None:
+            raise DataError(f"{source}: {field or 'a string'}: {LONE_SURROGATE.format(at=at)}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            unicode_only(item, source, f"{field}.{key}" if field else key)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            unicode_only(item, source, f"{field}[{index}]")
+    return value
+
+
+def json_object(line: str, source: str) -> dict[str, Any]:
+    """The JSON object of one input line (``source``: its file and line), its strings Unicode text."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{source}: not a JSON object ({error.msg})") from error
+    if not isinstance(record, dict):
+        raise DataError(f"{source}: expected a JSON object, found {type(record).__name__}")
+    return unicode_only(record, source)
+
+
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) for JSONL, CSV and TSV files, chosen by extension."""
     lines = _open_lines(path)
@@ -106,13 +162,7 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{number}: not a JSON object ({error.msg})") from error
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object, found {type(record).__name__}")
-            yield number, record
+            yield number, json_object(line, f"{path}:{number}")
         return
     if path.suffix.lower() not in (".csv", ".tsv"):
         raise DataError(f"{path}: unknown extension; expected .csv, .tsv or .jsonl")
@@ -145,6 +195,8 @@ def read_labeled_texts(
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}:{number}: {text_column!r} must be a non-empty string")
         pair = record[pair_column] if pair_column else None
+        if pair_column and not isinstance(pair, str):
+            raise DataError(f"{path}:{number}: {pair_column}: expected a string, got {json.dumps(pair)}")
         label = record[label_column] if label_column else None
         examples.append(LabeledText(text, pair, None if label is None else str(label), f"{path}:{number}"))
     if not examples:

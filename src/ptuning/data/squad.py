@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from .readers import text_lines, unicode_only
 
 
 @dataclass
@@ -78,12 +79,8 @@ def _question(qa: Any, context: str, place: str) -> QAExample:
 def read_squad(path: str | Path) -> list[QAExample]:
     """Every question of a SQuAD 1.1 or 2.0 file, in file order; question ids must be unique."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text ({error})") from error
+        document = unicode_only(json.loads("\n".join(text_lines(path))), str(path))
     except json.JSONDecodeError as error:
         raise DataError(f"{path}: not JSON ({error.msg} at line {error.lineno} column {error.colno})") from error
     examples: list[QAExample] = []

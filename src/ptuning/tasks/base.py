@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,15 @@ class Encoded:
     inputs: list[dict[str, Any]]
     meta: list[Any] = field(default_factory=list)
     truncated: list[int] = field(default_factory=list)
+
+
+def strings(values: list[Any], name: str, source: str) -> list[str]:
+    """``values`` of a JSON input, each a string: a number, null or object is refused naming the field, never made
+    into text."""
+    for index, value in enumerate(values):
+        if not isinstance(value, str):
+            raise DataError(f"{source}: {name}[{index}]: expected a string, got {json.dumps(value)}")
+    return values
 
 
 class Task:

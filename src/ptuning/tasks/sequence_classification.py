@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -83,4 +84,7 @@ class SequenceClassificationTask(Task):
             return LabeledText(line, None, None, source)
         if not isinstance(record.get("text"), str):
             raise DataError(f'{source}: expected {{"text": "...", "text_pair": "..." (optional)}}')
-        return LabeledText(record["text"], record.get("text_pair"), None, source)
+        pair = record.get("text_pair")
+        if pair is not None and not isinstance(pair, str):
+            raise DataError(f"{source}: text_pair: expected a string, got {json.dumps(pair)}")
+        return LabeledText(record["text"], pair, None, source)

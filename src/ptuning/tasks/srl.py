@@ -12,6 +12,7 @@ from typing import Any
 
 from ..data.srl import SRLInstance
 from ..errors import DataError
+from .base import strings
 from .token_classification import TokenClassificationTask
 
 
@@ -50,5 +51,5 @@ class SRLTask(TokenClassificationTask):
             or not 0 <= predicate < len(words)
         ):
             raise DataError(f'{source}: expected {{"words": ["...", ...], "predicate": index of the predicate word}}')
-        words = [str(word) for word in words]
+        words = strings(words, "words", source)
         return SRLInstance(words, predicate, [self.outside] * len(words), source)

@@ -11,7 +11,7 @@ from transformers import DataCollatorForTokenClassification
 
 from ..data.readers import TaggedSentence
 from ..errors import DataError
-from .base import Encoded, Task, softmax
+from .base import Encoded, Task, softmax, strings
 
 IGNORE = -100
 
@@ -87,12 +87,19 @@ class TokenClassificationTask(Task):
                     labels.append(self.label_to_id[example.tags[word]] if first else IGNORE)
                     previous = word
                 inputs["labels"] = labels
-            seen = [word for word in word_ids if word is not None]
-            if len(example.words) and (not seen or seen[-1] < len(example.words) - 1):
+            if self._cut(example.words, word_ids, len(inputs["input_ids"])):
                 encoded.truncated.append(index)
             encoded.inputs.append(inputs)
             encoded.meta.append(word_ids)
         return self.warn_truncated(encoded)
+
+    def _cut(self, words: list[str], word_ids: list[int | None], length: int) -> bool:
+        """Whether truncation dropped words: the input fills ``max_length`` and a word after the last one kept has
+        tokens (a word of no tokens, like a zero-width space, is never cut)."""
+        if length < self.max_length:
+            return False
+        kept = max((word for word in word_ids if word is not None), default=-1)
+        return any(self.tokenizer.tokenize(word) for word in words[kept + 1 :])
 
     def collator(self):
         return DataCollatorForTokenClassification(self.tokenizer, label_pad_token_id=IGNORE)
@@ -160,7 +167,7 @@ class TokenClassificationTask(Task):
         if record is None:
             text = line
         elif isinstance(record.get("words"), list):
-            words = [str(word) for word in record["words"]]
+            words = strings(record["words"], "words", source)
         elif isinstance(record.get("text"), str):
             text = record["text"]
         else:
