@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import assert_same_answer
 from test_predict_many import MIXED_INPUTS as INPUTS
-from test_predict_many import assert_same_answer
 
 pytest.importorskip("fastapi")
 
@@ -131,6 +131,7 @@ def test_health_tasks_and_metrics(server):
     assert "ptuning_queue_depth" in text and 'ptuning_request_seconds_count{endpoint="/v1/predict"}' in text
 
 
+@pytest.mark.numerics
 def test_mixed_task_answers_equal_offline_predict(server, offline):
     status, _, body = server.call("POST", "/v1/predict", {"inputs": INPUTS})
     assert status == 200 and len(body["outputs"]) == len(INPUTS)
@@ -141,6 +142,7 @@ def test_mixed_task_answers_equal_offline_predict(server, offline):
     assert_same_answer(body["outputs"][0], offline[1])
 
 
+@pytest.mark.numerics
 def test_a_bf16_server_answers_like_fp32_predict(tiny_runs, offline):
     process, client = start(tiny_runs, "--precision", "bf16", "--device", "cpu")
     try:

@@ -48,6 +48,15 @@ def _backbone_fingerprint(backbone: nn.Module) -> float:
     return round(float((weights * torch.arange(1, weights.shape[1] + 1, dtype=torch.float64)).sum()), 6)
 
 
+def check_task_name(name: str) -> None:
+    """Refuse a task name that cannot key the model's ``nn.ModuleDict``s of prompts and heads."""
+    if not isinstance(name, str) or not name or "." in name or hasattr(nn.ModuleDict(), name):
+        raise PtuningError(
+            "task names key the model's prompts and heads (torch nn.ModuleDict), so a name is any non-empty text "
+            f"without '.' and not a torch Module attribute, got {name!r}"
+        )
+
+
 def checkpoint_folder(path: str | Path) -> Path:
     """A checkpoint folder, or the run folder of ``ptuning train`` that holds one in ``checkpoint/``."""
     folder = Path(path)
@@ -183,8 +192,7 @@ class PromptedModel(nn.Module):
         task ``shared_prompt`` (multi-task training: one prompt, a head per task)."""
         if name in self.tasks:
             raise PtuningError(f"a task named {name!r} is loaded already (tasks: {', '.join(self.tasks)})")
-        if not name or "." in name or hasattr(nn.ModuleDict, name):
-            raise PtuningError(f"task names are non-empty, without '.' and not a torch Module attribute, got {name!r}")
+        check_task_name(name)
         if task not in TASKS:
             raise PtuningError(f"unknown task {task!r}; supported: {', '.join(TASKS)}")
         labels = [str(label) for label in labels]
@@ -741,7 +749,7 @@ class PromptedModel(nn.Module):
             }
         return state
 
-    def _check_backbone(self, directory: Path, config: dict[str, Any], fingerprint: str) -> None:
+    def check_backbone(self, directory: Path, config: dict[str, Any], fingerprint: str) -> None:
         """Refuse a checkpoint made for another backbone shape; for other weights refuse or warn (``fingerprint``)."""
         actual = _backbone_shape(self.backbone.config)
         expected = config["backbone_shape"]
@@ -755,9 +763,14 @@ class PromptedModel(nn.Module):
                 f"checkpoint {directory} was trained for another backbone shape ({'; '.join(differences)})"
             )
         if config.get("backbone_fingerprint") not in (None, self.backbone_fingerprint()):
+            own = directory / FINETUNED_BACKBONE
             message = (
-                f"checkpoint {directory} was trained on backbone {config.get('backbone')!r}, whose embedding weights "
-                f"differ from those of the loaded backbone {self.backbone_reference!r}"
+                # the backbone a fine-tuned checkpoint names is only where its training started
+                f"checkpoint {directory} is fine-tuned: it carries its own backbone ({own}), whose weights are not "
+                f"those of the loaded backbone {self.backbone_reference!r}"
+                if own.is_dir()
+                else f"checkpoint {directory} was trained on backbone {config.get('backbone')!r}, whose embedding "
+                f"weights differ from those of the loaded backbone {self.backbone_reference!r}"
             )
             if fingerprint == "refuse":
                 raise CheckpointError(f"{message}: it cannot share this backbone")
@@ -771,49 +784,56 @@ class PromptedModel(nn.Module):
         """
         directory = checkpoint_folder(directory)
         config = self.read_config(directory)
-        self._check_backbone(directory, config, fingerprint)
+        self.check_backbone(directory, config, fingerprint)
         tasks: dict[str, dict[str, Any]] = config["tasks"]
         if name is not None and len(tasks) != 1:
             raise PtuningError(f"{directory} holds tasks {', '.join(tasks)}: it cannot be loaded under one name")
         renamed = {old: (name if name is not None else old) for old in tasks}
+        # prompts are keyed by the task that owns them; a shared prompt keeps its first task's key
+        prompt_key = {prompt: renamed.get(prompt, prompt) for prompt in config["prompts"]}
+        for key in [*renamed.values(), *prompt_key.values()]:
+            check_task_name(key)
         taken = sorted(set(renamed.values()) & set(self.tasks))
         if taken:
             raise PtuningError(f"{directory}: a task named {taken[0]!r} is loaded already; give it another name")
-        # prompts are keyed by the task that owns them; a shared prompt keeps its first task's key
-        prompt_key = {prompt: renamed.get(prompt, prompt) for prompt in config["prompts"]}
         clash = sorted(key for key in prompt_key.values() if key in self.prompt_configs)
         if clash:
             raise PtuningError(
                 f"{directory}: a prompt named {clash[0]!r} is loaded already; load it under another name"
             )
         state = self._read_state(directory, config)
-        for prompt, values in config["prompts"].items():
-            self._add_prompt(prompt_key[prompt], PromptConfig.from_dict(values), folded=True, causal=False)
-        for old, values in tasks.items():
-            new = renamed[old]
-            self.add_task(
-                new,
-                values["kind"],
-                values["labels"],
-                pooling=values.get("pooling"),
-                shared_prompt=prompt_key[values["prompt"]],
-            )
-            self.tasks[new].extra = values.get("extra", {})
-        expected = {
-            f"prompts.{p}.table": f"prompts.{key}.table" for p, key in prompt_key.items() if key in self.prompts
-        }
-        for old, new in renamed.items():
-            if new in self.heads:
-                expected.update({f"heads.{old}.{key}": f"heads.{new}.{key}" for key in self.heads[new].state_dict()})
-        problems = sorted(set(expected) ^ set(state))
-        own = self.state_dict()
-        problems += [
-            f"{saved} {tuple(state[saved].shape)} != {tuple(own[mine].shape)}"
-            for saved, mine in expected.items()
-            if saved in state and state[saved].shape != own[mine].shape
-        ]
-        if problems:
-            for new in renamed.values():  # leave the model as it was
+        try:
+            for prompt, values in config["prompts"].items():
+                self._add_prompt(prompt_key[prompt], PromptConfig.from_dict(values), folded=True, causal=False)
+            for old, values in tasks.items():
+                new = renamed[old]
+                self.add_task(
+                    new,
+                    values["kind"],
+                    values["labels"],
+                    pooling=values.get("pooling"),
+                    shared_prompt=prompt_key[values["prompt"]],
+                )
+                self.tasks[new].extra = values.get("extra", {})
+            expected = {
+                f"prompts.{p}.table": f"prompts.{key}.table" for p, key in prompt_key.items() if key in self.prompts
+            }
+            for old, new in renamed.items():
+                if new in self.heads:
+                    head_state = self.heads[new].state_dict()
+                    expected.update({f"heads.{old}.{key}": f"heads.{new}.{key}" for key in head_state})
+            problems = sorted(set(expected) ^ set(state))
+            own = self.state_dict()
+            problems += [
+                f"{saved} {tuple(state[saved].shape)} != {tuple(own[mine].shape)}"
+                for saved, mine in expected.items()
+                if saved in state and state[saved].shape != own[mine].shape
+            ]
+            if problems:
+                raise CheckpointError(f"{directory / WEIGHTS_NAME} does not match its config: {problems}")
+            self.load_state_dict({mine: state[saved] for saved, mine in expected.items()}, strict=False)
+        except Exception:  # whatever failed, leave the model as it was: a half-added task would block its name
+            for new in renamed.values():
                 self.tasks.pop(new, None)
                 if new in self.heads:
                     self.heads.pop(new)
@@ -822,8 +842,7 @@ class PromptedModel(nn.Module):
                 self.prompted_layers_of.pop(key, None)
                 if key in self.prompts:
                     self.prompts.pop(key)
-            raise CheckpointError(f"{directory / WEIGHTS_NAME} does not match its config: {problems}")
-        self.load_state_dict({mine: state[saved] for saved, mine in expected.items()}, strict=False)
+            raise
         return list(renamed.values())
 
     @classmethod

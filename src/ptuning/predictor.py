@@ -7,6 +7,8 @@ The command line's ``predict NAME=DIR ...`` runs on it, and so can a server.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 from transformers import DataCollatorWithPadding
 
 from .errors import DataError, PtuningError
-from .model import PromptedModel
+from .model import PromptedModel, check_task_name
 from .tasks import make_task
 from .tasks.base import Encoded, Task, run_model, token_count
 
@@ -28,6 +30,15 @@ def task_for(model: PromptedModel, name: str) -> Task:
     max_length = min(entry.extra.get("max_length") or room, room)
     family = entry.extra.get("task_name", entry.kind)
     return make_task(family, model.tokenizer, entry.labels, max_length, **entry.extra.get("task_options", {}))
+
+
+@contextmanager
+def loading(name: str, folder: str | Path) -> Iterator[None]:
+    """Errors of loading task ``name`` from ``folder``, said with both (of several tasks, which one failed)."""
+    try:
+        yield
+    except PtuningError as error:
+        raise type(error)(f"cannot load task {name!r} from {folder}: {error}") from error
 
 
 @dataclass
@@ -56,7 +67,14 @@ class Predictor:
     def from_checkpoints(cls, sources: dict[str, str | Path] | str | Path, **settings: Any) -> Predictor:
         """Load each checkpoint (or run) folder onto one backbone under its name; or one folder, its tasks under
         the names it saved them with. ``settings``: the constructor's (``batch_size``, ``max_tokens``, ...)."""
-        return cls(PromptedModel.from_pretrained(dict(sources) if isinstance(sources, dict) else sources), **settings)
+        if not isinstance(sources, dict):
+            return cls(PromptedModel.from_pretrained(sources), **settings)
+        (first, folder), *others = sources.items()
+        with loading(first, folder):  # the first checkpoint names the backbone
+            predictor = cls(PromptedModel.from_pretrained({first: folder}), **settings)
+        for name, folder in others:
+            predictor.load(name, folder)
+        return predictor
 
     def _task(self, name: str) -> Task:
         task = task_for(self.model, name)
@@ -68,7 +86,7 @@ class Predictor:
         if not isinstance(record, dict):
             raise DataError(f'{source}: expected a JSON object naming its task, like {{"task": "...", "text": "..."}}')
         name = record.get("task")
-        if name not in self.tasks:
+        if not isinstance(name, str) or name not in self.tasks:  # a list or object would not even hash
             loaded = ", ".join(self.tasks)
             raise DataError(f"{source}: unknown task {name!r}; loaded tasks: {loaded}")
         fields = {key: value for key, value in record.items() if key != "task"}
@@ -85,9 +103,15 @@ class Predictor:
         return sum(token_count(feature["input_ids"]) for feature in self.encode(request).inputs)
 
     def load(self, name: str, folder: str | Path) -> None:
-        """Add a checkpoint's task under ``name`` (onto the same backbone; refused if made for another)."""
-        self.model.load_task(folder, name=name)
-        self.tasks[name] = self._task(name)
+        """Add a checkpoint's task under ``name`` (onto the same backbone; refused if made for another); a load
+        that fails adds nothing."""
+        with loading(name, folder):
+            self.model.load_task(folder, name=name)
+            try:
+                self.tasks[name] = self._task(name)
+            except Exception:
+                self.model.remove_task(name)
+                raise
 
     def unload(self, name: str) -> None:
         del self.tasks[name]
@@ -150,6 +174,7 @@ def parse_sources(values: list[str]) -> dict[str, str] | None:
         name, separator, folder = value.partition("=")
         if not separator or not name or not folder:
             raise PtuningError(f"with several checkpoints, name each one: NAME=DIR (got {value!r})")
+        check_task_name(name)  # before minutes of loading the backbone
         if name in sources:
             raise PtuningError(f"the task name {name!r} is given twice")
         sources[name] = folder

@@ -3,30 +3,36 @@
 Requests name their task per input. Inputs wait in one queue; a batcher forms batches of any tasks by a token
 budget, waiting at most ``max_wait_ms`` after the first input for more, and runs each batch in one inference
 thread (the event loop stays free: health and metrics answer while a batch runs); a request's inputs may span
-batches and come back in order. Errors are JSON ``{"error", "error_type"}`` with a 4xx status for bad input.
+batches and come back in order. Errors are JSON ``{"error", "error_type"}`` with a 4xx status for bad input; every
+field of a request body has one JSON type, checked strictly (a 422 names the field).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import functools
 import gc
 import json
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import AfterValidator, BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .data.readers import LONE_SURROGATE, lone_surrogate_at
 from .devices import place, resolve_device
 from .errors import PtuningError
 from .predictor import Predictor
@@ -61,7 +67,90 @@ class ApiError(Exception):
 
 
 def error_response(status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    # a message quoting a lone surrogate could not be encoded as UTF-8: the answer would become a 500
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse({"error": message, "error_type": error_type}, status_code=status, headers=headers)
+
+
+def unicode_text(text: str) -> str:
+    """``text``, if it is Unicode text (no lone surrogate)."""
+    at = lone_surrogate_at(text)
+    if at is not None:
+        raise PydanticCustomError("unicode", LONE_SURROGATE, {"at": at})
+    return text
+
+
+def text_or_integer(value: Any) -> str | int:
+    """An id: a string or an integer, as clients number their inputs either way."""
+    if isinstance(value, str):
+        return unicode_text(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise PydanticCustomError("id_type", "expected a string or an integer")
+
+
+Text = Annotated[StrictStr, AfterValidator(unicode_text)]
+
+
+class InputFields(BaseModel):
+    """The fields an input may give, each of one JSON type (its task says which it needs); others are ignored."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    task: Text | None = None
+    text: Text | None = None
+    text_pair: Text | None = None
+    words: list[Text] | None = None
+    predicate: StrictInt | None = None
+    question: Text | None = None
+    context: Text | None = None
+    premise: Text | None = None
+    choices: list[Text] | None = None
+    choice1: Text | None = None
+    choice2: Text | None = None
+    id: Annotated[Any, AfterValidator(text_or_integer)] | None = None
+
+
+class PredictBody(BaseModel):
+    """The body of the predict routes."""
+
+    model_config = ConfigDict(strict=True)
+
+    inputs: list[InputFields]
+
+
+class LoadBody(BaseModel):
+    """The body of a runtime load: the checkpoint folder ``path`` (under --models-dir) as the task ``name``."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    name: Text
+    path: Text
+
+
+# pydantic's error types in JSON's words: what a field was missing, or what it expected
+SAID = {"missing": "missing", "extra_forbidden": "unknown field"}
+EXPECTED = {"model_type": "a JSON object", "string_type": "a string", "int_type": "an integer", "list_type": "a list"}
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def validated(model: type[Body], payload: Any) -> Body:
+    """``payload`` as ``model``, or a 422 naming each wrong field (``inputs[0].words[2]``), what it expects and what
+    it got."""
+    try:
+        return model.model_validate(payload)
+    except ValidationError as error:
+        problems = []
+        for problem in error.errors():
+            where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in problem["loc"])
+            where = where.removeprefix(".") or "the body"
+            kind, got = problem["type"], json.dumps(problem["input"])
+            got = got if len(got) <= 40 else got[:37] + "..."
+            expected = f"expected {EXPECTED[kind]}" if kind in EXPECTED else problem["msg"]
+            problems.append(f"{where}: {SAID.get(kind) or f'{expected}, got {got}'}")
+        raise ApiError(422, "validation", "; ".join(problems)) from None
 
 
 @dataclass
@@ -196,8 +285,13 @@ class Server:
     metrics: Metrics = field(default_factory=Metrics)
     predictor: Predictor | None = None
     batcher: Batcher | None = None
+    failure: Exception | None = None  # why the model did not load
+    # what ends the process when the model cannot load (serve() sets uvicorn's exit flag)
+    stop: Callable[[], None] = field(default=lambda: None)
 
     def ready(self) -> Predictor:
+        if self.failure is not None:
+            raise ApiError(503, "load_failed", f"the model failed to load: {self.failure}")
         if self.predictor is None or self.batcher is None:
             raise ApiError(503, "not_ready", "the model is still loading")
         return self.predictor
@@ -205,9 +299,7 @@ class Server:
     def inputs(self, payload: Any, task: str | None) -> list[TaskInput]:
         """The request's inputs, each parsed by its task (``task``: the path's task for every input)."""
         predictor = self.ready()
-        if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
-            raise ApiError(422, "validation", 'expected a JSON object {"inputs": [...]}')
-        inputs = payload["inputs"]
+        inputs = validated(PredictBody, payload).inputs
         if not inputs:
             raise ApiError(422, "validation", "inputs is empty")
         if len(inputs) > self.config.max_inputs_per_request:
@@ -215,15 +307,12 @@ class Server:
                 413, "too_many_inputs", f"{len(inputs)} inputs; at most {self.config.max_inputs_per_request}"
             )
         parsed = []
-        for index, record in enumerate(inputs):
-            if task is not None:
-                if not isinstance(record, dict):
-                    raise ApiError(422, "validation", f"inputs[{index}]: expected a JSON object")
-                record = {**record, "task": task}
+        for index, fields in enumerate(inputs):
+            record = fields.model_dump(exclude_unset=True) | ({} if task is None else {"task": task})
             try:
                 parsed.append(predictor.parse(record, f"inputs[{index}]"))
             except PtuningError as error:
-                unknown = isinstance(record, dict) and record.get("task") not in predictor.tasks
+                unknown = record.get("task") not in predictor.tasks
                 raise ApiError(422, "unknown_task" if unknown else "validation", str(error)) from error
         return parsed
 
@@ -272,13 +361,13 @@ async def _json_body(request: Request, limit: int) -> Any:
         raise ApiError(413, "too_large", f"the body has {len(body)} bytes; at most {limit}")
     try:
         return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # also bytes not UTF-8, nesting too deep, a 5,000-digit number
         raise ApiError(422, "invalid_json", f"the body is not JSON: {error}") from error
 
 
 def create_app(sources: dict[str, str] | str, config: ServeConfig) -> FastAPI:
     """The application for ``{name: checkpoint folder}`` (or one folder and its tasks); the model loads in the
-    background after start (``/health/ready`` answers 503 until then)."""
+    background after start (``/health/ready`` answers 503 until then); if it cannot, ``server.stop`` is called."""
     server = Server(sources, config)
 
     @asynccontextmanager
@@ -289,13 +378,18 @@ def create_app(sources: dict[str, str] | str, config: ServeConfig) -> FastAPI:
         async def load() -> None:
             nonlocal batching
             started = time.perf_counter()
-            predictor = await loop.run_in_executor(
-                None,
-                functools.partial(
-                    Predictor.from_checkpoints, server.sources, max_tokens=config.forward_tokens, progress=False
-                ),
-            )
-            place(predictor.model, resolve_device(config.device), config.precision)
+            try:
+                predictor = await loop.run_in_executor(
+                    None,
+                    functools.partial(
+                        Predictor.from_checkpoints, server.sources, max_tokens=config.forward_tokens, progress=False
+                    ),
+                )
+                place(predictor.model, resolve_device(config.device), config.precision)
+            except Exception as error:  # a server without its model would answer 503 forever
+                server.failure = error
+                server.stop()
+                return
             freeze_loaded_objects()
             server.batcher = Batcher(predictor, config, server.metrics)
             server.predictor = predictor
@@ -316,6 +410,11 @@ def create_app(sources: dict[str, str] | str, config: ServeConfig) -> FastAPI:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
         return error_response(error.status, error.error_type, str(error), error.headers)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+        # a failure of the server, not of the request (the server log has its traceback)
+        return error_response(500, "internal", f"the server failed ({type(error).__name__}: {error})")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -383,20 +482,20 @@ def create_app(sources: dict[str, str] | str, config: ServeConfig) -> FastAPI:
     async def load_task(request: Request) -> dict[str, Any]:
         authorized(request)
         predictor = server.ready()
-        payload = await _json_body(request, config.max_body_bytes)
-        if (
-            not isinstance(payload, dict)
-            or not isinstance(payload.get("name"), str)
-            or not isinstance(payload.get("path"), str)
-        ):
-            raise ApiError(422, "validation", 'expected {"name": NAME, "path": FOLDER under --models-dir}')
-        root = Path(config.models_dir or "").resolve()
-        folder = (root / payload["path"]).resolve()
-        if config.models_dir is None or not folder.is_relative_to(root) or not folder.is_dir():
-            raise ApiError(422, "validation", f"{payload['path']!r} is not a folder under --models-dir")
+        body = validated(LoadBody, await _json_body(request, config.max_body_bytes))
+        root = Path(config.models_dir).resolve()  # ServeConfig: set with the token
+        try:
+            folder = (root / body.path).resolve()
+            found = folder.is_relative_to(root) and folder.is_dir()
+        except (OSError, ValueError):  # a NUL byte, a name too long: no folder either
+            found = False
+        if not found:
+            raise ApiError(
+                422, "validation", f"cannot load task {body.name!r}: {body.path!r} is not a folder under --models-dir"
+            )
         loop = asyncio.get_running_loop()
-        try:  # in the inference thread, between batches
-            await loop.run_in_executor(server.batcher.worker, predictor.load, payload["name"], str(folder))
+        try:  # in the inference thread, between batches; a load that fails adds nothing
+            await loop.run_in_executor(server.batcher.worker, predictor.load, body.name, str(folder))
         except PtuningError as error:
             raise ApiError(422, "validation", str(error)) from error
         gc.freeze()  # the new task's objects too (a full collection here would take longer than the load)
@@ -414,8 +513,33 @@ def create_app(sources: dict[str, str] | str, config: ServeConfig) -> FastAPI:
     return app
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` for uvicorn to serve on (as uvicorn binds its own: address reuse on)."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        listener = socket.socket(family, kind, protocol)
+    except OSError as error:
+        raise PtuningError(f"--host {host}: cannot listen there ({error.strerror or error})") from error
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+    except OSError as error:
+        listener.close()
+        raise PtuningError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
+    return listener
+
+
 def serve(sources: dict[str, str] | str, config: ServeConfig) -> None:
-    """Run the server until SIGINT/SIGTERM (uvicorn answers the requests in flight before it stops)."""
+    """Run the server until SIGINT/SIGTERM (uvicorn answers the requests in flight before it stops); a model that
+    cannot load stops it, and its error is raised."""
     import uvicorn
 
-    uvicorn.run(create_app(sources, config), host=config.host, port=config.port, log_level="info")
+    listener = _listen(config.host, config.port)  # before loading anything: a taken port is known at once
+    app = create_app(sources, config)
+    runner = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="info"))
+    server: Server = app.state.server
+    server.stop = functools.partial(setattr, runner, "should_exit", True)
+    with listener, contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn stopped gracefully, then raised it again
+        runner.run(sockets=[listener])
+    if server.failure is not None:
+        raise server.failure

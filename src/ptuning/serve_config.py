@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from .devices import DEVICE_HELP, DEVICES, FORWARD_TOKENS, FORWARD_TOKENS_HELP, INFERENCE_PRECISION_HELP, PRECISIONS
+from .errors import PtuningError
 from .settings import at_least, check_settings, setting
+
+
+def port_number(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a port number, 0 to 65535 (0: any free port)"
 
 
 @dataclass
@@ -13,7 +19,7 @@ class ServeConfig:
     """Settings of ``ptuning serve`` (each a flag)."""
 
     host: str = setting("127.0.0.1", "address to bind (loopback unless told otherwise)")
-    port: int = setting(8000, "port", check=at_least(0))
+    port: int = setting(8000, "port", check=port_number)
     device: str = setting("auto", DEVICE_HELP, choices=DEVICES)
     precision: str = setting("fp32", INFERENCE_PRECISION_HELP, choices=PRECISIONS)
     max_batch_tokens: int = setting(4096, "token budget of one batch, inputs of any tasks", check=at_least(1))
@@ -29,3 +35,11 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
+        if self.admin_token is not None and not self.admin_token.strip():
+            raise PtuningError("admin_token (--admin-token) is empty: any request could load and unload tasks")
+        if (self.admin_token is None) != (self.models_dir is None):  # one without the other loads nothing
+            raise PtuningError(
+                "runtime loading needs both --admin-token (who may load) and --models-dir (what it may read)"
+            )
+        if self.models_dir is not None and not Path(self.models_dir).is_dir():
+            raise PtuningError(f"models_dir (--models-dir) {self.models_dir!r} is not a folder")
