@@ -199,9 +199,18 @@ def train_alike(settings: dict[str, Any]) -> dict[str, Any]:
     """One run of ``settings["implementation"]`` through the shared loop, started from its own initialization or
     (``start: shared``) from ptuning's; metrics like ``ptuning train``'s."""
     import torch
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
 
-    from ptuning.train import EvaluateEachEpoch, Recipe, _arguments, _build_model, _prepare_task, _task_run
+    from ptuning.train import (
+        EvaluateEachEpoch,
+        PromptTrainer,
+        Recipe,
+        TaskBatches,
+        _arguments,
+        _build_model,
+        _prepare_task,
+        _task_run,
+    )
 
     settings = dict(settings)
     implementation = settings.pop("implementation")
@@ -224,12 +233,14 @@ def train_alike(settings: dict[str, Any]) -> dict[str, Any]:
         model.train()
         callback = EvaluateEachEpoch(model, [run], recipe.eval_batch_size)
         collator = RecordingCollator(run.task.collator())
-        trainer = Trainer(
+        features = run.task.encode(run.train).inputs
+        trainer = PromptTrainer(  # ptuning's batches (length-grouped, seeded per epoch) for every implementation
             model=model,
             args=_arguments(recipe, Path(folder), torch.device("cpu"), multi_task=False),
-            train_dataset=run.task.encode(run.train).inputs,
+            train_dataset=features,
             data_collator=collator,
             callbacks=[callback],
+            task_batches=TaskBatches([[len(f["input_ids"]) for f in features]], recipe.batch_size, [1.0], recipe.seed),
         )
         started = time.perf_counter()
         trainer.train()

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import assert_same_answer
 
 from ptuning import PromptConfig, PromptedModel
 from ptuning.cli import build_recipe, main, parser
@@ -129,6 +130,7 @@ def test_eval_writes_predictions_and_metrics_files(ner_checkpoint, tmp_path, cap
     assert json.loads(metrics_file.read_text()) == json.loads(out)
 
 
+@pytest.mark.numerics
 def test_eval_forward_budget_changes_the_forwards_not_the_scores(ner_checkpoint, tmp_path, capsys, monkeypatch):
     test_file = tmp_path / "test.conll"
     sentences = ["Peter B-PER\nruns O", "Peter B-PER\nBlackburn I-PER\nruns O\nfast O", "runs O"]
@@ -145,7 +147,23 @@ def test_eval_forward_budget_changes_the_forwards_not_the_scores(ner_checkpoint,
             "--predictions", str(predictions),
         )  # fmt: skip
         assert code == 0
-        results.append((json.loads(out), predictions.read_text(), len(forwards)))
+        records = [json.loads(line) for line in predictions.read_text().splitlines()]
+        results.append((json.loads(out), records, len(forwards)))
     (one_metrics, one_predictions, one_count), (many_metrics, many_predictions, many_count) = results
     assert (one_count, many_count) == (1, 3)
-    assert one_metrics == many_metrics and one_predictions == many_predictions
+    assert one_metrics == many_metrics  # counts of predicted tags, which must not change
+    assert_same_answer(many_predictions, one_predictions)  # tags exactly, scores to 1e-5 (padded batches differ)
+
+
+def test_a_run_without_validation_keeps_its_trained_weights(tmp_path, tiny_backbone_folder):
+    """No validation data: no best epoch to choose, so the checkpoint holds the last weights, not the initial ones."""
+    data = tmp_path / "ner.conll"
+    data.write_text("Peter B-PER\nruns O\n\nOslo B-LOC\ncalls O\n")
+    common = ["train", "--train", str(data), "--model", str(tiny_backbone_folder), "--lr", "0.1", "--batch-size", "2"]
+    tables = {}
+    for steps in (1, 6):
+        assert main([*common, "--max-steps", str(steps), "--output", str(tmp_path / str(steps))]) == 0
+        model = PromptedModel.from_pretrained(tmp_path / str(steps))
+        tables[steps] = model.prompts[model.default_task].table.detach()
+    assert not torch.allclose(tables[1], tables[6])  # five more steps at lr 0.1 moved the prompt
+    assert json.loads((tmp_path / "6" / "metrics.json").read_text())["validation"] == {}

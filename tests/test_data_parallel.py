@@ -73,27 +73,33 @@ def kill_every_process_of(marker: str) -> None:
                 os.kill(int(pid), signal.SIGKILL)
 
 
-def test_a_killed_data_parallel_run_resumes_to_the_uninterrupted_result(tmp_path, quiet_backbone):
+@pytest.mark.numerics
+def test_a_killed_data_parallel_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_backbone_folder):
+    """Twelve examples in batches of 2 on each of 2 processes: 3 steps an epoch; the kill lands after step 4, mid-epoch,
+    with the backbone's and the prompt's dropout on (each process's random state is restored)."""
     data = tmp_path / "sent.csv"
-    data.write_text(TEXTS)
+    more = ["great cast,pos", "weak story,neg", "lovely score,pos", "poor pacing,neg", "bright,pos", "slow,neg"]
+    data.write_text(TEXTS + "\n".join([*more, "a fine and moving film,pos", "flat,neg"]) + "\n")
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ptuning"]
-    common = ["train", "--train", str(data), "--validation", str(data), "--model", str(quiet_backbone),
-              "--max-steps", "150", "--batch-size", "2", "--lr", "0.1", "--device", "cpu"]  # fmt: skip
+    common = ["train", "--train", str(data), "--validation", str(data), "--model", str(tiny_backbone_folder),
+              "--max-steps", "30", "--batch-size", "2", "--lr", "0.1", "--device", "cpu"]  # fmt: skip
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run([*launch, *common, "--output", str(tmp_path / "whole")], env=environment, check=True, timeout=300)
-    interrupted = [*launch, *common, "--output", str(tmp_path / "run"), "--save-steps", "10"]
+    interrupted = [*launch, *common, "--output", str(tmp_path / "run"), "--save-steps", "2"]
     process = subprocess.Popen(interrupted, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while latest_resume_state(tmp_path / "run") is None:  # every process's part of the state written
-        assert process.poll() is None, "the run ended before its first saved state"
+    while int((latest_resume_state(tmp_path / "run") or Path("checkpoint--1")).name.rpartition("-")[2]) < 4:
+        assert process.poll() is None, "the run ended before its saved state of step 4"  # every process's part
         time.sleep(0.002)
     kill_every_process_of(str(tmp_path / "run"))
     process.wait()
     saved = latest_resume_state(tmp_path / "run")
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= {path.name for path in saved.iterdir()}  # each process's RNG
+    assert int(saved.name.rpartition("-")[2]) % 3 != 0, "the kill was meant to land mid-epoch"
     done = subprocess.run([*interrupted, "--resume"], env=environment, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     whole = load_file(str(tmp_path / "whole" / "checkpoint" / "ptuning_model.safetensors"))
     resumed = load_file(str(tmp_path / "run" / "checkpoint" / "ptuning_model.safetensors"))
     assert all((whole[key] - resumed[key]).abs().max().item() <= 1e-5 for key in whole)
     before, after = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("whole", "run"))
-    assert after["validation"] == before["validation"] and after["replica_checksums"] == before["replica_checksums"]
+    assert after["validation"] == before["validation"] and after["validation_curve"] == before["validation_curve"]
+    assert after["replica_checksums"] == pytest.approx(before["replica_checksums"], rel=1e-6)

@@ -171,6 +171,7 @@ def test_init_from_starts_from_the_joint_prompt_and_the_task_head(data, tiny_bac
     )
     runs = [_task_run(name, part) for name, part in recipe.parts()]
     model = _build_model(recipe, runs)
+    # the weights are copied from the joint checkpoint, not computed: bitwise
     assert torch.equal(model.prompts["chunk"].table, joint.prompts["ner"].table)
     assert model.prompt_config.length == 3 and model.prompt_config.dropout == 0.0  # the saved prompt's shape
     assert torch.equal(model.heads["chunk"].classifier.weight, joint.heads["chunk"].classifier.weight)
@@ -181,7 +182,9 @@ def test_init_from_starts_from_the_joint_prompt_and_the_task_head(data, tiny_bac
     assert not torch.equal(fresh.heads["phrases"].classifier.weight, joint.heads["chunk"].classifier.weight)
 
 
-def test_init_from_trains_on_and_refuses_what_it_cannot_start_from(data, tiny_backbone_folder, capsys):
+def test_init_from_trains_on_and_refuses_what_it_cannot_start_from(
+    data, tiny_backbone_folder, minilm_tokenizer, capsys
+):
     assert main(multi_argv(data, tiny_backbone_folder)) == 0
     argv = [
         "train",
@@ -200,8 +203,21 @@ def test_init_from_trains_on_and_refuses_what_it_cannot_start_from(data, tiny_ba
         "--output",
         str(data / "s"),
     ]
-    assert main(argv) == 0
-    assert json.loads((data / "s" / "metrics.json").read_text())["recipe"]["init_from"] == str(data / "multi")
+    assert main([*argv, "--prompt-length", "4"]) == 0
+    recorded = json.loads((data / "s" / "metrics.json").read_text())["recipe"]
+    assert recorded["init_from"] == str(data / "multi")
+    assert recorded["prompt"]["length"] == 3  # what trained: the saved prompt's length, not the asked 4
+    assert "the prompt keeps its saved shape: length 3 (the recipe says 4)" in capsys.readouterr().err
+    other = data / "other-backbone"  # another shape: the saved prompt's vectors cannot enter its layers
+    tiny_backbone("bert", vocab_size=minilm_tokenizer.vocab_size, hidden_size=16).save_pretrained(other)
+    minilm_tokenizer.save_pretrained(other)
+    elsewhere = [*argv[: argv.index("--model") + 1], str(other), *argv[argv.index("--model") + 2 : -1], str(data / "o")]
+    assert main(elsewhere) == 2
+    err = capsys.readouterr().err
+    assert (
+        "ptuning: error: --init-from: checkpoint" in err and "another backbone shape (hidden_size: checkpoint 32" in err
+    )
+    assert "Traceback" not in err and not (data / "o").exists()
     shallow = [
         "train",
         "--train",

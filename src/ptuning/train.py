@@ -44,6 +44,7 @@ RESUME_RECIPE = "recipe.json"
 TRAINABLE_STATE = "trainable_state.safetensors"
 BEST_STATE = "best_state.safetensors"
 BEST_PROGRESS = "best_progress.json"
+LOSS_WINDOW = "loss_window_{}.json"  # per process: the loss summed since the last log
 SAVED_MARK = "complete.json"  # written last, atomically: a checkpoint without it was torn by a kill
 RUN_CONTROL = ("resume", "overwrite")  # what may differ between an interrupted run and its --resume
 
@@ -186,7 +187,9 @@ class EvaluateEachEpoch(TrainerCallback):
 class TaskBatches(Sampler[list[int]]):
     """Batches of one task each, over the tasks' features concatenated: each step draws a task by its weight and
     takes that task's next batch (its features length-grouped and reshuffled each time they run out), so a step
-    trains one head, with the shared prompt, as the paper's multi-task training does."""
+    trains one head, with the shared prompt, as the paper's multi-task training does. A single task is the case of
+    one weight. Every draw comes from a generator seeded by the seed and the epoch, never from the global RNG, so an
+    epoch yields the same batches whether it runs whole or is resumed from a state saved in its middle."""
 
     def __init__(self, lengths: list[list[int]], batch_size: int, weights: list[float], seed: int):
         self.lengths, self.batch_size, self.weights, self.seed = lengths, batch_size, weights, seed
@@ -228,8 +231,20 @@ class TaskCollator:
 
 
 class PromptTrainer(Trainer):
-    """The Trainer, whose resumable checkpoints hold what trains (prompts and heads: megabytes, not the frozen
-    backbone) and the best-so-far validation state beside it."""
+    """The Trainer, whose batches come from :class:`TaskBatches` (one task each, the same batches for an epoch
+    whenever it runs, so a run resumed mid-epoch continues with the batches it would have drawn), and whose
+    resumable checkpoints hold what trains (prompts and heads: megabytes, not the frozen backbone), the best-so-far
+    validation state and the training-loss window not yet logged."""
+
+    def __init__(self, *args: Any, task_batches: TaskBatches, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.task_batches = task_batches
+        self.resumed_loss_window: dict[str, float] | None = None
+        self.add_callback(ResumeExactly(self))
+
+    def get_train_dataloader(self) -> DataLoader:
+        loader = DataLoader(self.train_dataset, batch_sampler=self.task_batches, collate_fn=self.data_collator)
+        return self.accelerator.prepare(loader)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if not self.args.should_save:
@@ -246,10 +261,13 @@ class PromptTrainer(Trainer):
         """Mark the checkpoint complete once every process has written its part, then drop the older ones: a kill
         at any instant leaves at least one complete checkpoint (the Trainer's own files are written in place)."""
         super()._save_checkpoint(model, trial)
+        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        # each process's loss summed since the last log: a resumed run logs the same windows as an unbroken one
+        window = {"loss_sum": float(self._tr_loss), "last_logged_step": self._globalstep_last_logged}
+        (folder / LOSS_WINDOW.format(self.args.process_index)).write_text(json.dumps(window) + "\n")
         self.accelerator.wait_for_everyone()
         if not self.args.should_save:
             return
-        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
         staged = folder / f".{SAVED_MARK}"
         staged.write_text(json.dumps({"step": self.state.global_step, "processes": self.args.world_size}) + "\n")
         os.replace(staged, folder / SAVED_MARK)
@@ -258,20 +276,31 @@ class PromptTrainer(Trainer):
                 shutil.rmtree(older)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        folder = Path(resume_from_checkpoint)
         model = self.accelerator.unwrap_model(model or self.model)
-        model.restore_trainable_state(load_file(str(Path(resume_from_checkpoint) / TRAINABLE_STATE)))
+        model.restore_trainable_state(load_file(str(folder / TRAINABLE_STATE)))
+        window = folder / LOSS_WINDOW.format(self.args.process_index)
+        self.resumed_loss_window = json.loads(window.read_text()) if window.is_file() else None
 
 
-class MultiTaskTrainer(PromptTrainer):
-    """The Trainer, with batches of one task each drawn by :class:`TaskBatches`."""
+class ResumeExactly(TrainerCallback):
+    """What the Trainer leaves out of an exact resume: the unlogged loss of the checkpoint, put back once the Trainer
+    has reset its logging state (after loading the checkpoint, just before ``on_train_begin``); and the epoch of the
+    batch sampler, which the Trainer does not reach when it skips a resumed epoch's first batches under data
+    parallelism (the sampler then sits below two wrappers)."""
 
-    def __init__(self, *args: Any, task_batches: TaskBatches, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.task_batches = task_batches
+    def __init__(self, trainer: PromptTrainer):
+        self.trainer = trainer
 
-    def get_train_dataloader(self) -> DataLoader:
-        loader = DataLoader(self.train_dataset, batch_sampler=self.task_batches, collate_fn=self.data_collator)
-        return self.accelerator.prepare(loader)
+    def on_train_begin(self, args, state, control, **kwargs):
+        window = self.trainer.resumed_loss_window
+        if window is not None:
+            self.trainer._tr_loss = torch.tensor(window["loss_sum"], device=args.device)
+            self.trainer._globalstep_last_logged = window["last_logged_step"]
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # state.epoch is the epoch index plus the share done: whole at a boundary, fractional in a resumed epoch
+        self.trainer.task_batches.set_epoch(math.floor(state.epoch or 0))
 
 
 def _file_logging(output: Path) -> logging.Handler:
@@ -294,7 +323,12 @@ def prepare_output(output: Path, overwrite: bool, resume: bool = False) -> None:
             raise PtuningError(f"--resume: {output / RESUME_DIR} holds {held} to continue (train with --save-steps N)")
         return
     if output.is_dir() and any(output.iterdir()) and not overwrite:
-        held = "an interrupted run (--resume continues it)" if (output / RESUME_DIR).is_dir() else "a previous run?"
+        held = "a previous run?"
+        if (output / RESUME_DIR).is_dir():
+            resumable = latest_resume_state(output) is not None
+            held = (
+                "an interrupted run (--resume continues it)" if resumable else "an interrupted run with no saved state"
+            )
         raise PtuningError(
             f"--output {output} is not empty ({held}); give --overwrite to replace it, or another --output"
         )
@@ -319,6 +353,13 @@ def _check_same_recipe(recipe: Recipe, output: Path) -> None:
     if changed:
         differences = "; ".join(f"{key}: {saved.get(key)!r} then, {current.get(key)!r} now" for key in changed)
         raise PtuningError(f"--resume continues the run in {output} with its own recipe, which differs: {differences}")
+    saved_processes = json.loads((latest_resume_state(output) / SAVED_MARK).read_text()).get("processes", 1)
+    if saved_processes != world_size():
+        raise PtuningError(
+            f"--resume: the state in {output} was saved by {saved_processes} data-parallel process(es), this run has "
+            f"{world_size()}: each process's share of the batches and its random state would differ, so the result "
+            f"would not be the interrupted run's; resume with {saved_processes} process(es)"
+        )
 
 
 def train(recipe: Recipe, on_validation: Callable[[int, float], None] | None = None) -> dict[str, Any]:
@@ -333,6 +374,7 @@ def train(recipe: Recipe, on_validation: Callable[[int, float], None] | None = N
         with tempfile.TemporaryDirectory() as scratch:
             return _train(recipe, Path(scratch), output, on_validation)
     prepare_output(output, recipe.overwrite, recipe.resume)
+    created = not output.exists()
     if recipe.resume:
         _check_same_recipe(recipe, output)
         for stale in output.parent.glob(f".{output.name}.partial-*"):  # the staged folder of the killed process
@@ -349,6 +391,10 @@ def train(recipe: Recipe, on_validation: Callable[[int, float], None] | None = N
         metrics = _train(recipe, staging, output, on_validation)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if recipe.save_steps and latest_resume_state(output) is None:  # nothing to resume: no dead-end folder
+            shutil.rmtree(output / RESUME_DIR, ignore_errors=True)
+            if created and output.is_dir() and not any(output.iterdir()):
+                output.rmdir()
         raise
     finally:
         logger.removeHandler(handler)
@@ -408,6 +454,10 @@ def _build_model(recipe: Recipe, runs: list[TaskRun]) -> PromptedModel:
     for run in runs[1:]:
         model.add_task(run.name, model_task(run.family), run.labels, pooling=recipe.pooling, shared_prompt=first.name)
     if source is not None:
+        try:
+            model.check_backbone(Path(recipe.init_from), source, fingerprint="refuse")
+        except PtuningError as error:
+            raise PtuningError(f"--init-from: {error}; start from a run on --model {recipe.model}") from error
         _copy_from(model, recipe.init_from, runs)
     return model
 
@@ -421,9 +471,18 @@ def _initial_prompt(recipe: Recipe, source: dict[str, Any]) -> PromptConfig:
     saved = PromptConfig.from_dict(next(iter(prompts.values())))
     if saved.method != "deep" or recipe.prompt.method != "deep":
         raise PtuningError(f"--init-from starts a deep prompt from a deep prompt; {recipe.init_from} is {saved.method}")
-    return dataclasses.replace(
+    started = dataclasses.replace(
         saved, reparam=None, dropout=recipe.prompt.dropout, backbone_dropout=recipe.prompt.backbone_dropout
     )
+    asked = dataclasses.replace(recipe.prompt, reparam=None)
+    differences = [
+        f"{item.name} {getattr(started, item.name)!r} (the recipe says {getattr(asked, item.name)!r})"
+        for item in dataclasses.fields(PromptConfig)
+        if getattr(started, item.name) != getattr(asked, item.name)
+    ]
+    if differences:
+        logger.warning("--init-from %s: the prompt keeps its saved shape: %s", recipe.init_from, ", ".join(differences))
+    return started
 
 
 def _copy_from(model: PromptedModel, source: str, runs: list[TaskRun]) -> None:
@@ -459,7 +518,6 @@ def _arguments(recipe: Recipe, output: Path, device: torch.device, multi_task: b
         eval_strategy="no",
         report_to=[],
         seed=recipe.seed,
-        train_sampling_strategy="group_by_length",
         use_cpu=device.type == "cpu",
         bf16=recipe.precision == "bf16",
         fp16=recipe.precision == "fp16",
@@ -471,28 +529,20 @@ def _arguments(recipe: Recipe, output: Path, device: torch.device, multi_task: b
 
 
 def _trainer(model, recipe: Recipe, runs: list[TaskRun], output: Path, callback, device) -> Trainer:
-    """The Trainer of one task, or the one whose every batch comes from one task, drawn by ``task_sampling``."""
+    """The Trainer whose every batch comes from one task (drawn by ``task_sampling`` when there are several)."""
     encoded = [run.task.encode(run.train).inputs for run in runs]
-    arguments = _arguments(recipe, output, device, multi_task=len(runs) > 1)
-    if len(runs) == 1:
-        return PromptTrainer(
-            model=model,
-            args=arguments,
-            train_dataset=encoded[0],
-            data_collator=runs[0].task.collator(),
-            callbacks=[callback],
-        )
     features = [{**feature, "task_ids": index} for index, task in enumerate(encoded) for feature in task]
     lengths = [[len(feature["input_ids"]) for feature in task] for task in encoded]
     weights = task_weights(recipe.task_sampling, [len(task) for task in encoded])
-    logger.info(
-        "task sampling %s: %s",
-        recipe.task_sampling,
-        ", ".join(f"{run.name} {weight:.2f}" for run, weight in zip(runs, weights, strict=True)),
-    )
-    return MultiTaskTrainer(
+    if len(runs) > 1:
+        logger.info(
+            "task sampling %s: %s",
+            recipe.task_sampling,
+            ", ".join(f"{run.name} {weight:.2f}" for run, weight in zip(runs, weights, strict=True)),
+        )
+    return PromptTrainer(
         model=model,
-        args=arguments,
+        args=_arguments(recipe, output, device, multi_task=len(runs) > 1),
         train_dataset=features,
         data_collator=TaskCollator([run.task.collator() for run in runs]),
         callbacks=[callback],
@@ -523,6 +573,8 @@ def _train(recipe: Recipe, output: Path, final_output: Path, on_validation=None)
     runs = [_task_run(name, part) for name, part in recipe.parts()]
     set_seed(recipe.seed)
     model = _build_model(recipe, runs)
+    if recipe.init_from is not None:  # the saved prompt's shape is what trains: metrics.json records it
+        recipe = dataclasses.replace(recipe, prompt=next(iter(model.prompt_configs.values())))
     if recipe.precision != "fp32" and recipe.prompt.method != "finetune":
         model.cast_backbone(dtype_of(recipe.precision))
     model.to(device)  # evaluation between epochs and after training runs where the Trainer trains
@@ -561,7 +613,8 @@ def _train(recipe: Recipe, output: Path, final_output: Path, on_validation=None)
     if len(set(replicas)) > 1:
         logger.warning("the data-parallel processes ended with different weights: checksums %s", replicas)
     shutil.rmtree(output / "trainer", ignore_errors=True)  # save_strategy="no": nothing of ours is in there
-    model.restore_trainable_state(callback.best_state)
+    if callback.best_score is not None:  # the best validated epoch; without validation data, the last weights
+        model.restore_trainable_state(callback.best_state)
 
     results: dict[str, dict[str, Any]] = {}
     for run in runs:
