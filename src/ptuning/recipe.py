@@ -19,8 +19,8 @@ from .errors import PtuningError
 from .settings import at_least, check_settings, key_of, non_negative, positive, setting, share
 from .tasks import TASK_FAMILIES
 
-# by learning-rate family (see lr_family): a deep prompt through the MLP collapses at the flat table's 1e-2
-# (every prediction one class; measured at 3e-3 and 1e-2 on rotten-tomatoes, learns at 1e-3 with warmup)
+# by learning-rate family (see lr_family): a deep prompt through the MLP collapses at the flat table's rate (the
+# pilot is in benchmarks/results/READING.md)
 DEFAULT_LEARNING_RATES = {"finetune": 5e-5, "linear-probe": 5e-3, "deep-mlp": 1e-3}
 PROMPT_LEARNING_RATE = 1e-2
 TASK_NAMES = tuple(dict.fromkeys([*TASK_FAMILIES, *FORMAT_TASKS]))
@@ -173,27 +173,37 @@ class Recipe:
     init_from: str | None = setting(
         None, "start from a run's prompt (and its head for the task, when it has one): multi-task, then single"
     )
-    output: str = setting("runs/ptuning", "run folder: checkpoint/, metrics.json, train.log, log.json")
+    output: str = setting(
+        "runs/ptuning", "run folder: checkpoint/, metrics.json, train.log, log.json", run_control=True
+    )
     overwrite: bool = setting(
         False,
         "replace a non-empty --output folder (the old run stays until the new one has succeeded; a sweep deletes its "
         "study and the folder's files, then starts over)",
+        run_control=True,
     )
     save_steps: int | None = setting(
         None,
         "every N optimizer steps, keep the latest resumable state in OUTPUT/resume/ (what trains, optimizer, "
         "scheduler, RNG, data position, best-so-far validation; not the frozen backbone)",
         check=at_least(1),
+        run_control=True,
     )
     resume: bool = setting(
         False,
         "continue the interrupted run in --output from OUTPUT/resume/ (the same recipe); a sweep: continue its study, "
         "which must be there (a rerun of the same sweep continues it anyway)",
+        run_control=True,
     )
 
     def __post_init__(self) -> None:
         check_settings(self)
         self.parts()  # how many tasks, and their names, are checked with the other values: before anything loads
+
+    @classmethod
+    def run_control_keys(cls) -> frozenset[str]:
+        """The keys that say how a run is carried out, not what it trains (see ``setting``)."""
+        return frozenset(key_of(item) for item in fields(cls) if item.metadata.get("run_control"))
 
     @classmethod
     def keys(cls) -> dict[str, tuple[str, str | None]]:

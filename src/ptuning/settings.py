@@ -38,11 +38,21 @@ def setting(
     check: Check | None = None,
     default_help: str | None = None,
     cli: bool = True,
+    run_control: bool = False,
 ) -> Any:
     """A field with what its flag shows: help, choices, a check of its value, and ``key``, its name in recipes and
     flags when the field's own name is too short to say what it sets (``length`` -> ``prompt_length``). ``cli``:
-    whether it is a flag too, or a recipe key only."""
-    metadata = {"help": help, "key": key, "choices": choices, "check": check, "default_help": default_help, "cli": cli}
+    whether it is a flag too, or a recipe key only. ``run_control``: it says how a run is carried out, not what it
+    trains (where it writes, whether it saves or continues), so a resumed run or a sweep's trial may set it apart."""
+    metadata = {
+        "help": help,
+        "key": key,
+        "choices": choices,
+        "check": check,
+        "default_help": default_help,
+        "cli": cli,
+        "run_control": run_control,
+    }
     return dataclasses.field(default=default, metadata=metadata)
 
 

@@ -33,7 +33,7 @@ from .train import train
 
 logger = logging.getLogger("ptuning")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-RUN_CONTROL = {"output", "overwrite", "resume", "save_steps"}  # set per trial, never searched or written
+RUN_CONTROL = Recipe.run_control_keys()  # set per trial, never searched or written
 DEFINITION = "ptuning_sweep"  # the study's user attribute holding what defines it: the recipe and the searches
 ChoiceValue = type(None) | bool | int | float | str  # what Optuna stores as a categorical choice
 

@@ -46,7 +46,6 @@ BEST_STATE = "best_state.safetensors"
 BEST_PROGRESS = "best_progress.json"
 LOSS_WINDOW = "loss_window_{}.json"  # per process: the loss summed since the last log
 SAVED_MARK = "complete.json"  # written last, atomically: a checkpoint without it was torn by a kill
-RUN_CONTROL = ("resume", "overwrite")  # what may differ between an interrupted run and its --resume
 
 
 def is_main_process() -> bool:
@@ -348,7 +347,9 @@ def _check_same_recipe(recipe: Recipe, output: Path) -> None:
     saved = json.loads(path.read_text())
     current = json.loads(json.dumps(recipe.to_dict()))
     changed = sorted(
-        key for key in set(saved) | set(current) if key not in RUN_CONTROL and saved.get(key) != current.get(key)
+        key
+        for key in set(saved) | set(current)
+        if key not in Recipe.run_control_keys() and saved.get(key) != current.get(key)
     )
     if changed:
         differences = "; ".join(f"{key}: {saved.get(key)!r} then, {current.get(key)!r} now" for key in changed)
