@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ptuning.data.conll_qa import build_conll2003_qa, load_conll2003_qa
+from ptuning.data.conll_qa import build_conll2003_qa
+from ptuning.data.packaged import load_packaged
 from ptuning.data.readers import TaggedSentence
 from ptuning.data.squad import QAExample, read_squad
 from ptuning.errors import DataError
@@ -358,7 +359,7 @@ def test_conll_questions_have_every_mention_with_its_offset():
 
 @pytest.fixture(scope="module")
 def conll_qa():
-    return load_conll2003_qa()
+    return load_packaged("conll2003-qa")
 
 
 def test_packaged_conll2003_qa_sizes(conll_qa):

@@ -6,15 +6,10 @@ semantics: finding any of them is correct), and a sentence without one makes an 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from seqeval.metrics.sequence_labeling import get_entities
 
 from .readers import TaggedSentence
 from .squad import QAExample
-
-if TYPE_CHECKING:
-    from .packaged import Splits
 
 ENTITY_QUESTIONS = {
     "PER": "Which persons are mentioned?",
@@ -51,12 +46,3 @@ def build_conll2003_qa(sentences: list[TaggedSentence]) -> list[QAExample]:
                 )
             )
     return examples
-
-
-def load_conll2003_qa() -> Splits:
-    """The CoNLL-2003 NER train/validation/test splits, each turned into questions."""
-    from .packaged import Splits, _load_conll2003  # packaged registers this builder: import it late
-
-    ner = _load_conll2003("conll2003-ner")
-    parts = (build_conll2003_qa(split) for split in (ner.train, ner.validation, ner.test))
-    return Splits("question-answering", *parts, reader={"format": "squad", "options": {"version_2": True}})

@@ -86,9 +86,12 @@ PACKAGED_DATASETS = {
 
 
 def _load_conll2003_qa() -> Splits:
-    from .conll_qa import load_conll2003_qa  # it builds on this module's CoNLL loader
+    """The CoNLL-2003 NER train/validation/test splits, each turned into questions (one per entity type)."""
+    from .conll_qa import build_conll2003_qa  # seqeval loads only when this dataset is asked for
 
-    return load_conll2003_qa()
+    ner = _load_conll2003("conll2003-ner")
+    parts = (build_conll2003_qa(split) for split in (ner.train, ner.validation, ner.test))
+    return Splits("question-answering", *parts, reader={"format": "squad", "options": {"version_2": True}})
 
 
 def load_packaged(name: str) -> Splits:
