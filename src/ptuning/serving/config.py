@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .devices import DEVICE_HELP, DEVICES, FORWARD_TOKENS, FORWARD_TOKENS_HELP, INFERENCE_PRECISION_HELP, PRECISIONS
-from .errors import PtuningError
-from .settings import at_least, check_settings, setting
+from ..devices import DEVICE_HELP, DEVICES, FORWARD_TOKENS, FORWARD_TOKENS_HELP, INFERENCE_PRECISION_HELP, PRECISIONS
+from ..errors import PtuningError
+from ..settings import at_least, check_settings, setting
 
 
 def port_number(value: int) -> str | None:

@@ -1,0 +1,24 @@
+"""``ptuning serve``: the tasks of several checkpoints on one backbone over HTTP (FastAPI + uvicorn).
+
+Requests name their task per input. Inputs wait in one queue; a batcher forms batches of any tasks by a token
+budget, waiting at most ``max_wait_ms`` after the first input for more, and runs each batch in one inference
+thread (the event loop stays free: health and metrics answer while a batch runs); a request's inputs may span
+batches and come back in order. Errors are JSON ``{"error", "error_type"}`` with a 4xx status for bad input; every
+field of a request body has one JSON type, checked strictly (a 422 names the field).
+
+The modules, from the process down:
+
+- ``runner``: the listening socket and uvicorn (``serve``);
+- ``app``: the FastAPI application: background model load, error bodies, request metrics, health and metrics routes,
+  and the API's routes included from their modules;
+- ``native``: ptuning's own ``/v1`` routes (list, predict, runtime load and unload);
+- ``server``: what every route shares (the predictor, the batcher, readiness, the task listing);
+- ``batching``: the queue and the token-budget batcher; ``schemas``: the request bodies and their 422s;
+  ``errors``: the ``{"error", "error_type"}`` body; ``metrics``: the Prometheus metrics;
+- ``config``: ``ServeConfig``, the settings (this package's import loads no web framework, so ``--help`` stays fast).
+"""
+
+from .config import ServeConfig
+from .runner import serve
+
+__all__ = ["ServeConfig", "serve"]

@@ -1,0 +1,37 @@
+"""The server's Prometheus metrics (``GET /metrics``): inputs by task, requests by endpoint, batches, the queue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+@dataclass
+class Metrics:
+    """Prometheus metrics of one server (its own registry)."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.inputs = Counter(
+            "ptuning_inputs", "Inputs answered, by task and status", ["task", "status"], registry=self.registry
+        )
+        self.requests = Counter(
+            "ptuning_requests", "HTTP requests, by endpoint and status", ["endpoint", "status"], registry=self.registry
+        )
+        self.latency = Histogram("ptuning_request_seconds", "Request latency", ["endpoint"], registry=self.registry)
+        buckets = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+        self.batch_inputs = Histogram(
+            "ptuning_batch_inputs", "Inputs per batch", buckets=buckets, registry=self.registry
+        )
+        self.batch_tokens = Histogram(
+            "ptuning_batch_tokens",
+            "Tokens per batch",
+            registry=self.registry,
+            buckets=(64, 256, 1024, 2048, 4096, 8192, 16384),
+        )
+        self.queue_depth = Gauge("ptuning_queue_depth", "Inputs waiting", registry=self.registry)
+        self.batch_seconds = Histogram(
+            "ptuning_batch_seconds", "Inference time of a batch, features to formatted answers", registry=self.registry
+        )
