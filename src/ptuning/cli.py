@@ -311,8 +311,7 @@ def command_predict(args: argparse.Namespace) -> None:
 
 def command_serve(args: argparse.Namespace) -> None:
     from .predictor import parse_sources
-    from .serve import serve
-    from .serve_config import ServeConfig
+    from .serving import ServeConfig, serve
 
     config = ServeConfig(**setting_flags(args, "checkpoints"))  # checked before the model loads
     from .devices import inference_device
@@ -430,7 +429,7 @@ def parser() -> argparse.ArgumentParser:
     serve_parser.add_argument(
         "checkpoints", nargs="+", metavar="[NAME=]DIR", help=f"{checkpoint_help}; several as NAME=DIR"
     )
-    from .serve_config import ServeConfig
+    from .serving import ServeConfig
 
     add_setting_arguments(serve_parser, [(ServeConfig, item) for item in dataclasses.fields(ServeConfig)])
     serve_parser.set_defaults(handler=command_serve)

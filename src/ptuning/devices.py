@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DEVICE_HELP = "where to run (auto: a CUDA or MPS accelerator when present, else the CPU)"
-FORWARD_TOKENS = 256  # small forwards suit a CPU; chosen by benchmarks/forward_tokens.py (README, Serving)
+FORWARD_TOKENS = 256  # small forwards suit a CPU; chosen by benchmarks/forward_tokens.py (docs/serving.md)
 FORWARD_TOKENS_HELP = (
     "padded tokens (rows x longest row) in one forward pass at most: inputs run as several forwards, the shortest "
     "together (small suits a CPU; raise it on a GPU)"
