@@ -17,6 +17,7 @@ import protocol  # noqa: E402 - benchmarks/ is put on the path first
 import study  # noqa: E402
 
 from ptuning.recipe import Recipe  # noqa: E402
+from ptuning.training.run_metrics import task_result_of  # noqa: E402
 
 
 def test_search_space_per_method() -> None:
@@ -343,7 +344,8 @@ def test_second_backbone_settings_journal_and_names() -> None:
     point = protocol.Point(1e-2, 64)
     settings = protocol.settings_for(protocol.MPNET, "conll2003-ner", "deep", point, 0)
     assert Recipe.from_dict({**settings, "output": "x"}).model == "mpnet-base"
-    assert "model" not in protocol.settings_for(protocol.FULL, "conll2003-ner", "deep", point, 0)  # MiniLM's journal keys
+    minilm = protocol.settings_for(protocol.FULL, "conll2003-ner", "deep", point, 0)
+    assert "model" not in minilm  # MiniLM's journal keys
     assert study.run_name("conll2003-ner", "deep", point, 0, "mpnet-base").startswith("parity-mpnet-base-conll")
     assert protocol.MPNET.methods == ("finetune", "deep") and "conll2003-ner" in protocol.MPNET.tasks
     assert protocol.search_space(protocol.MPNET, "finetune") == [(lr, None, False) for lr in (5e-5, 2e-4, 5e-4)]
@@ -452,3 +454,33 @@ def test_a_reference_from_ptunings_start_trains_exactly_like_ptuning(reference: 
     assert [loss for _, loss in ours["loss_curve"]] == pytest.approx(
         [loss for _, loss in theirs["loss_curve"]], abs=1e-5
     )
+
+
+def test_a_journal_of_flat_single_task_runs_still_resumes_and_reads_like_new_runs(tmp_path: Path) -> None:
+    """Journals written while single-task metrics were flat: their settings keys are the ones the study asks for
+    today, --resume answers from them without training, and their rows equal those of the same run in today's
+    shape (every task under ``tasks``)."""
+    journaled = (Path(__file__).resolve().parents[1] / "benchmarks/results/logs/runs.jsonl").read_text().splitlines()
+    old = json.loads(journaled[0])
+    point = protocol.Point(0.03, 16)
+    settings = protocol.settings_for(protocol.FULL, "conll2003-ner", "deep", point, 0)
+    assert json.dumps(settings, sort_keys=True) == old["settings"]  # the key a new run of it is journaled under
+    flat = old["metrics"]
+    shared = {key: value for key, value in flat.items() if key not in ("task", "dataset", "primary_metric", "test")}
+    result = {key: flat[key] for key in ("task", "dataset", "primary_metric", "validation", "test", "train_examples")}
+    nested = {**shared, "tasks": {"conll2003-ner": result}}
+    (tmp_path / "logs").mkdir()
+    new_line = {"settings": json.dumps({**settings, "seed": 1}, sort_keys=True), "metrics": nested}
+    (tmp_path / "logs" / "runs.jsonl").write_text(json.dumps(old) + "\n" + json.dumps(new_line) + "\n")
+
+    def refuse(settings: dict) -> dict:
+        raise AssertionError("a journaled run was trained again")
+
+    runner = protocol.Runner(1, resume=True, results=tmp_path, run=refuse)
+    answers = [runner.one({**settings, "seed": seed}, f"s{seed}") for seed in (0, 1)]
+    assert answers == [flat, nested]
+    rows = [study.parity_row("conll2003-ner", "deep", point, [(point, m)], (0,), [m]) for m in answers]
+    assert rows[0] == rows[1] and rows[0]["mean"] == flat["test"]["f1"] and rows[0]["grid"][0]["validation"]
+    # the multitask part reads a task of a joint run, or a single-task run's one task, in either shape
+    assert task_result_of(flat, "conll2003-ner").items() >= task_result_of(nested, "conll2003-ner").items()
+    assert task_result_of({"tasks": {"a": result, "b": {}}}, "a") is result
