@@ -1,7 +1,8 @@
 """The study's protocol, shared by its parts (benchmarks/study.py, benchmarks/multitask.py) and by
 benchmarks/faithfulness.py: the scales, the methods' recipe settings and search spaces, and the runner that trains
-each setting once in a forked process and journals its metrics (``--resume`` reads the journal back; its lines are
-keyed by the settings, so a journal written by any earlier version still resumes).
+each setting once in a forked process and journals its metrics. ``--resume`` reads the journal back by settings
+key; its metrics are read through ``ptuning.training.run_metrics``, which also takes the flat shape single-task runs
+had when older journal lines were written.
 """
 
 from __future__ import annotations
