@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from study import FULL, RESULTS, Runner, seed_summary, write_json  # noqa: E402
+from protocol import FULL, RESULTS, Runner, seed_summary, write_json  # noqa: E402
 
 PEFT_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "token-classification": "TOKEN_CLS"}
 HEAD_DROPOUT = 0.1  # ptuning's head dropout (the backbone's hidden dropout) and the reference's classifier dropout
@@ -197,20 +197,15 @@ def evaluable(model):
 
 def train_alike(settings: dict[str, Any]) -> dict[str, Any]:
     """One run of ``settings["implementation"]`` through the shared loop, started from its own initialization or
-    (``start: shared``) from ptuning's; metrics like ``ptuning train``'s."""
+    (``start: shared``) from ptuning's; a flat record: the task's scores (as a single-task run's metrics.json held
+    them before it had ``tasks``) beside what the comparison checks."""
     import torch
     from transformers import set_seed
 
-    from ptuning.train import (
-        EvaluateEachEpoch,
-        PromptTrainer,
-        Recipe,
-        TaskBatches,
-        _arguments,
-        _build_model,
-        _prepare_task,
-        _task_run,
-    )
+    from ptuning.recipe import Recipe
+    from ptuning.training.build import build_model
+    from ptuning.training.data import prepare_task, read_task_run
+    from ptuning.training.trainer import EvaluateEachEpoch, PromptTrainer, task_batches, training_arguments
 
     settings = dict(settings)
     implementation = settings.pop("implementation")
@@ -218,9 +213,9 @@ def train_alike(settings: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         recipe = Recipe.from_dict({**settings, "output": folder})
         set_seed(recipe.seed)
-        [run] = [_task_run(name, part) for name, part in recipe.parts()]
-        ours = _build_model(recipe, [run])  # ptuning's model; the reference's run uses it for the inputs and check
-        _prepare_task(run, ours, recipe)
+        [run] = [read_task_run(name, part) for name, part in recipe.parts()]
+        ours = build_model(recipe, [run])  # ptuning's model; the reference's run uses it for the inputs and check
+        prepare_task(run, ours, recipe)
         difference = None
         model = ours
         if implementation != "ptuning":
@@ -236,11 +231,11 @@ def train_alike(settings: dict[str, Any]) -> dict[str, Any]:
         features = run.task.encode(run.train).inputs
         trainer = PromptTrainer(  # ptuning's batches (length-grouped, seeded per epoch) for every implementation
             model=model,
-            args=_arguments(recipe, Path(folder), torch.device("cpu"), multi_task=False),
-            train_dataset=features,
+            args=training_arguments(recipe, Path(folder), torch.device("cpu"), multi_task=False),
+            train_dataset=features,  # without task_ids: the reference models take none
             data_collator=collator,
             callbacks=[callback],
-            task_batches=TaskBatches([[len(f["input_ids"]) for f in features]], recipe.batch_size, [1.0], recipe.seed),
+            task_batches=task_batches(recipe, [features]),
         )
         started = time.perf_counter()
         trainer.train()
@@ -400,7 +395,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     chosen = {task: chosen_settings(RESULTS / "parity.json", comparison, task) for task in comparison.tasks}
     runner = Runner(args.jobs, args.resume, args.out, run=train_alike, journal=f"{comparison.output}.jsonl")
-    import ptuning.train  # noqa: F401 - imported once here, inherited by every forked run
+    import ptuning.training.run  # noqa: F401 - imported once here, inherited by every forked run
 
     planned = [(task, arm, seed) for task in comparison.tasks for seed in seeds for arm in comparison.arms]
     started = time.perf_counter()

@@ -23,7 +23,8 @@ import torch
 from ptuning import PromptConfig
 from ptuning.devices import resolve_device
 from ptuning.recipe import Recipe
-from ptuning.train import train
+from ptuning.training.run import train
+from ptuning.training.run_metrics import single_task_metrics
 
 METHODS = {"deep": PromptConfig(method="deep", length=16), "finetune": PromptConfig(method="finetune")}
 
@@ -47,7 +48,7 @@ def run(method: str, device: str, precision: str, steps: int, samples: int, fold
     return {
         "steps_per_second": metrics["steps"] / metrics["train_seconds"],
         "train_seconds": metrics["train_seconds"],
-        "validation_f1": metrics["validation"].get("f1"),
+        "validation_f1": single_task_metrics(metrics)["validation"].get("f1"),
         "trainable_share": metrics["trainable_share"],
         "device": metrics["device"],
         "peak_accelerator_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,

@@ -11,9 +11,9 @@ test draws), each chosen on validation only:
 * ``multi-then-single``: each task trained alone again, starting from the joint run's prompt and its head for the
   task (``--init-from``), with the task's single-setting learning rate (the paper's second stage).
 
-Run by ``benchmarks/study.py --parts multitask``; writes multitask.json rows ``{task, setting, metric, mean, std,
-seeds, scores, validation, train_seconds}`` (the joint run's time for ``multi``, the second stage's own time for
-``multi-then-single``).
+Run by ``benchmarks/study.py --parts multitask`` (the study imports this module; both take the protocol from
+benchmarks/protocol.py); writes multitask.json rows ``{task, setting, metric, mean, std, seeds, scores, validation,
+train_seconds}`` (the joint run's time for ``multi``, the second stage's own time for ``multi-then-single``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from study import Point, Runner, Scale, search_space, seed_summary, settings_for
+from protocol import Point, Runner, Scale, search_space, seed_summary, settings_for
+
+from ptuning.training.run_metrics import task_result_of
 
 TASKS = ("conll2003-ner", "conll2003-pos", "conll2003-chunk", "conll2003-qa")
 DEFAULT_TASKS = TASKS[:3]
@@ -35,7 +37,7 @@ def _name(kind: str, task: str, point: Point, seed: int) -> str:
 
 def _primary(metrics: dict[str, Any], task: str) -> tuple[str, dict[str, Any]]:
     """The task's primary metric and its results, in a single-task or a multi-task run's metrics."""
-    result = metrics["tasks"][task] if "tasks" in metrics else metrics
+    result = task_result_of(metrics, task)
     return result["primary_metric"], result
 
 

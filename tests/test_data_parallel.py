@@ -18,7 +18,8 @@ from conftest import tiny_backbone
 from safetensors.torch import load_file
 
 from ptuning.cli import main
-from ptuning.train import latest_resume_state
+from ptuning.training.run_folder import latest_resume_state
+from ptuning.training.run_metrics import single_task_metrics
 
 TEXTS = "text,label\ngood film,pos\nbad film,neg\nfine acting,pos\ndull plot,neg\n"
 
@@ -101,5 +102,6 @@ def test_a_killed_data_parallel_run_resumes_to_the_uninterrupted_result(tmp_path
     resumed = load_file(str(tmp_path / "run" / "checkpoint" / "ptuning_model.safetensors"))
     assert all((whole[key] - resumed[key]).abs().max().item() <= 1e-5 for key in whole)
     before, after = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("whole", "run"))
-    assert after["validation"] == before["validation"] and after["validation_curve"] == before["validation_curve"]
+    assert single_task_metrics(after)["validation"] == single_task_metrics(before)["validation"]
+    assert after["validation_curve"] == before["validation_curve"]
     assert after["replica_checksums"] == pytest.approx(before["replica_checksums"], rel=1e-6)

@@ -11,8 +11,10 @@ from transformers import set_seed
 from ptuning import PromptConfig, PromptedModel
 from ptuning.cli import main
 from ptuning.data.packaged import load_packaged
+from ptuning.recipe import Recipe
 from ptuning.tasks import make_task
-from ptuning.train import Recipe, train
+from ptuning.training.run import train
+from ptuning.training.run_metrics import task_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +41,12 @@ def test_training_lowers_loss_writes_metrics_and_predicts(tmp_path, capsys):
     metrics = train(recipe)
 
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert written["validation"].keys() >= {"f1", "precision", "recall"} and "f1" in written["test"]
+    assert list(task_metrics(written)) == ["conll2003-ner"]  # a run of one task, named by its dataset
+    result = written["tasks"]["conll2003-ner"]
+    assert (result["task"], result["dataset"]) == ("token-classification", "conll2003-ner")
+    assert result["primary_metric"] == "f1"
+    assert result["validation"].keys() >= {"f1", "precision", "recall"} and "f1" in result["test"]
+    assert result["train_examples"] == written["train_examples"] == 320
     assert 0 < written["trainable_share"] < 0.03
     assert written["trainable_parameters"] == 8 * 6 * 2 * 384 + 384 * 9 + 9
     assert written["steps"] == 30 and written["train_seconds"] > 0
@@ -48,7 +55,7 @@ def test_training_lowers_loss_writes_metrics_and_predicts(tmp_path, capsys):
     assert (tmp_path / "run" / "train.log").read_text().count("validation f1") >= 1
     # scored at the end of epoch 1 (step 20) and at the last step (30); the best of them is kept
     assert [epoch for epoch, _ in written["validation_curve"]] == [1.0, 1.5]
-    assert written["validation"]["f1"] == max(score for _, score in written["validation_curve"])
+    assert result["validation"]["f1"] == max(score for _, score in written["validation_curve"])
     assert metrics["checkpoint_bytes"] < 200_000
 
     trained = PromptedModel.from_pretrained(tmp_path / "run" / "checkpoint")

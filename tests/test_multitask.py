@@ -13,7 +13,9 @@ from conftest import random_batch, tiny_backbone
 from ptuning import PromptConfig, PromptedModel
 from ptuning.cli import main
 from ptuning.recipe import Recipe, task_weights
-from ptuning.train import TaskBatches, TaskCollator, _build_model, _task_run
+from ptuning.training.build import build_model
+from ptuning.training.data import read_task_run
+from ptuning.training.trainer import TaskBatches, TaskCollator
 
 NER = "Peter B-PER\nBlackburn I-PER\nruns O\n\nOslo B-LOC\ncalls O\n\nMary B-PER\nsings O\n"
 CHUNK = "Peter B-NP X\nruns B-VP Y\n\nOslo B-NP X\ncalls B-VP Y\n\nMary B-NP X\nsings B-VP Y\n"
@@ -169,15 +171,15 @@ def test_init_from_starts_from_the_joint_prompt_and_the_task_head(data, tiny_bac
             "prompt_dropout": 0.0,
         }
     )
-    runs = [_task_run(name, part) for name, part in recipe.parts()]
-    model = _build_model(recipe, runs)
+    runs = [read_task_run(name, part) for name, part in recipe.parts()]
+    model = build_model(recipe, runs)
     # the weights are copied from the joint checkpoint, not computed: bitwise
     assert torch.equal(model.prompts["chunk"].table, joint.prompts["ner"].table)
     assert model.prompt_config.length == 3 and model.prompt_config.dropout == 0.0  # the saved prompt's shape
     assert torch.equal(model.heads["chunk"].classifier.weight, joint.heads["chunk"].classifier.weight)
     # a task the joint run did not have starts with the joint prompt and a fresh head
     other = Recipe.from_dict({**recipe.to_dict(), "task_names": "phrases"})
-    fresh = _build_model(other, [_task_run(name, part) for name, part in other.parts()])
+    fresh = build_model(other, [read_task_run(name, part) for name, part in other.parts()])
     assert torch.equal(fresh.prompts["phrases"].table, joint.prompts["ner"].table)
     assert not torch.equal(fresh.heads["phrases"].classifier.weight, joint.heads["chunk"].classifier.weight)
 

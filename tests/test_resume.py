@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 
 from ptuning.cli import main
 from ptuning.errors import PtuningError
-from ptuning.train import SAVED_MARK, latest_resume_state, prepare_output, save_tensors
+from ptuning.training.run_folder import SAVED_MARK, latest_resume_state, prepare_output, save_tensors
+from ptuning.training.run_metrics import task_metrics
 
 # seven sentences of different lengths: four batches of 2 an epoch, length-grouped, so most steps are mid-epoch
 DATA = (
@@ -57,8 +58,7 @@ def assert_same_run(tmp_path: Path, run: str, reference: str = "whole") -> None:
         torch.testing.assert_close(resumed[key], whole[key], rtol=1e-5, atol=1e-5, msg=key)
     before, after = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in (reference, run))
     for metrics in (before, after):  # scores only: the two runs read their data from different folders
-        scores = {name: (task["validation"], task["test"]) for name, task in metrics.get("tasks", {}).items()}
-        metrics["scores"] = scores or (metrics["validation"], metrics["test"])
+        metrics["scores"] = {name: (task["validation"], task["test"]) for name, task in task_metrics(metrics).items()}
     assert after["scores"] == before["scores"]
     assert after["steps"] == before["steps"] == STEPS
     assert after["validation_curve"] == before["validation_curve"]

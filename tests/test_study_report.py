@@ -13,36 +13,38 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 report = pytest.importorskip("report")  # needs matplotlib (the bench extra)
-import study  # noqa: E402 - benchmarks/ is put on the path first
+import protocol  # noqa: E402 - benchmarks/ is put on the path first
+import study  # noqa: E402
 
-from ptuning.train import Recipe  # noqa: E402
+from ptuning.recipe import Recipe  # noqa: E402
+from ptuning.training.run_metrics import task_result_of  # noqa: E402
 
 
 def test_search_space_per_method() -> None:
-    scale = study.FULL
-    assert study.search_space(scale, "deep") == [
+    scale = protocol.FULL
+    assert protocol.search_space(scale, "deep") == [
         (lr, length, None) for lr in scale.learning_rates["deep"] for length in scale.prompt_lengths
     ]
     for method in ("deep-mlp", "shallow", "ptuning-v1"):
-        assert {point.prompt_length for point in study.search_space(scale, method)} == {scale.prompt_lengths[0]}
+        assert {point.prompt_length for point in protocol.search_space(scale, method)} == {scale.prompt_lengths[0]}
     # fine-tuning gets the backbone-dropout choice the deep recipe makes, searched on validation like its lr
-    assert study.search_space(scale, "finetune") == [
+    assert protocol.search_space(scale, "finetune") == [
         (lr, None, dropout) for lr in scale.learning_rates["finetune"] for dropout in (True, False)
     ]
 
 
 def test_settings_are_valid_recipes() -> None:
-    point = study.Point(3e-3, 64)
+    point = protocol.Point(3e-3, 64)
     prompted = Recipe.from_dict(
-        {**study.settings_for(study.FULL, "conll2003-ner", "deep-mlp", point, 1), "output": "x"}
+        {**protocol.settings_for(protocol.FULL, "conll2003-ner", "deep-mlp", point, 1), "output": "x"}
     )
     assert (prompted.prompt.method, prompted.prompt.reparam, prompted.prompt.length) == ("deep", "mlp", 64)
-    assert prompted.prompt.dropout == study.PROMPT_DROPOUT and prompted.prompt.backbone_dropout is False
-    assert prompted.max_train_samples == study.FULL.train_examples and prompted.seed == 1
-    finetune = study.settings_for(study.FULL, "rotten-tomatoes", "finetune", study.Point(5e-5, None, True), 0)
+    assert prompted.prompt.dropout == protocol.PROMPT_DROPOUT and prompted.prompt.backbone_dropout is False
+    assert prompted.max_train_samples == protocol.FULL.train_examples and prompted.seed == 1
+    finetune = protocol.settings_for(protocol.FULL, "rotten-tomatoes", "finetune", protocol.Point(5e-5, None, True), 0)
     assert "prompt_length" not in finetune and "prompt_dropout" not in finetune
     assert "backbone_dropout" not in finetune  # the default: runs journaled before the option stay reusable
-    without = study.settings_for(study.FULL, "rotten-tomatoes", "finetune", study.Point(5e-5, None, False), 0)
+    without = protocol.settings_for(protocol.FULL, "rotten-tomatoes", "finetune", protocol.Point(5e-5, None, False), 0)
     assert Recipe.from_dict({**without, "output": "x"}).prompt.backbone_dropout is False
 
 
@@ -67,7 +69,7 @@ def _row(task: str, method: str, mean: float, validation: float) -> dict:
 
 
 def test_report_picks_the_deep_variant_on_validation_not_test(tmp_path: Path) -> None:
-    setup = {"mode": "full", "date": "2026-11-22", "jobs": 2, "prompt_dropout": 0.0, "scale": study.FULL.__dict__}
+    setup = {"mode": "full", "date": "2026-11-22", "jobs": 2, "prompt_dropout": 0.0, "scale": protocol.FULL.__dict__}
     rows = [
         _row("conll2003-ner", "finetune", 84.0, 88.0),
         _row("conll2003-ner", "deep", 85.0, 80.0),  # better on test, worse on validation: must not be chosen
@@ -81,7 +83,7 @@ def test_report_picks_the_deep_variant_on_validation_not_test(tmp_path: Path) ->
 
 
 class RecordingRunner:
-    """Stands in for study.Runner: records the settings asked for and answers fixed metrics."""
+    """Stands in for protocol.Runner: records the settings asked for and answers fixed metrics."""
 
     def __init__(self) -> None:
         self.asked: list[dict] = []
@@ -123,7 +125,7 @@ def test_longer_training_only_where_deep_trails_on_validation() -> None:
         _row("conll2003-chunk", "deep-mlp", 80.0, 80.0),
     ]
     runner = RecordingRunner()
-    scale = dataclasses.replace(study.FULL, longer_tasks=1)
+    scale = dataclasses.replace(protocol.FULL, longer_tasks=1)
     result = study.longer(scale, runner, rows)
     assert result["within_a_point_already"] == ["rotten-tomatoes"]
     assert result["behind_not_rerun"] == ["conll2003-chunk"]
@@ -131,12 +133,12 @@ def test_longer_training_only_where_deep_trails_on_validation() -> None:
         ("conll2003-ner", "finetune"),
         ("conll2003-ner", "deep-mlp"),
     ]
-    assert {s["epochs"] for s in runner.asked} == {study.FULL.longer_epochs}
-    assert {s["batch_size"] for s in runner.asked} == {study.FULL.longer_batch_size}
+    assert {s["epochs"] for s in runner.asked} == {protocol.FULL.longer_epochs}
+    assert {s["batch_size"] for s in runner.asked} == {protocol.FULL.longer_batch_size}
     assert all(s["backbone_dropout"] is False for s in runner.asked)  # the searched setting, and deep-mlp's
     assert [row["backbone_dropout"] for row in result["rows"]] == [False, False]  # recorded as trained
-    assert study.FULL.longer_batch_size < study.FULL.batch_size  # more updates per epoch, not only more epochs
-    assert [s["seed"] for s in runner.asked] == list(study.FULL.seeds) * 2
+    assert protocol.FULL.longer_batch_size < protocol.FULL.batch_size  # more updates per epoch, not only more epochs
+    assert [s["seed"] for s in runner.asked] == list(protocol.FULL.seeds) * 2
     assert result["rows"][1]["mean"] == pytest.approx(81.0)  # seeds 0, 1, 2 -> 80, 81, 82
     assert result["rows"][1]["stored_share"] == pytest.approx(5 / (1000 - 10 + 5))  # of the model that serves
     assert result["rows"][1]["validation_curve"] == [(1.0, pytest.approx(71.0)), (2.0, pytest.approx(81.0))]
@@ -166,21 +168,21 @@ def test_more_data_reruns_the_largest_gap_with_more_examples_and_reports_train_l
         _row("conll2003-chunk", "deep-mlp", 80.0, 80.0),
     ]
     runner = RecordingRunner()
-    result = study.more_data(dataclasses.replace(study.FULL, data_tasks=1), runner, rows)
-    assert {s["max_train_samples"] for s in runner.asked} == {study.FULL.data_train_examples}
-    assert {(s["epochs"], s["batch_size"]) for s in runner.asked} == {(study.FULL.epochs, study.FULL.batch_size)}
+    result = study.more_data(dataclasses.replace(protocol.FULL, data_tasks=1), runner, rows)
+    assert {s["max_train_samples"] for s in runner.asked} == {protocol.FULL.data_train_examples}
+    assert {(s["epochs"], s["batch_size"]) for s in runner.asked} == {(protocol.FULL.epochs, protocol.FULL.batch_size)}
     assert result["behind_not_rerun"] == ["conll2003-chunk"]
     assert [(r["method"], r["train_examples"], r["steps"]) for r in result["rows"]] == [
-        ("finetune", study.FULL.data_train_examples, 7),
-        ("deep", study.FULL.data_train_examples, 7),
+        ("finetune", protocol.FULL.data_train_examples, 7),
+        ("deep", protocol.FULL.data_train_examples, 7),
     ]
     assert result["rows"][1]["train_loss"] == pytest.approx(0.11)  # seeds 0, 1, 2 -> 0.10, 0.11, 0.12
     # quick mode reruns whatever the gap, so its reduced run exercises the part
-    quick = study.more_data(dataclasses.replace(study.QUICK, data_tasks=2), RecordingRunner(), rows)
+    quick = study.more_data(dataclasses.replace(protocol.QUICK, data_tasks=2), RecordingRunner(), rows)
     assert [row["task"] for row in quick["rows"]] == ["conll2003-ner"] * 2 + ["conll2003-chunk"] * 2
     (tmp_path / "data.json").write_text(json.dumps(result))
     text = report.write(tmp_path).read_text()
-    examples = study.FULL.data_train_examples
+    examples = protocol.FULL.data_train_examples
     assert f"## More training data ({examples} examples)" in text
     assert f"| conll2003-ner | deep | {examples} | 7 | f1 81.00 ± 1.00 | 81.00 | 0.110 | 0.01 | 16 |" in text
 
@@ -201,16 +203,16 @@ def test_data_longer_reruns_where_deep_still_trails_after_more_data_among_the_ch
     ]
     runner = RecordingRunner()
     only = {"conll2003-chunk", "rotten-tomatoes"}
-    result = study.more_data_longer(study.FULL, runner, data_rows, only)
+    result = study.more_data_longer(protocol.FULL, runner, data_rows, only)
     assert {(s["dataset"], s["max_train_samples"], s["epochs"], s["batch_size"]) for s in runner.asked} == {
-        ("conll2003-chunk", study.FULL.data_train_examples, study.FULL.longer_epochs, study.FULL.batch_size)
+        ("conll2003-chunk", protocol.FULL.data_train_examples, protocol.FULL.longer_epochs, protocol.FULL.batch_size)
     }
     assert [row["method"] for row in result["rows"]] == ["finetune", "deep-mlp"]
     assert result["within_a_point_already"] == ["rotten-tomatoes"]
     assert result["behind_not_rerun"] == ["conll2003-ner"]
     (tmp_path / "data_longer.json").write_text(json.dumps(result))
     text = report.write(tmp_path).read_text()
-    examples, epochs = study.FULL.data_train_examples, study.FULL.longer_epochs
+    examples, epochs = protocol.FULL.data_train_examples, protocol.FULL.longer_epochs
     assert f"## More data and more epochs ({examples} examples, {epochs} epochs)" in text
     assert "behind but not rerun (time): conll2003-ner." in text
     assert "| conll2003-chunk | 81.00 | deep-mlp 81.00 | +0.00 | 0.503% |" in text  # the recorded runs: a tie
@@ -274,7 +276,7 @@ def test_cost_without_peft_prefix_tuning_says_why_and_reports_the_rest(tmp_path)
 
 
 class MultiTaskRunner:
-    """Stands in for study.Runner in the multitask part: single runs score by lr, joint runs per task."""
+    """Stands in for protocol.Runner in the multitask part: single runs score by lr, joint runs per task."""
 
     def __init__(self) -> None:
         self.asked: list[tuple[str, dict]] = []
@@ -299,7 +301,7 @@ def test_multitask_part_runs_single_joint_and_second_stage(tmp_path) -> None:
 
     runner = MultiTaskRunner()
     tasks = ("conll2003-ner", "conll2003-pos")
-    result = multitask.multitask(study.FULL, runner, tasks, tmp_path)
+    result = multitask.multitask(protocol.FULL, runner, tasks, tmp_path)
     kinds = Counter(name.split("-conll")[0].split("-joint")[0] for name, _ in runner.asked)
     # a 4-point search on seed 0 and 2 more seeds: per task alone, and jointly; then 2 tasks x 3 seeds
     assert kinds == {"multitask-single": 12, "multitask-multi": 6, "multitask-multi-then-single": 6}
@@ -339,13 +341,14 @@ def test_multitask_part_runs_single_joint_and_second_stage(tmp_path) -> None:
 
 
 def test_second_backbone_settings_journal_and_names() -> None:
-    point = study.Point(1e-2, 64)
-    settings = study.settings_for(study.MPNET, "conll2003-ner", "deep", point, 0)
+    point = protocol.Point(1e-2, 64)
+    settings = protocol.settings_for(protocol.MPNET, "conll2003-ner", "deep", point, 0)
     assert Recipe.from_dict({**settings, "output": "x"}).model == "mpnet-base"
-    assert "model" not in study.settings_for(study.FULL, "conll2003-ner", "deep", point, 0)  # MiniLM's journal keys
+    minilm = protocol.settings_for(protocol.FULL, "conll2003-ner", "deep", point, 0)
+    assert "model" not in minilm  # MiniLM's journal keys
     assert study.run_name("conll2003-ner", "deep", point, 0, "mpnet-base").startswith("parity-mpnet-base-conll")
-    assert study.MPNET.methods == ("finetune", "deep") and "conll2003-ner" in study.MPNET.tasks
-    assert study.search_space(study.MPNET, "finetune") == [(lr, None, False) for lr in (5e-5, 2e-4, 5e-4)]
+    assert protocol.MPNET.methods == ("finetune", "deep") and "conll2003-ner" in protocol.MPNET.tasks
+    assert protocol.search_space(protocol.MPNET, "finetune") == [(lr, None, False) for lr in (5e-5, 2e-4, 5e-4)]
 
 
 def _scaled(backbone: str, method: str, mean: float, parameters: int) -> dict:
@@ -353,11 +356,11 @@ def _scaled(backbone: str, method: str, mean: float, parameters: int) -> dict:
 
 
 def test_parity_keeps_other_backbones_rows_and_reports_the_gap_against_size(tmp_path: Path) -> None:
-    minilm = {"mode": "full", "date": "2026-11-22", "jobs": 2, "scale": study.FULL.__dict__}
+    minilm = {"mode": "full", "date": "2026-11-22", "jobs": 2, "scale": protocol.FULL.__dict__}
     old = [_row("conll2003-ner", "finetune", 80.0, 80.0), _row("conll2003-ner", "deep", 73.0, 73.0)]
     old[0]["trainable_parameters"] = 22_700_000
     (tmp_path / "parity.json").write_text(json.dumps({"setup": minilm, "rows": old}))  # written before backbones
-    mpnet = {**minilm, "date": "2026-12-01", "scale": study.MPNET.__dict__}
+    mpnet = {**minilm, "date": "2026-12-01", "scale": protocol.MPNET.__dict__}
     new = [_scaled("mpnet-base", "finetune", 85.0, 109_000_000), _scaled("mpnet-base", "deep", 83.0, 109_000_000)]
     study.write_parity(tmp_path, mpnet, new)
     study.write_parity(tmp_path, mpnet, new)  # a rerun replaces its own rows, never the other backbone's
@@ -451,3 +454,33 @@ def test_a_reference_from_ptunings_start_trains_exactly_like_ptuning(reference: 
     assert [loss for _, loss in ours["loss_curve"]] == pytest.approx(
         [loss for _, loss in theirs["loss_curve"]], abs=1e-5
     )
+
+
+def test_a_journal_of_flat_single_task_runs_still_resumes_and_reads_like_new_runs(tmp_path: Path) -> None:
+    """Journals written while single-task metrics were flat: their settings keys are the ones the study asks for
+    today, --resume answers from them without training, and their rows equal those of the same run in today's
+    shape (every task under ``tasks``)."""
+    journaled = (Path(__file__).resolve().parents[1] / "benchmarks/results/logs/runs.jsonl").read_text().splitlines()
+    old = json.loads(journaled[0])
+    point = protocol.Point(0.03, 16)
+    settings = protocol.settings_for(protocol.FULL, "conll2003-ner", "deep", point, 0)
+    assert json.dumps(settings, sort_keys=True) == old["settings"]  # the key a new run of it is journaled under
+    flat = old["metrics"]
+    shared = {key: value for key, value in flat.items() if key not in ("task", "dataset", "primary_metric", "test")}
+    result = {key: flat[key] for key in ("task", "dataset", "primary_metric", "validation", "test", "train_examples")}
+    nested = {**shared, "tasks": {"conll2003-ner": result}}
+    (tmp_path / "logs").mkdir()
+    new_line = {"settings": json.dumps({**settings, "seed": 1}, sort_keys=True), "metrics": nested}
+    (tmp_path / "logs" / "runs.jsonl").write_text(json.dumps(old) + "\n" + json.dumps(new_line) + "\n")
+
+    def refuse(settings: dict) -> dict:
+        raise AssertionError("a journaled run was trained again")
+
+    runner = protocol.Runner(1, resume=True, results=tmp_path, run=refuse)
+    answers = [runner.one({**settings, "seed": seed}, f"s{seed}") for seed in (0, 1)]
+    assert answers == [flat, nested]
+    rows = [study.parity_row("conll2003-ner", "deep", point, [(point, m)], (0,), [m]) for m in answers]
+    assert rows[0] == rows[1] and rows[0]["mean"] == flat["test"]["f1"] and rows[0]["grid"][0]["validation"]
+    # the multitask part reads a task of a joint run, or a single-task run's one task, in either shape
+    assert task_result_of(flat, "conll2003-ner").items() >= task_result_of(nested, "conll2003-ner").items()
+    assert task_result_of({"tasks": {"a": result, "b": {}}}, "a") is result

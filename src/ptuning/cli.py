@@ -185,7 +185,10 @@ def setting_flags(args: argparse.Namespace, *others: str) -> dict[str, Any]:
 def command_train(args: argparse.Namespace) -> None:
     flags = setting_flags(args)
     recipe = build_recipe(flags)
-    from .train import is_main_process, prepare_output, train
+    from .training.distributed import is_main_process
+    from .training.run import train
+    from .training.run_folder import prepare_output
+    from .training.run_metrics import task_metrics
 
     if is_main_process():  # the process that writes the run; others of a data-parallel launch only train
         output_path(recipe.output, "--output", folder=True)
@@ -194,14 +197,14 @@ def command_train(args: argparse.Namespace) -> None:
     if not metrics:
         return
     whole = ", the whole fine-tuned backbone included" if recipe.prompt.method == "finetune" else ""
-    results = metrics.get("tasks") or {"": metrics}  # a single-task run keeps its flat shape
+    results = task_metrics(metrics)
     lines = []
     for name, result in results.items():
         primary = result["primary_metric"]
         scores = ", ".join(
             f"{split} {primary} {result[split][primary]:.2f}" for split in ("validation", "test") if result[split]
         )
-        lines.append(f"{name + ': ' if name else ''}{result['task']} on {result['dataset']}: {scores}")
+        lines.append(f"{name + ': ' if len(results) > 1 else ''}{result['task']} on {result['dataset']}: {scores}")
     print(
         "\n" + "\n".join(lines) + "\n"
         f"trainable {metrics['trainable_parameters']:,} of {metrics['total_parameters']:,} parameters "

@@ -29,7 +29,8 @@ import yaml
 
 from .errors import PtuningError
 from .recipe import Recipe
-from .train import train
+from .training.run import train
+from .training.run_metrics import task_metrics
 
 logger = logging.getLogger("ptuning")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -115,7 +116,7 @@ NO_VALIDATION = "a sweep selects on validation: give --validation, or a dataset 
 
 def validation_score(metrics: dict[str, Any]) -> float:
     """The run's best-epoch validation score: its primary metric, or the mean of its tasks'."""
-    results = metrics.get("tasks") or {"": metrics}
+    results = task_metrics(metrics)
     scores = [result["validation"].get(result["primary_metric"]) for result in results.values()]
     if any(score is None for score in scores):
         raise PtuningError(NO_VALIDATION)

@@ -1,0 +1,98 @@
+"""One task of a run: its data read once (the only place training reads the data layer), subsampled, its labels,
+and its Task (what encodes, decodes and scores it) prepared for the model."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..data.readers import label_set
+from ..data.sources import load_splits
+from ..errors import DataError
+from ..recipe import Recipe
+from ..tasks import make_task, task_class
+from ..vocabulary import Family
+
+if TYPE_CHECKING:
+    from ..model import PromptedModel
+    from ..tasks.base import Task
+
+EVAL_SUBSAMPLE_SEED = 0
+QA_MAX_LENGTH = 256  # question-answering windows (with a stride); CPU cost grows with window length
+
+
+@dataclass
+class TaskRun:
+    """One task of a run: its data, labels and Task (what encodes, decodes and scores it)."""
+
+    name: str
+    recipe: Recipe
+    family: str
+    reader: dict[str, Any]
+    train: list[Any]
+    validation: list[Any]
+    test: list[Any]
+    labels: list[str]
+    task: Task | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    max_length: int = 0
+
+    def extra(self) -> dict[str, Any]:
+        """What the checkpoint keeps so that eval and predict read and decode this task's data as training did."""
+        return {
+            "reader": self.reader,
+            "dataset": self.recipe.dataset,
+            "max_length": self.max_length,
+            "task_name": self.family,
+            "task_options": self.options,
+        }
+
+
+def read_task_run(name: str, recipe: Recipe) -> TaskRun:
+    """Read one task's data (``recipe`` is that task's part of the run's recipe); training subsamples move with the
+    seed, evaluation subsamples do not (every run of a comparison scores the same examples)."""
+    splits = load_splits(recipe)
+    return TaskRun(
+        name=name,
+        recipe=recipe,
+        family=splits.task,
+        reader=splits.reader,
+        train=_subsample(splits.train, recipe.max_train_samples, recipe.seed),
+        validation=_subsample(splits.validation, recipe.max_eval_samples, EVAL_SUBSAMPLE_SEED),
+        test=_subsample(splits.test, recipe.max_eval_samples, EVAL_SUBSAMPLE_SEED),
+        labels=_labels(recipe, task_class(splits.task).gold, splits.train),
+        options=dict(splits.reader.get("options", {})),
+    )
+
+
+def prepare_task(run: TaskRun, model: PromptedModel, recipe: Recipe) -> None:
+    """Give the run its Task and its inputs' length limit (what the model's prompt leaves room for), and check its
+    labels on every split."""
+    room = model.text_room(model.tasks[run.name].prompt)
+    default_length = QA_MAX_LENGTH if run.family == Family.QUESTION_ANSWERING else room
+    run.max_length = min(recipe.max_length or default_length, room)
+    run.task = make_task(run.family, model.tokenizer, run.labels, run.max_length, **run.options)
+    for examples in (run.train, run.validation, run.test):
+        try:
+            run.task.check_labels(examples)
+        except DataError as error:
+            if run.recipe.labels is not None:
+                raise
+            raise DataError(f"{error}; declare the whole label set with --labels FILE|a,b,c") from error
+
+
+def _subsample(examples: list[Any], limit: int | None, seed: int) -> list[Any]:
+    if limit is None or len(examples) <= limit:
+        return examples
+    return random.Random(seed).sample(examples, limit)
+
+
+def _labels(recipe: Recipe, gold: Callable[[Any], Iterable[str]], examples: list[Any]) -> list[str]:
+    """The declared label set (``--labels``), else every label of the whole training set."""
+    declared = recipe.declared_labels()
+    if declared is not None:
+        return declared
+    # from the whole training set: a subsample may miss rare labels that validation or test still hold
+    return label_set(label for example in examples for label in gold(example))
