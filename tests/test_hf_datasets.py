@@ -7,6 +7,7 @@ import pytest
 
 from ptuning.data.hf import load_hf, parse_name
 from ptuning.errors import DataError, PtuningError
+from ptuning.vocabulary import Family
 
 COLUMNS = {
     "text_column": "sentence",
@@ -51,26 +52,26 @@ def fake_hub(monkeypatch):
 
 
 def test_class_labels_become_names_and_unlabeled_rows_none(fake_hub):
-    splits = load_hf("hf:glue:sst2", "sequence-classification", COLUMNS)
+    splits = load_hf("hf:glue:sst2", Family.SEQUENCE_CLASSIFICATION, COLUMNS)
     assert fake_hub == [("glue", "sst2")]
     assert [(e.text, e.label) for e in splits.train] == [("good", "positive"), ("bad", "negative")]
     assert splits.test[0].label is None and splits.validation == []
 
 
 def test_token_tags_become_names(fake_hub):
-    splits = load_hf("hf:conll", "token-classification", COLUMNS)
+    splits = load_hf("hf:conll", Family.TOKEN_CLASSIFICATION, COLUMNS)
     assert splits.train[0].words == ["Peter", "runs"] and splits.train[0].tags == ["B-PER", "O"]
 
 
 def test_missing_column_is_named(fake_hub):
     with pytest.raises(DataError, match=r"no column 'text'; columns: \['sentence', 'label'\]"):
-        load_hf("hf:glue:sst2", "sequence-classification", {**COLUMNS, "text_column": "text"})
+        load_hf("hf:glue:sst2", Family.SEQUENCE_CLASSIFICATION, {**COLUMNS, "text_column": "text"})
 
 
 def test_unreachable_dataset_gives_a_message(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     with pytest.raises(PtuningError, match="could not load 'hf:no-such-org/no-such-dataset'"):
-        load_hf("hf:no-such-org/no-such-dataset", "sequence-classification", COLUMNS)
+        load_hf("hf:no-such-org/no-such-dataset", Family.SEQUENCE_CLASSIFICATION, COLUMNS)
     with pytest.raises(PtuningError, match="expected hf:NAME"):
         parse_name("hf:a:b:c")

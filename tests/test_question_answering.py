@@ -11,12 +11,14 @@ import pytest
 import torch
 
 from ptuning.data.conll_qa import build_conll2003_qa
+from ptuning.data.formats import SquadFormat
 from ptuning.data.packaged import load_packaged
 from ptuning.data.readers import TaggedSentence
 from ptuning.data.squad import QAExample, read_squad
 from ptuning.errors import DataError
 from ptuning.metrics import exact_match, normalize_answer, squad_metrics, token_f1
 from ptuning.tasks.question_answering import QuestionAnsweringTask, choose_null_threshold
+from ptuning.vocabulary import Family
 
 LONG_CONTEXT = (
     "Peter Blackburnshire, a retired teacher from Leeds, travelled for many weeks across the northern mountains "
@@ -364,7 +366,8 @@ def conll_qa():
 
 def test_packaged_conll2003_qa_sizes(conll_qa):
     splits = conll_qa
-    assert splits.task == "question-answering" and splits.reader == {"format": "squad", "options": {"version_2": True}}
+    assert splits.family is Family.QUESTION_ANSWERING and splits.data_format == SquadFormat()
+    assert splits.options == {"version_2": True}
     sizes = [
         (len(part), sum(not e.is_impossible for e in part)) for part in (splits.train, splits.validation, splits.test)
     ]

@@ -12,9 +12,10 @@ from transformers import Trainer, TrainingArguments
 
 from ptuning import PromptConfig, PromptedModel
 from ptuning.data.readers import LabeledText
-from ptuning.data.superglue import SUPERGLUE_TASKS, ChoiceExample, copa_example, read_superglue
+from ptuning.data.superglue import ChoiceExample, copa_example, read_superglue
 from ptuning.errors import DataError, PtuningError
 from ptuning.tasks.multiple_choice import MultipleChoiceTask
+from ptuning.vocabulary import SUPERGLUE_TASKS, Family
 
 # Lines as distributed in the SuperGLUE archives (shortened texts), and the pairs and labels expected of them.
 RECORDS = {
@@ -170,7 +171,7 @@ def test_pair_tasks_read_as_templated_two_segment_texts(tmp_path, task):
     test = read_superglue(task, write_jsonl(tmp_path, "test.jsonl", unlabeled(records)))
     assert [(e.text, e.text_pair) for e in test] == [pair[:2] for pair in expected]
     assert all(example.label is None for example in test)
-    assert SUPERGLUE_TASKS[task] == "sequence-classification"
+    assert SUPERGLUE_TASKS[task] is Family.SEQUENCE_CLASSIFICATION
 
 
 def test_copa_reads_as_two_choices_after_premise_and_connector(tmp_path):
@@ -184,7 +185,7 @@ def test_copa_reads_as_two_choices_after_premise_and_connector(tmp_path):
     assert examples[1].context == "The elderly woman suffered a stroke. so"
     test = read_superglue("copa", write_jsonl(tmp_path, "test.jsonl", unlabeled(COPA)))
     assert [example.label for example in test] == [None] * 4
-    assert SUPERGLUE_TASKS["copa"] == "multiple-choice"
+    assert SUPERGLUE_TASKS["copa"] is Family.MULTIPLE_CHOICE
 
 
 @pytest.mark.parametrize(

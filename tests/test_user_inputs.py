@@ -92,6 +92,26 @@ def test_recipe_values_are_checked_naming_the_file(tmp_path, capsys, yaml_text, 
     assert code == 2 and f"ptuning: error: {recipe}: {message}" in err
 
 
+def test_a_nullable_setting_takes_none_on_the_command_line():
+    from ptuning.cli import build_recipe
+
+    train = parser().parse_args(["train", "--train", "a.conll", "--reparam", "none", "--pair-column", "none"])
+    flags = {key: value for key, value in vars(train).items() if key not in ("command", "handler")}
+    recipe = build_recipe(flags)
+    assert recipe.prompt.reparam is None and recipe.pair_column == "none"  # only reparam declares None a value
+
+
+def test_each_task_of_a_recipe_sets_its_data_keys_and_they_make_its_data_spec():
+    from ptuning.recipe import Recipe
+
+    assert Recipe.per_task_keys() == (
+        "name", "dataset", "train", "validation", "test", "task", "labels", "tag_column", "text_column",
+        "pair_column", "label_column", "tokens_column", "tags_column",
+    )  # fmt: skip
+    spec = Recipe(train="a.csv", validation="b.csv", task="boolq", text_column="sentence").data_spec()
+    assert (spec.train, spec.validation, spec.task, spec.text_column) == ("a.csv", "b.csv", "boolq", "sentence")
+
+
 def test_yaml_exponent_without_a_dot_is_a_learning_rate(tmp_path):
     from ptuning.cli import build_recipe
 

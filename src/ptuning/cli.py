@@ -61,8 +61,14 @@ def _layers(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated layer indices like 0,1,2, got {text!r}") from None
 
 
-def _none_or_str(text: str) -> str | None:
-    return None if text.lower() in ("none", "null", "") else text
+def _nullable(kind: type) -> typing.Callable[[str], Any]:
+    """A flag type that reads none, null or nothing as None, anything else as ``kind``."""
+
+    def convert(text: str) -> Any:
+        return None if text.lower() in ("none", "null", "") else kind(text)
+
+    convert.__name__ = kind.__name__  # argparse names the type in its errors
+    return convert
 
 
 def add_setting_arguments(parser: argparse.ArgumentParser, owners: list[tuple[type, dataclasses.Field]]) -> None:
@@ -84,8 +90,8 @@ def add_setting_arguments(parser: argparse.ArgumentParser, owners: list[tuple[ty
         wanted = value_type(hint)
         if typing.get_origin(wanted) is list:
             options["type"], options["metavar"] = _layers, "I,J,..."
-        elif key == "reparam":
-            options["type"] = _none_or_str
+        elif meta.get("nullable"):
+            options["type"] = _nullable(wanted)
         else:
             options["type"] = wanted
         if meta.get("choices"):

@@ -36,6 +36,7 @@ class PromptConfig:
         None,
         "deep: none, or mlp (Embedding -> Linear -> Tanh -> Linear, the paper's); ptuning-v1: lstm or mlp",
         default_help="none; lstm for ptuning-v1",
+        nullable=True,
     )
     reparam_hidden: int = setting(512, "hidden width of the reparameterization", check=at_least(1))
     init: str = setting(

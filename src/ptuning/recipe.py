@@ -10,20 +10,20 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_TASK, POOLINGS, PromptConfig
+from .config import POOLINGS, PromptConfig
 from .data.packaged import PACKAGED_DATASETS
 from .data.readers import text_lines
-from .data.sources import FORMAT_TASKS
+from .data.spec import DataSpec
 from .devices import DEVICE_HELP, DEVICES, PRECISIONS
 from .errors import PtuningError
 from .settings import at_least, check_settings, key_of, non_negative, positive, setting, share
-from .tasks import TASK_FAMILIES
+from .vocabulary import DEFAULT_TASK, TASK_CHOICES
 
 # by learning-rate family (see lr_family): a deep prompt through the MLP collapses at the flat table's rate (the
 # pilot is in benchmarks/results/READING.md)
 DEFAULT_LEARNING_RATES = {"finetune": 5e-5, "linear-probe": 5e-3, "deep-mlp": 1e-3}
 PROMPT_LEARNING_RATE = 1e-2
-TASK_NAMES = tuple(dict.fromkeys([*TASK_FAMILIES, *FORMAT_TASKS]))
+DATA_DEFAULTS = DataSpec()  # the column settings' defaults are the data layer's
 
 
 def lr_family(method: str, reparam: str | None) -> str:
@@ -69,24 +69,6 @@ def task_weights(sampling: str, sizes: list[int]) -> list[float]:
     return [weight / sum(weights) for weight in weights]
 
 
-# what each task of a multi-task recipe sets for itself (the ``tasks:`` entries of a YAML recipe)
-PER_TASK_KEYS = (
-    "name",
-    "dataset",
-    "train",
-    "validation",
-    "test",
-    "task",
-    "labels",
-    "tag_column",
-    "text_column",
-    "pair_column",
-    "label_column",
-    "tokens_column",
-    "tags_column",
-)
-
-
 @dataclass
 class Recipe:
     """Everything a training run needs."""
@@ -95,27 +77,44 @@ class Recipe:
         None,
         f"packaged dataset ({', '.join(PACKAGED_DATASETS)}) or hf:NAME[:CONFIG] through datasets.load_dataset",
         check=dataset_name,
+        per_task=True,
     )
-    train: str | None = setting(None, "training file: CoNLL columns, CSV/TSV/JSONL, SQuAD JSON, SuperGLUE JSONL")
-    validation: str | None = setting(None, "validation file (the best epoch is chosen on it)")
-    test: str | None = setting(None, "test file (scored once with the best checkpoint)")
+    train: str | None = setting(
+        None, "training file: CoNLL columns, CSV/TSV/JSONL, SQuAD JSON, SuperGLUE JSONL", per_task=True
+    )
+    validation: str | None = setting(None, "validation file (the best epoch is chosen on it)", per_task=True)
+    test: str | None = setting(None, "test file (scored once with the best checkpoint)", per_task=True)
     task: str | None = setting(
         None,
         "a task, or a file format that implies one: squad, squad_v2 (SQuAD JSON), boolq, cb, rte, wic, wsc, copa "
         "(SuperGLUE JSONL), srl (default: from the dataset, or the training file's extension)",
-        choices=TASK_NAMES,
+        choices=TASK_CHOICES,
+        per_task=True,
     )
     labels: str | None = setting(
         None,
         "the label set: a file with one label per line, or a comma-separated list (default: the training data's "
         "labels); declare it when validation or test hold labels the training data lacks",
+        per_task=True,
     )
-    tag_column: int = setting(-1, "CoNLL column holding the tag (0-based; -1 is the last)")
-    text_column: str = setting("text", "CSV/TSV/JSONL and hf: column holding the text")
-    pair_column: str | None = setting(None, "CSV/TSV/JSONL and hf: column holding the second text of a pair")
-    label_column: str = setting("label", "CSV/TSV/JSONL and hf: column holding the label")
-    tokens_column: str = setting("tokens", "hf: datasets, token classification: the words column")
-    tags_column: str = setting("ner_tags", "hf: datasets, token classification: the tags column")
+    tag_column: int = setting(
+        DATA_DEFAULTS.tag_column, "CoNLL column holding the tag (0-based; -1 is the last)", per_task=True
+    )
+    text_column: str = setting(
+        DATA_DEFAULTS.text_column, "CSV/TSV/JSONL and hf: column holding the text", per_task=True
+    )
+    pair_column: str | None = setting(
+        DATA_DEFAULTS.pair_column, "CSV/TSV/JSONL and hf: column holding the second text of a pair", per_task=True
+    )
+    label_column: str = setting(
+        DATA_DEFAULTS.label_column, "CSV/TSV/JSONL and hf: column holding the label", per_task=True
+    )
+    tokens_column: str = setting(
+        DATA_DEFAULTS.tokens_column, "hf: datasets, token classification: the words column", per_task=True
+    )
+    tags_column: str = setting(
+        DATA_DEFAULTS.tags_column, "hf: datasets, token classification: the tags column", per_task=True
+    )
     model: str = setting("minilm-l6", "backbone: alias (minilm-l6), local folder, or hub name")
     prompt: PromptConfig = field(default_factory=PromptConfig)  # its fields are flags and recipe keys too
     pooling: str | None = setting(
@@ -206,6 +205,12 @@ class Recipe:
         return frozenset(key_of(item) for item in fields(cls) if item.metadata.get("run_control"))
 
     @classmethod
+    def per_task_keys(cls) -> tuple[str, ...]:
+        """What each task of a multi-task recipe sets for itself (the ``tasks:`` entries): its ``name``, and the
+        keys declared ``per_task`` (see ``setting``), in declaration order."""
+        return ("name", *(key_of(item) for item in fields(cls) if item.metadata.get("per_task")))
+
+    @classmethod
     def keys(cls) -> dict[str, tuple[str, str | None]]:
         """Every recipe key: (field, prompt field or None); the prompt's settings are keys of the recipe too."""
         own = {key_of(item): (item.name, None) for item in fields(cls) if item.name != "prompt"}
@@ -273,10 +278,11 @@ class Recipe:
                     entry[split] = file
         if names and len(names) != len(entries):
             raise PtuningError(f"{len(entries)} tasks but {len(names)} task names ({self.task_names})")
+        per_task_keys = self.per_task_keys()
         parts = []
         for index, entry in enumerate(entries):
-            if not isinstance(entry, dict) or set(entry) - set(PER_TASK_KEYS):
-                raise PtuningError(f"tasks[{index}]: a task sets only {', '.join(PER_TASK_KEYS)}; got {entry!r}")
+            if not isinstance(entry, dict) or set(entry) - set(per_task_keys):
+                raise PtuningError(f"tasks[{index}]: a task sets only {', '.join(per_task_keys)}; got {entry!r}")
             name = names[index] if names else entry.pop("name", None)
             entry.pop("name", None)
             if not entry.get("dataset") and not entry.get("train"):
@@ -288,6 +294,10 @@ class Recipe:
         if taken:
             raise PtuningError(f"two tasks are named {taken[0]!r}: give --task-names (or name: in the recipe)")
         return parts
+
+    def data_spec(self) -> DataSpec:
+        """Where this (one-task) recipe's examples come from and how they are read."""
+        return DataSpec(**{item.name: getattr(self, item.name) for item in dataclasses.fields(DataSpec)})
 
     def declared_labels(self) -> list[str] | None:
         """The label set of ``labels``: read from a file (one per line) or split at commas; None if not given."""

@@ -39,11 +39,15 @@ def setting(
     default_help: str | None = None,
     cli: bool = True,
     run_control: bool = False,
+    per_task: bool = False,
+    nullable: bool = False,
 ) -> Any:
     """A field with what its flag shows: help, choices, a check of its value, and ``key``, its name in recipes and
     flags when the field's own name is too short to say what it sets (``length`` -> ``prompt_length``). ``cli``:
     whether it is a flag too, or a recipe key only. ``run_control``: it says how a run is carried out, not what it
-    trains (where it writes, whether it saves or continues), so a resumed run or a sweep's trial may set it apart."""
+    trains (where it writes, whether it saves or continues), so a resumed run or a sweep's trial may set it apart.
+    ``per_task``: each task of a multi-task recipe sets it for itself (its data). ``nullable``: None is a value of
+    its own, not only "not given" (no reparameterization), so its flag takes ``none`` (or ``null``, or nothing)."""
     metadata = {
         "help": help,
         "key": key,
@@ -52,6 +56,8 @@ def setting(
         "default_help": default_help,
         "cli": cli,
         "run_control": run_control,
+        "per_task": per_task,
+        "nullable": nullable,
     }
     return dataclasses.field(default=default, metadata=metadata)
 

@@ -8,10 +8,11 @@
   token, answer spans, choices, or the backbone's own language-modelling head);
 - a **family** (:class:`Family`): how examples become features and predictions become answers and scores (SRL is a
   family of its own that trains a token-classification head);
-- a **data format** (:class:`DataFormat`): how a file of examples is laid out.
+- a **data format** (:class:`DataFormat`): how a file of examples is laid out (or a hub dataset's columns).
 
-The registry below says, for each family, its head kind and the format of its files; for each ``--task`` value
-that names a file format instead of a family (``squad_v2``, ``boolq``, ...), the family and format it means.
+The registry below says, for each family, its head kind and how its files are read (the format, that format's
+settings and the family's decoding options); for each ``--task`` value that names a file format instead of a family
+(``squad_v2``, ``boolq``, ...), the family and format it means.
 """
 
 from __future__ import annotations
@@ -34,13 +35,14 @@ class HeadKind(StrEnum):
 
 
 class DataFormat(StrEnum):
-    """How a local file of examples is laid out."""
+    """How examples are laid out: in a local file, or in the columns of a hub dataset."""
 
     CONLL = "conll"  # one word per line, whitespace-separated columns, a blank line between sentences
     TABLE = "table"  # CSV/TSV with a header row, or JSON lines: a text (and pair) column and a label column
     SQUAD = "squad"  # SQuAD 1.1 / 2.0 JSON
     SUPERGLUE = "superglue"  # a SuperGLUE task's JSON lines as distributed
     SRL = "srl"  # WORD PREDICATE_FLAG TAG per line, a blank line between instances
+    HUB = "hf"  # the named columns of a dataset through datasets.load_dataset (never a local file)
 
 
 class Family(StrEnum):
@@ -64,15 +66,22 @@ class Family(StrEnum):
 
 @dataclass(frozen=True)
 class FamilyEntry:
+    """A family's head kind, and how its own files are read: the format, that format's fixed settings (the others
+    come from the recipe's column settings) and the family's decoding options."""
+
     head_kind: HeadKind
     data_format: DataFormat
+    format_settings: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 FAMILIES: dict[Family, FamilyEntry] = {
     Family.SEQUENCE_CLASSIFICATION: FamilyEntry(HeadKind.SEQUENCE_CLASSIFICATION, DataFormat.TABLE),
     Family.TOKEN_CLASSIFICATION: FamilyEntry(HeadKind.TOKEN_CLASSIFICATION, DataFormat.CONLL),
-    Family.QUESTION_ANSWERING: FamilyEntry(HeadKind.QUESTION_ANSWERING, DataFormat.SQUAD),
-    Family.MULTIPLE_CHOICE: FamilyEntry(HeadKind.MULTIPLE_CHOICE, DataFormat.SUPERGLUE),
+    Family.QUESTION_ANSWERING: FamilyEntry(HeadKind.QUESTION_ANSWERING, DataFormat.SQUAD, options={"version_2": False}),
+    Family.MULTIPLE_CHOICE: FamilyEntry(
+        HeadKind.MULTIPLE_CHOICE, DataFormat.SUPERGLUE, format_settings={"task": "copa"}
+    ),
     Family.SRL: FamilyEntry(HeadKind.TOKEN_CLASSIFICATION, DataFormat.SRL),
 }
 
@@ -126,7 +135,7 @@ def head_kind(value: str) -> HeadKind:
 
 # the attributes of a torch nn.ModuleDict (a test holds this list to the installed torch): a task named like one
 # could not key the model's prompts and heads
-_MODULE_DICT_ATTRIBUTES = frozenset(
+_TORCH_MODULE_DICT_ATTRIBUTES = frozenset(
     {
         "T_destination", "__annotations__", "__call__", "__class__", "__contains__", "__delattr__",
         "__delitem__", "__dict__", "__dir__", "__doc__", "__eq__", "__format__", "__ge__", "__getattr__",
@@ -154,6 +163,9 @@ _MODULE_DICT_ATTRIBUTES = frozenset(
         "values", "xpu", "zero_grad",
     }
 )  # fmt: skip
+# transformers sets this on every torch Module once it initializes a model's weights
+_TRANSFORMERS_MODULE_ATTRIBUTES = frozenset({"smart_apply"})
+_MODULE_DICT_ATTRIBUTES = _TORCH_MODULE_DICT_ATTRIBUTES | _TRANSFORMERS_MODULE_ATTRIBUTES
 
 
 class TaskName(str):

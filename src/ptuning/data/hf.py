@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import DataError, PtuningError
-from .packaged import Splits
+from ..vocabulary import Family
+from .formats import HubFormat
 from .readers import LabeledText, TaggedSentence
+from .splits import Splits
 
 SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "dev"), "test": ("test",)}
 
@@ -35,8 +37,8 @@ def _column(split, column: str, dataset: str, split_name: str) -> list:
     return split[column]
 
 
-def load_hf(dataset: str, task: str, columns: dict[str, str | None]) -> Splits:
-    """Splits of a hub dataset for ``task``; ``columns`` names text/pair/label or tokens/tags columns."""
+def load_hf(dataset: str, family: Family, columns: dict[str, str | None]) -> Splits:
+    """Splits of a hub dataset for ``family``; ``columns`` names text/pair/label or tokens/tags columns."""
     import datasets
 
     name, config = parse_name(dataset)
@@ -50,16 +52,16 @@ def load_hf(dataset: str, task: str, columns: dict[str, str | None]) -> Splits:
     parts: dict[str, list] = {}
     for ours, candidates in SPLIT_NAMES.items():
         split_name = next((candidate for candidate in candidates if candidate in loaded), None)
-        parts[ours] = [] if split_name is None else _convert(loaded[split_name], task, columns, dataset, split_name)
+        parts[ours] = [] if split_name is None else _convert(loaded[split_name], family, columns, dataset, split_name)
     if not parts["train"]:
         raise DataError(f"{dataset}: no train split; splits: {list(loaded)}")
-    reader = {"format": "hf", "dataset": dataset, "columns": columns}
-    return Splits(task, parts["train"], parts["validation"], parts["test"], reader=reader)
+    data_format = HubFormat(dataset, dict(columns))
+    return Splits(Family(family), parts["train"], parts["validation"], parts["test"], data_format=data_format)
 
 
-def _convert(split, task: str, columns: dict[str, str | None], dataset: str, split_name: str) -> list:
+def _convert(split, family: Family, columns: dict[str, str | None], dataset: str, split_name: str) -> list:
     source = f"{dataset} ({split_name}) row"
-    if task == "token-classification":
+    if family == Family.TOKEN_CLASSIFICATION:
         tokens = _column(split, columns["tokens_column"], dataset, split_name)
         tags = _column(split, columns["tags_column"], dataset, split_name)
         names = _names(split.features[columns["tags_column"]])
@@ -67,8 +69,8 @@ def _convert(split, task: str, columns: dict[str, str | None], dataset: str, spl
             TaggedSentence(list(words), [names[t] if names else str(t) for t in row_tags], f"{source} {i}")
             for i, (words, row_tags) in enumerate(zip(tokens, tags, strict=True))
         ]
-    if task != "sequence-classification":
-        raise PtuningError(f"hf: datasets are read for sequence or token classification, not {task!r}")
+    if family != Family.SEQUENCE_CLASSIFICATION:
+        raise PtuningError(f"hf: datasets are read for sequence or token classification, not {str(family)!r}")
     texts = _column(split, columns["text_column"], dataset, split_name)
     pairs = _column(split, columns["pair_column"], dataset, split_name) if columns["pair_column"] else None
     labels = _column(split, columns["label_column"], dataset, split_name)

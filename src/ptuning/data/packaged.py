@@ -6,27 +6,17 @@ import bz2
 import csv
 import importlib.util
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..errors import PtuningError
+from ..vocabulary import Family
+from .formats import ConllFormat, SquadFormat, TableFormat
 from .readers import LabeledText, read_conll
+from .splits import Splits
 
 CONLL_TAG_COLUMNS = {"conll2003-ner": 3, "conll2003-pos": 1, "conll2003-chunk": 2}
 ROTTEN_TOMATOES_SEED = 13
 ROTTEN_TOMATOES_FRACTIONS = (0.8, 0.1)  # train, validation by movie; the rest is test
-
-
-@dataclass
-class Splits:
-    """Train/validation/test examples of one task, plus how to read more files of the same kind."""
-
-    task: str
-    train: list[Any]
-    validation: list[Any]
-    test: list[Any]
-    reader: dict[str, Any] = field(default_factory=dict)
 
 
 def _package_folder(package: str) -> Path:
@@ -41,10 +31,10 @@ def conll2003_folder() -> Path:
 
 
 def _load_conll2003(name: str) -> Splits:
-    column = CONLL_TAG_COLUMNS[name]
+    data_format = ConllFormat(CONLL_TAG_COLUMNS[name])
     folder = conll2003_folder()
-    train, validation, test = (read_conll(folder / f"{split}.txt", column) for split in ("train", "valid", "test"))
-    return Splits("token-classification", train, validation, test, {"format": "conll", "tag_column": column})
+    parts = (read_conll(folder / f"{split}.txt", data_format.tag_column) for split in ("train", "valid", "test"))
+    return Splits(Family.TOKEN_CLASSIFICATION, *parts, data_format=data_format)
 
 
 def rotten_tomatoes_reviews() -> list[tuple[str, LabeledText]]:
@@ -72,8 +62,7 @@ def _load_rotten_tomatoes() -> Splits:
     parts: list[list[LabeledText]] = [[], [], []]
     for movie, review in reviews:
         parts[split_of[movie]].append(review)
-    reader = {"format": "table", "text_column": "text", "pair_column": None, "label_column": "label"}
-    return Splits("sequence-classification", *parts, reader=reader)
+    return Splits(Family.SEQUENCE_CLASSIFICATION, *parts, data_format=TableFormat("text", None, "label"))
 
 
 PACKAGED_DATASETS = {
@@ -91,7 +80,7 @@ def _load_conll2003_qa() -> Splits:
 
     ner = _load_conll2003("conll2003-ner")
     parts = (build_conll2003_qa(split) for split in (ner.train, ner.validation, ner.test))
-    return Splits("question-answering", *parts, reader={"format": "squad", "options": {"version_2": True}})
+    return Splits(Family.QUESTION_ANSWERING, *parts, data_format=SquadFormat(), options={"version_2": True})
 
 
 def load_packaged(name: str) -> Splits:

@@ -15,16 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, PtuningError
+from ..vocabulary import SUPERGLUE_TASKS
 from .readers import LabeledText, _records
 
-SUPERGLUE_TASKS: dict[str, str] = {
-    "boolq": "sequence-classification",
-    "cb": "sequence-classification",
-    "rte": "sequence-classification",
-    "wic": "sequence-classification",
-    "wsc": "sequence-classification",
-    "copa": "multiple-choice",
-}
 COPA_CONNECTORS = {"cause": "because", "effect": "so"}
 ENTAILMENT_LABELS = {
     "cb": ("entailment", "contradiction", "neutral"),

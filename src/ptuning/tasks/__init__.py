@@ -1,17 +1,16 @@
 """Per task family: features from raw examples, decoding of predictions, and scores.
 
-The registry defines each task family once: the kind of head it trains (``heads.HEAD_KINDS``: width, loss), its
-Task class (imported on first use, so the command line answers ``--help`` and argument errors without loading
-torch or transformers), and how its files are read. Adding a family is an entry here and its Task module.
+The registry gives each family (``vocabulary.Family``: its head kind and data format are declared there) its Task
+class, imported on first use, so the command line answers ``--help`` and argument errors without loading torch or
+transformers. Adding a family is an entry in the vocabulary, one here, and its Task module.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import PtuningError
+from ..vocabulary import Family, family
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -49,70 +48,26 @@ def _srl() -> type[Task]:
     return SRLTask
 
 
-def conll_reader(settings: Any) -> dict[str, Any]:
-    return {"format": "conll", "tag_column": settings.tag_column}
-
-
-def table_reader(settings: Any) -> dict[str, Any]:
-    columns = ("text_column", "pair_column", "label_column")
-    return {"format": "table", **{column: getattr(settings, column) for column in columns}}
-
-
-def squad_reader(settings: Any, version_2: bool = False) -> dict[str, Any]:
-    return {"format": "squad", "options": {"version_2": version_2}}
-
-
-def srl_reader(settings: Any) -> dict[str, Any]:
-    return {"format": "srl"}
-
-
-def copa_reader(settings: Any) -> dict[str, Any]:
-    return {"format": "superglue", "task": "copa"}
-
-
-@dataclass(frozen=True)
-class TaskFamily:
-    """A task family: the head kind it trains (a ``heads.HEAD_KINDS`` name), its Task class (loaded on first use),
-    and the reader of its local files, made from the recipe's column settings (kept in the checkpoint)."""
-
-    model_task: str
-    load: Callable[[], type[Task]]
-    reader: Callable[[Any], dict[str, Any]]
-
-
-TASK_FAMILIES: dict[str, TaskFamily] = {
-    "sequence-classification": TaskFamily("sequence-classification", _sequence_classification, table_reader),
-    "token-classification": TaskFamily("token-classification", _token_classification, conll_reader),
-    "question-answering": TaskFamily("question-answering", _question_answering, squad_reader),
-    "multiple-choice": TaskFamily("multiple-choice", _multiple_choice, copa_reader),
-    "srl": TaskFamily("token-classification", _srl, srl_reader),
+# each family's Task class, loaded on first use
+TASK_CLASSES: dict[Family, Callable[[], type[Task]]] = {
+    Family.SEQUENCE_CLASSIFICATION: _sequence_classification,
+    Family.TOKEN_CLASSIFICATION: _token_classification,
+    Family.QUESTION_ANSWERING: _question_answering,
+    Family.MULTIPLE_CHOICE: _multiple_choice,
+    Family.SRL: _srl,
 }
 
 
-def _family(name: str) -> TaskFamily:
-    if name not in TASK_FAMILIES:
-        raise PtuningError(f"unknown task {name!r}; supported: {', '.join(TASK_FAMILIES)}")
-    return TASK_FAMILIES[name]
-
-
-def task_class(name: str) -> type[Task]:
-    return _family(name).load()
-
-
-def model_task(name: str) -> str:
-    return _family(name).model_task
-
-
-def file_reader(name: str, settings: Any) -> dict[str, Any]:
-    """How the local files of task family ``name`` are read, with the recipe's column settings."""
-    return _family(name).reader(settings)
+def task_class(name: Family | str) -> type[Task]:
+    """The Task class of family ``name``, or an error listing the families."""
+    return TASK_CLASSES[family(name)]()
 
 
 def make_task(
-    name: str, tokenizer: PreTrainedTokenizerBase, labels: list[str], max_length: int, **options: Any
+    name: Family | str, tokenizer: PreTrainedTokenizerBase, labels: list[str], max_length: int, **options: Any
 ) -> Task:
-    """The task ``name``; ``options`` are its decoding settings (QA: version_2, null_threshold, doc_stride ...)."""
+    """The Task of family ``name``; ``options`` are its decoding settings (QA: version_2, null_threshold, ...)."""
     return task_class(name)(tokenizer, labels, max_length, **options)
 
 
-__all__ = ["TASK_FAMILIES", "TaskFamily", "file_reader", "make_task", "model_task", "task_class"]
+__all__ = ["TASK_CLASSES", "make_task", "task_class"]
