@@ -246,7 +246,9 @@ def write_output(path: Path, text: str) -> None:
 
 
 def command_eval(args: argparse.Namespace) -> None:
-    from .data.sources import load_dataset, read_examples
+    from .data.formats import data_format_from_dict, read_examples
+    from .data.spec import load_dataset
+    from .vocabulary import family
 
     # both checked before minutes of scoring, whose results they would lose
     inputs = (args.test, args.checkpoint)
@@ -255,15 +257,16 @@ def command_eval(args: argparse.Namespace) -> None:
     if predictions_file and metrics_file and predictions_file.resolve() == metrics_file.resolve():
         raise PtuningError(f"--predictions and --output-metrics both name {predictions_file}")
     model, task = _load_for_inference(args.checkpoint, args.task, args.device, args.precision)
+    data_format = data_format_from_dict(model.extra.get("reader") or {})
     if args.test:
-        examples = read_examples(args.test, model.extra.get("reader") or {})
+        examples = read_examples(args.test, data_format)
     else:
         dataset = args.dataset or model.extra.get("dataset")
         if not dataset:
             raise PtuningError("give --test FILE (or --dataset NAME for a packaged dataset)")
-        splits = load_dataset(dataset, model.task, model.extra.get("reader") or {})
-        if splits.task != model.task:
-            raise PtuningError(f"--dataset {dataset} holds {splits.task} data; this checkpoint does {model.task}")
+        splits = load_dataset(dataset, family(model.extra.get("task_name", model.task)), data_format)
+        if splits.family != model.task:
+            raise PtuningError(f"--dataset {dataset} holds {splits.family} data; this checkpoint does {model.task}")
         examples = getattr(splits, args.split)
     predictions, metrics = task.predict_and_score(model, examples, args.batch_size, args.forward_tokens)
     if predictions_file:

@@ -13,7 +13,6 @@ from ..config import PromptConfig
 from ..errors import PtuningError
 from ..model import PromptedModel
 from ..recipe import Recipe
-from ..tasks import model_task
 from .data import TaskRun
 
 logger = logging.getLogger("ptuning")
@@ -30,14 +29,14 @@ def build_model(recipe: Recipe, runs: list[TaskRun]) -> PromptedModel:
         prompt = _initial_prompt(recipe, source)
     model = PromptedModel.from_backbone(
         recipe.model,
-        model_task(first.family),
+        first.family.head_kind,
         labels=first.labels,
         prompt=prompt,
         pooling=recipe.pooling,
         name=first.name,
     )
     for run in runs[1:]:
-        model.add_task(run.name, model_task(run.family), run.labels, pooling=recipe.pooling, shared_prompt=first.name)
+        model.add_task(run.name, run.family.head_kind, run.labels, pooling=recipe.pooling, shared_prompt=first.name)
     if source is not None:
         try:
             model.check_backbone(Path(recipe.init_from), source, fingerprint="refuse")

@@ -8,8 +8,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..data.formats import ExampleFormat
 from ..data.readers import label_set
-from ..data.sources import load_splits
+from ..data.spec import load_splits
 from ..errors import DataError
 from ..recipe import Recipe
 from ..tasks import make_task, task_class
@@ -29,8 +30,8 @@ class TaskRun:
 
     name: str
     recipe: Recipe
-    family: str
-    reader: dict[str, Any]
+    family: Family
+    data_format: ExampleFormat
     train: list[Any]
     validation: list[Any]
     test: list[Any]
@@ -42,7 +43,7 @@ class TaskRun:
     def extra(self) -> dict[str, Any]:
         """What the checkpoint keeps so that eval and predict read and decode this task's data as training did."""
         return {
-            "reader": self.reader,
+            "reader": self.data_format.to_dict(),
             "dataset": self.recipe.dataset,
             "max_length": self.max_length,
             "task_name": self.family,
@@ -53,17 +54,17 @@ class TaskRun:
 def read_task_run(name: str, recipe: Recipe) -> TaskRun:
     """Read one task's data (``recipe`` is that task's part of the run's recipe); training subsamples move with the
     seed, evaluation subsamples do not (every run of a comparison scores the same examples)."""
-    splits = load_splits(recipe)
+    splits = load_splits(recipe.data_spec())
     return TaskRun(
         name=name,
         recipe=recipe,
-        family=splits.task,
-        reader=splits.reader,
+        family=splits.family,
+        data_format=splits.data_format,
         train=_subsample(splits.train, recipe.max_train_samples, recipe.seed),
         validation=_subsample(splits.validation, recipe.max_eval_samples, EVAL_SUBSAMPLE_SEED),
         test=_subsample(splits.test, recipe.max_eval_samples, EVAL_SUBSAMPLE_SEED),
-        labels=_labels(recipe, task_class(splits.task).gold, splits.train),
-        options=dict(splits.reader.get("options", {})),
+        labels=_labels(recipe, task_class(splits.family).gold, splits.train),
+        options=dict(splits.options),
     )
 
 
