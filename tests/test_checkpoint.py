@@ -253,7 +253,10 @@ def test_format_2_migrates_to_typed_task_records():
         "imported_from": {"peft_adapter": "/adapters/qa"},
     }
     config = CheckpointConfig.from_dict(migrated)
-    assert config.tasks["qa"].family_name == "question-answering" and config.tasks["ner"].family_name == "token-classification"
+    assert (
+        config.tasks["qa"].family_name == "question-answering"
+        and config.tasks["ner"].family_name == "token-classification"
+    )
 
 
 def test_format_1_migrates_through_format_2():
@@ -293,7 +296,9 @@ def test_format_3_round_trip(tmp_path):
                 max_length=64,
                 options={"version_2": True},
             ),
-            "srl": TaskRecord("token-classification", "shared", ["O", "B-V"], "cls", family="srl", data={"format": "srl"}),
+            "srl": TaskRecord(
+                "token-classification", "shared", ["O", "B-V"], "cls", family="srl", data={"format": "srl"}
+            ),
             "probe": TaskRecord("sequence-classification", "probe", ["a", "b"], "mean"),
         },
         imported_from={"peft_adapter": "/a"},
