@@ -2,9 +2,9 @@
 
 A task reads one prompt (several tasks may share a prompt: multi-task training) and has its own head and labels.
 Prompts and heads are kept by name in ``nn.ModuleDict``s, so one copy of the backbone serves every task loaded onto
-it, and one forward may mix examples of different tasks (``task_ids``). How a prompt enters the backbone is its
-method's (``prompts/methods.py``, routed per batch by ``prompts/routing.py``); a batch of several tasks is
-``mixing.py``'s; what a checkpoint holds is ``checkpoint.py``'s.
+it, and one forward may mix examples of different tasks (``task_ids``). The backbone and its named prompts are a
+``PromptedBackbone`` (``prompts/backbone.py``), each prompt entering as its method says (``prompts/methods.py``); a
+batch of several tasks is ``mixing.py``'s; what a checkpoint holds is ``checkpoint.py``'s.
 """
 
 from __future__ import annotations
