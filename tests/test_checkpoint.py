@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import BertModel
 
 from ptuning import CheckpointError, PromptConfig, PromptedModel, PtuningError
-from ptuning.model import CONFIG_NAME, WEIGHTS_NAME
+from ptuning.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointConfig, TaskRecord, migrate, read_task
 
 FORMAT1 = Path(__file__).parent / "data" / "format1"
 
@@ -59,15 +59,16 @@ def test_round_trip_gives_identical_predictions(tmp_path):
 
 def test_checkpoint_holds_only_the_trainable_part(tmp_path):
     model = trained_like()
-    model.save_pretrained(tmp_path, extra={"reader": {"format": "conll", "tag_column": 3}})
+    model.tasks["default"].data = {"format": "conll", "tag_column": 3}
+    model.save_pretrained(tmp_path)
     weights = (tmp_path / WEIGHTS_NAME).stat().st_size
     assert weights < 4 * (model.trainable_parameters() + 200)  # float32 plus the safetensors header
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
-    assert config["ptuning_format"] == 2 and config["backbone_shape"]["model_type"] == "bert"
+    assert config["ptuning_format"] == 3 and config["backbone_shape"]["model_type"] == "bert"
     assert config["backbone"] is None and config["prompts"]["default"]["length"] == 4
     task = config["tasks"]["default"]
     assert task["kind"] == "token-classification" and task["prompt"] == "default"
-    assert task["extra"]["reader"]["tag_column"] == 3
+    assert task["data"]["tag_column"] == 3 and task["family"] is None and task["options"] == {}
     assert set(load_file(str(tmp_path / WEIGHTS_NAME))) == {
         "prompts.default.table",
         "heads.default.classifier.weight",
@@ -117,7 +118,9 @@ def test_format_1_checkpoints_predict_as_before(name, tmp_path):
     model = PromptedModel.from_pretrained(FORMAT1 / name, backbone=format1_backbone()).eval()
     with torch.no_grad():
         assert_logits_as_recorded(model(input_ids=input_ids, attention_mask=attention_mask).logits, expected)
-    assert model.task_names == ["default"] and model.extra["reader"]["format"] == "conll"
+    record = model.tasks["default"]
+    assert model.task_names == ["default"] and record.data == {"format": "conll", "tag_column": -1}
+    assert record.family_name == record.kind and record.dataset is None and record.options == {}
     model.save_pretrained(tmp_path)
     again = PromptedModel.from_pretrained(tmp_path, backbone=format1_backbone()).eval()
     with torch.no_grad():
@@ -127,8 +130,8 @@ def test_format_1_checkpoints_predict_as_before(name, tmp_path):
 def test_unknown_format_version_is_refused(tmp_path):
     trained_like().save_pretrained(tmp_path)
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
-    (tmp_path / CONFIG_NAME).write_text(json.dumps({**config, "ptuning_format": 3}))
-    with pytest.raises(CheckpointError, match="format 3; this ptuning reads formats 1 and 2"):
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({**config, "ptuning_format": 4}))
+    with pytest.raises(CheckpointError, match="format 4; this ptuning reads formats 1 to 3"):
         PromptedModel.from_pretrained(tmp_path, backbone=tiny_backbone())
 
 
@@ -185,3 +188,128 @@ def test_a_checkpoint_whose_weights_do_not_match_leaves_the_model_as_it_was(tmp_
     with pytest.raises(CheckpointError, match=r"does not match its config: \['heads.default.classifier.weight"):
         model.load_task(bad, name="bad")
     assert model.task_names == ["good"] and list(model.prompts) == ["good"] and list(model.heads) == ["good"]
+
+
+FORMAT_2_QA = {
+    "ptuning_format": 2,
+    "backbone": "minilm-l6",
+    "backbone_shape": {"model_type": "bert", "hidden_size": 32},
+    "backbone_fingerprint": 1.5,
+    "prompts": {"qa": {"method": "deep", "length": 4}},
+    "tasks": {
+        "qa": {
+            "kind": "question-answering",
+            "prompt": "qa",
+            "labels": [],
+            "pooling": "cls",
+            "extra": {
+                "reader": {"format": "squad", "options": {"version_2": True}},
+                "dataset": None,
+                "max_length": 128,
+                "task_name": "question-answering",
+                "task_options": {"null_threshold": 0.5},
+                "imported_from": {"peft_adapter": "/adapters/qa"},
+            },
+        },
+        "ner": {"kind": "token-classification", "prompt": "qa", "labels": ["O"], "pooling": "cls", "extra": {}},
+    },
+}
+
+
+def test_format_2_migrates_to_typed_task_records():
+    """Each task's untyped ``extra`` becomes fields: the reader without its options is the data format, the
+    reader's options and task_options (over them) the family's options."""
+    migrated = migrate(json.loads(json.dumps(FORMAT_2_QA)), "config.json")
+    assert migrated == {
+        "ptuning_format": 3,
+        "backbone": "minilm-l6",
+        "backbone_shape": {"model_type": "bert", "hidden_size": 32},
+        "backbone_fingerprint": 1.5,
+        "prompts": {"qa": {"method": "deep", "length": 4}},
+        "tasks": {
+            "qa": {
+                "kind": "question-answering",
+                "prompt": "qa",
+                "labels": [],
+                "pooling": "cls",
+                "family": "question-answering",
+                "data": {"format": "squad"},
+                "dataset": None,
+                "max_length": 128,
+                "options": {"version_2": True, "null_threshold": 0.5},
+            },
+            "ner": {
+                "kind": "token-classification",
+                "prompt": "qa",
+                "labels": ["O"],
+                "pooling": "cls",
+                "family": None,
+                "data": None,
+                "dataset": None,
+                "max_length": None,
+                "options": {},
+            },
+        },
+        "imported_from": {"peft_adapter": "/adapters/qa"},
+    }
+    config = CheckpointConfig.from_dict(migrated)
+    assert (
+        config.tasks["qa"].family_name == "question-answering"
+        and config.tasks["ner"].family_name == "token-classification"
+    )
+
+
+def test_format_1_migrates_through_format_2():
+    raw = json.loads((FORMAT1 / "sent" / CONFIG_NAME).read_text())
+    migrated = migrate(raw, "sent")
+    assert migrated["ptuning_format"] == 3 and list(migrated["prompts"]) == list(migrated["tasks"]) == ["default"]
+    assert migrated["tasks"]["default"] == {
+        "kind": "sequence-classification",
+        "prompt": "default",
+        "labels": ["neg", "pos"],
+        "pooling": "mean",
+        "family": "sequence-classification",
+        "data": {"format": "conll", "tag_column": -1},
+        "dataset": None,
+        "max_length": None,
+        "options": {},
+    }
+    with pytest.raises(CheckpointError, match=r"lacks \['labels'\]"):
+        migrate({key: value for key, value in raw.items() if key != "labels"}, "sent")
+
+
+def test_format_3_round_trip(tmp_path):
+    config = CheckpointConfig(
+        backbone="minilm-l6",
+        backbone_shape={"model_type": "bert", "hidden_size": 32},
+        backbone_fingerprint=-4.5,
+        prompts={"shared": PromptConfig(length=3, layers=[0, 2]), "probe": PromptConfig(method="linear-probe")},
+        tasks={
+            "shared": TaskRecord(
+                "question-answering",
+                "shared",
+                [],
+                "cls",
+                family="question-answering",
+                data={"format": "squad"},
+                dataset="conll2003-qa",
+                max_length=64,
+                options={"version_2": True},
+            ),
+            "srl": TaskRecord(
+                "token-classification", "shared", ["O", "B-V"], "cls", family="srl", data={"format": "srl"}
+            ),
+            "probe": TaskRecord("sequence-classification", "probe", ["a", "b"], "mean"),
+        },
+        imported_from={"peft_adapter": "/a"},
+    )
+    config.save(tmp_path)
+    again = CheckpointConfig.read(tmp_path)
+    assert again == CheckpointConfig.from_dict(json.loads(config.to_json()))
+    assert again.to_json() == config.to_json() and again.tasks["srl"].family_name == "srl"
+    assert read_task(tmp_path, "probe").labels == ["a", "b"]
+    with pytest.raises(PtuningError, match="holds the tasks shared, srl, probe: name one"):
+        read_task(tmp_path)
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({**json.loads(config.to_json()), "comment": 1}))
+    with pytest.raises(CheckpointError, match=r"unknown checkpoint config keys \['comment'\]"):
+        CheckpointConfig.read(tmp_path)

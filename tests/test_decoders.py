@@ -35,7 +35,7 @@ def test_generate_uses_the_prefix_at_every_step(arch, impl):
     generated = model.generate(
         prompt_ids, torch.ones_like(prompt_ids), max_new_tokens=6, do_sample=False, pad_token_id=PAD
     )
-    plain = model.transformer.generate(
+    plain = model.backbone.generate(
         prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=6, do_sample=False, pad_token_id=PAD
     )
     assert not torch.equal(generated, plain)
@@ -55,7 +55,7 @@ def test_causal_lm_loss_trains_only_the_prefix():
     loss = model(input_ids=input_ids, labels=input_ids).loss
     loss.backward()
     assert model.prompt_encoder.table.grad.abs().sum() > 0
-    assert all(p.grad is None for p in model.transformer.parameters())
+    assert all(p.grad is None for p in model.backbone.parameters())  # the body and the language-modelling head
 
 
 @pytest.mark.numerics
@@ -77,7 +77,7 @@ def test_sequence_classification_pools_the_last_real_token(arch):
     model = PromptedModel.from_backbone(
         tiny_backbone(arch), "sequence-classification", num_labels=2, prompt=PromptConfig(length=3, dropout=0.0)
     ).eval()
-    assert model.pooling == "last"
+    assert model.tasks["default"].pooling == "last"
     input_ids, attention_mask = random_batch()
     with torch.no_grad():
         hidden = model.encode(input_ids, attention_mask)

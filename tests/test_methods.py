@@ -7,7 +7,9 @@ import torch
 from conftest import HIDDEN, LAYERS, random_batch, tiny_backbone
 
 from ptuning import PromptConfig, PromptedModel
+from ptuning.config import METHODS
 from ptuning.errors import PtuningError
+from ptuning.prompts.methods import PROMPT_METHODS
 
 LENGTH, LABELS = 4, 3
 HEAD = HIDDEN * LABELS + LABELS
@@ -220,3 +222,30 @@ def test_stored_parameters_are_the_folded_table_and_head(method, settings, expec
     assert model.stored_share() == pytest.approx(expected / (frozen + expected))
     finetuned = build("finetune")
     assert finetuned.stored_parameters() == finetuned.total_parameters() and finetuned.stored_share() == 1.0
+
+
+def test_every_method_is_an_object_the_model_asks():
+    assert set(PROMPT_METHODS) == set(METHODS)
+    assert [name for name, method in PROMPT_METHODS.items() if method.trains_backbone] == ["finetune"]
+    assert [name for name, method in PROMPT_METHODS.items() if method.per_layer] == ["deep"]
+    assert {name for name, method in PROMPT_METHODS.items() if method.input_level} == {"shallow", "ptuning-v1"}
+    shifted = PromptConfig(length=5, shift_positions=True)
+    assert PROMPT_METHODS["deep"].positions(shifted) == 5 and PROMPT_METHODS["deep"].positions(PromptConfig()) == 0
+    assert PROMPT_METHODS["shallow"].positions(PromptConfig(method="shallow", length=7)) == 7
+
+
+def test_a_training_state_restores_onto_its_own_model_only():
+    """A resume restores the trainable tensors by parameter name (for finetune, the backbone's too, under
+    ``backbone.``); a state of another model is refused rather than half applied."""
+    model = build("finetune")
+    state = model.trainable_state()
+    assert any(name.startswith("backbone.") for name in state) and "heads.default.classifier.bias" in state
+    with torch.no_grad():
+        model.backbone.embeddings.word_embeddings.weight.add_(1.0)
+    model.restore_trainable_state(state)
+    assert torch.equal(
+        model.backbone.embeddings.word_embeddings.weight, state["backbone.embeddings.word_embeddings.weight"]
+    )
+    renamed = {name.replace("backbone.", "transformer.", 1): tensor for name, tensor in state.items()}
+    with pytest.raises(PtuningError, match="a saved training state of another model: unknown .'transformer"):
+        model.restore_trainable_state(renamed)

@@ -22,6 +22,7 @@ from transformers import (
 )
 
 from ptuning import CheckpointError, PromptConfig, PromptedModel, PtuningError
+from ptuning.checkpoint import CheckpointConfig, TaskRecord, read_config, read_task
 from ptuning.cli import main
 from ptuning.peft_interop import check_exportable, copy_into_peft, export_peft, import_peft, peft_prefix_problem
 
@@ -116,11 +117,11 @@ def test_export_then_import_gives_the_original_logits(tmp_path, model_type):
     adapter = export_peft(checkpoint, tmp_path / "adapter")
     imported = import_peft(adapter, tmp_path / "imported")
 
-    config = PromptedModel.read_task(imported)
-    assert (
-        config["labels"] == LABELS and config["pooling"] == "pooler" and config["backbone"] == str(backbone.resolve())
-    )
-    assert config["prompt"]["shift_positions"] is True and config["prompt"]["length"] == 4
+    config = read_config(imported)
+    record = config.task(None, imported)
+    assert record.labels == LABELS and record.pooling == "pooler" and config.backbone == str(backbone.resolve())
+    assert config.prompts[record.prompt].shift_positions is True and config.prompts[record.prompt].length == 4
+    assert config.imported_from["peft_adapter"] == str(adapter.resolve())
     input_ids, attention_mask = random_batch(batch_size=3, length=9)
     original = ptuning_logits(checkpoint, input_ids, attention_mask)
     assert (ptuning_logits(imported, input_ids, attention_mask) - original).abs().max() <= TOLERANCE
@@ -144,7 +145,7 @@ def test_import_of_an_adapter_trained_by_peft(tmp_path):
     model.eval().save_pretrained(tmp_path / "adapter")
     imported = import_peft(tmp_path / "adapter", tmp_path / "imported")
 
-    assert PromptedModel.read_task(imported)["labels"] == ["0", "1"]
+    assert read_task(imported).labels == ["0", "1"]
     input_ids, attention_mask = random_batch(batch_size=3, length=9)
     with torch.no_grad():
         theirs = model(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -203,23 +204,24 @@ def test_backbone_without_trained_pooler_is_refused(tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"task": "token-classification"}, "task 'token-classification'"),
+        ({"kind": "token-classification"}, "task 'token-classification'"),
         ({"backbone_shape": {"model_type": "electra", "num_hidden_layers": 2}}, "model type 'electra'"),
-        ({"prompt": {"method": "deep", "layers": [1]}}, r"layers \[1\] of 2"),
-        ({"prompt": {"method": "finetune"}}, "method 'finetune'"),
+        ({"prompt": PromptConfig(layers=[1])}, r"layers \[1\] of 2"),
+        ({"prompt": PromptConfig(method="finetune")}, "method 'finetune'"),
     ],
 )
 def test_unsupported_checkpoints_are_refused(change, message):
-    config = {
-        "task": TASK,
-        "pooling": "pooler",
-        "prompt": {"method": "deep", "layers": None},
-        "backbone_shape": {"model_type": "bert", "num_hidden_layers": 2},
-    }
-    check_exportable(config)
-    check_exportable({**config, "prompt": {"method": "deep", "layers": [1, 0]}})  # all layers, listed
+    def check(kind=TASK, prompt=None, backbone_shape=None) -> None:
+        config = CheckpointConfig(
+            backbone_shape=backbone_shape or {"model_type": "bert", "num_hidden_layers": 2},
+            prompts={"p": prompt or PromptConfig()},
+        )
+        check_exportable(config, TaskRecord(kind, "p", ["a", "b"], "pooler"))
+
+    check()
+    check(prompt=PromptConfig(layers=[1, 0]))  # all layers, listed
     with pytest.raises(CheckpointError, match=message):
-        check_exportable({**config, **change})
+        check(**change)
 
 
 @needs_peft
@@ -289,9 +291,9 @@ def test_label_names_survive_export_and_import(tmp_path, capsys):
     backbone = save_backbone(tmp_path / "backbone", id2label=None, num_labels=2)
     checkpoint = save_checkpoint(tmp_path / "checkpoint", backbone, labels=["fresh", "rotten"])
     adapter = export_peft(checkpoint, tmp_path / "adapter")
-    assert PromptedModel.read_task(import_peft(adapter, tmp_path / "a"))["labels"] == ["fresh", "rotten"]
+    assert read_task(import_peft(adapter, tmp_path / "a")).labels == ["fresh", "rotten"]
     assert main(["import-peft", str(adapter), str(tmp_path / "b"), "--labels", "bad,good"]) == 0
-    assert PromptedModel.read_task(tmp_path / "b")["labels"] == ["bad", "good"]
+    assert read_task(tmp_path / "b").labels == ["bad", "good"]
     code = main(["import-peft", str(adapter), str(tmp_path / "c"), "--labels", "one,two,three"])
     err = capsys.readouterr().err
     assert code == 2 and "classifier has 2 outputs" in err and not (tmp_path / "c").exists()

@@ -71,11 +71,6 @@ class PromptConfig:
     def has_prompt(self) -> bool:
         return self.method in PROMPTED_METHODS
 
-    @property
-    def input_level(self) -> bool:
-        """Whether the prompt is a sequence of input embeddings (shallow, P-tuning v1) rather than per-layer."""
-        return self.method in ("shallow", "ptuning-v1")
-
     def prompted_layers(self, num_layers: int) -> list[int]:
         """The layer indices that receive a prompt in a backbone of ``num_layers`` layers."""
         if self.layers is None:

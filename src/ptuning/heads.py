@@ -1,4 +1,4 @@
-"""Task heads (randomly initialized linear layers), the kinds of head a task can have, and how a text becomes one
+"""Task heads (randomly initialized linear layers), what each head kind computes, and how a text becomes one
 vector. A head kind is defined here once: its width, whether it reads a pooled vector or every token, its loss and
 its output class; the model composes them, whatever the backbone and the prompt.
 """
@@ -19,6 +19,7 @@ from transformers.modeling_outputs import (
 
 from .config import POOLINGS
 from .errors import PtuningError
+from .vocabulary import HeadKind
 
 
 def label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -39,9 +40,10 @@ def choice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class HeadKind:
-    """width: a fixed number of outputs, or None for one per label name. pooled: the head reads one vector per text
-    (the pooling's), else every token. choices: inputs are (batch, choices, tokens), each choice scored alone."""
+class HeadSpec:
+    """What a head kind computes. width: a fixed number of outputs, or None for one per label name. pooled: the
+    head reads one vector per text (the pooling's), else every token. choices: inputs are (batch, choices, tokens),
+    each choice scored alone."""
 
     width: int | None
     pooled: bool
@@ -54,14 +56,29 @@ class HeadKind:
         return self.width is None
 
 
-HEAD_KINDS: dict[str, HeadKind] = {
-    "sequence-classification": HeadKind(None, True, label_loss, SequenceClassifierOutput),
-    "token-classification": HeadKind(None, False, label_loss, TokenClassifierOutput),
-    "question-answering": HeadKind(2, False, span_loss, TokenClassifierOutput),
-    "multiple-choice": HeadKind(1, True, choice_loss, MultipleChoiceModelOutput, choices=True),
+# every head kind but causal-lm, which reads the backbone's own language-modelling head and has no task head
+HEAD_KINDS: dict[HeadKind, HeadSpec] = {
+    HeadKind.SEQUENCE_CLASSIFICATION: HeadSpec(None, True, label_loss, SequenceClassifierOutput),
+    HeadKind.TOKEN_CLASSIFICATION: HeadSpec(None, False, label_loss, TokenClassifierOutput),
+    HeadKind.QUESTION_ANSWERING: HeadSpec(2, False, span_loss, TokenClassifierOutput),
+    HeadKind.MULTIPLE_CHOICE: HeadSpec(1, True, choice_loss, MultipleChoiceModelOutput, choices=True),
 }
-CAUSAL_LM = "causal-lm"  # prefix-tuning for generation: the backbone's own language-modelling head, no task head
-TASKS = (*HEAD_KINDS, CAUSAL_LM)
+
+
+def label_names(kind: HeadKind, labels: list[str] | None, num_labels: int | None) -> list[str]:
+    """A head's label names, from ``labels`` or ``num_labels`` (names "0", "1", ...); none for the kinds of a fixed
+    width and causal-lm. Refused: repeated names, or none where the kind needs them."""
+    labelled = kind in HEAD_KINDS and HEAD_KINDS[kind].labelled
+    if labels is None:
+        if num_labels is None and labelled:
+            raise PtuningError("give labels or num_labels")
+        labels = [str(index) for index in range(num_labels or 0)]
+    elif num_labels is not None and num_labels != len(labels):
+        raise PtuningError(f"num_labels={num_labels} but {len(labels)} labels were given")
+    labels = [str(label) for label in labels]
+    if len(set(labels)) != len(labels) or (labelled and not labels):
+        raise PtuningError(f"labels must be distinct and non-empty, got {labels}")
+    return labels
 
 
 class LinearHead(nn.Module):
@@ -93,14 +110,14 @@ def check_pooling(pooling: str, backbone: nn.Module) -> None:
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str, backbone: nn.Module) -> torch.Tensor:
     """One vector per text: first token, mean of real tokens, last real token (decoders), or the backbone's pooler."""
     if pooling == "cls":
-        return hidden[:, 0]
+        return hidden[:, 0]  # (batch, T, hidden) -> (batch, hidden)
     if pooling == "pooler":
-        return backbone.pooler(hidden)
+        return backbone.pooler(hidden)  # (batch, hidden)
     if attention_mask is None:
-        attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+        attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)  # (batch, T)
     if pooling == "mean":
-        weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-    positions = torch.arange(hidden.shape[1], device=hidden.device)
-    last = (attention_mask.to(torch.long) * positions).argmax(1)  # last real token, left or right padding
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        weights = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (batch, T, 1)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (batch, hidden)
+    positions = torch.arange(hidden.shape[1], device=hidden.device)  # (T,)
+    last = (attention_mask.to(torch.long) * positions).argmax(1)  # (batch,): last real token, left or right padding
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (batch, hidden)

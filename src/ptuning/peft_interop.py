@@ -34,12 +34,14 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, PreTrainedModel
 
 from .backbones import _load, load_backbone, resolve
+from .checkpoint import CheckpointConfig, TaskRecord, checkpoint_folder, read_config
 from .config import PromptConfig
 from .errors import CheckpointError, PtuningError
-from .model import PromptedModel, checkpoint_folder
+from .model import PromptedModel
+from .vocabulary import HeadKind
 
 MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
-TASK = "sequence-classification"
+TASK = HeadKind.SEQUENCE_CLASSIFICATION
 PEFT_TASK = "SEQ_CLS"
 PEFT_TYPE = "PREFIX_TUNING"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -63,25 +65,24 @@ def _supported(what: str) -> str:
     )
 
 
-def check_exportable(config: dict[str, Any]) -> None:
-    """Raise ``CheckpointError`` unless a checkpoint config maps exactly onto a PEFT prefix-tuning SEQ_CLS adapter."""
-    prompt = config.get("prompt") or {}
-    method = prompt.get("method", "deep")
-    if method != "deep":
-        raise CheckpointError(_supported(f"checkpoint method {method!r} has no PEFT prefix-tuning equivalent"))
-    if config.get("task") != TASK:
-        raise CheckpointError(_supported(f"checkpoint task {config.get('task')!r} is not exported"))
-    shape = config.get("backbone_shape") or {}
+def check_exportable(config: CheckpointConfig, record: TaskRecord) -> None:
+    """Raise ``CheckpointError`` unless a checkpoint's task maps exactly onto a PEFT prefix-tuning SEQ_CLS adapter."""
+    prompt = config.prompts[record.prompt]
+    if prompt.method != "deep":
+        raise CheckpointError(_supported(f"checkpoint method {prompt.method!r} has no PEFT prefix-tuning equivalent"))
+    if record.kind != TASK:
+        raise CheckpointError(_supported(f"checkpoint task {str(record.kind)!r} is not exported"))
+    shape = config.backbone_shape
     model_type = shape.get("model_type")
     if model_type not in MODEL_TYPES:
         raise CheckpointError(_supported(f"backbone model type {model_type!r} is not exported"))
-    layers = prompt.get("layers")
+    layers = prompt.layers
     num_layers = shape.get("num_hidden_layers")
     if layers is not None and sorted(layers) != list(range(num_layers or 0)):
         raise CheckpointError(
             _supported(f"the prompt covers layers {layers} of {num_layers}; PEFT prefix tuning prompts every layer")
         )
-    pooling = config.get("pooling")
+    pooling = record.pooling
     if pooling != "pooler":
         head = (
             "BertForSequenceClassification classifies the pooler output"
@@ -161,7 +162,7 @@ def _new_folder(out_dir: str | Path) -> Path:
 
 def _probe_batch(model: PromptedModel) -> tuple[torch.Tensor, torch.Tensor]:
     """Two texts, the second padded, short enough for the position table."""
-    config = model.backbone.config
+    config = model.transformer.config
     length = max(2, min(8, model.max_text_length))
     pad = config.pad_token_id if config.pad_token_id is not None else 0
     generator = torch.Generator().manual_seed(0)
@@ -191,8 +192,8 @@ def copy_into_peft(model: PromptedModel, peft_model: torch.nn.Module) -> None:
     head = peft_model.base_model.classifier.modules_to_save["default"]
     with torch.no_grad():
         peft_model.prompt_encoder["default"].embedding.weight.copy_(model.prompt_encoder.folded_table())
-        if model.backbone.config.model_type in ROBERTA_HEAD and hasattr(head, "out_proj"):
-            head.dense.load_state_dict(model.backbone.pooler.dense.state_dict())
+        if model.transformer.config.model_type in ROBERTA_HEAD and hasattr(head, "out_proj"):
+            head.dense.load_state_dict(model.transformer.pooler.dense.state_dict())
             head.out_proj.load_state_dict(model.head.classifier.state_dict())
         else:
             head.load_state_dict(model.head.classifier.state_dict())
@@ -211,10 +212,10 @@ def export_peft(
     another ``num_labels`` than its config has.
     """
     checkpoint_dir = checkpoint_folder(checkpoint_dir)
-    config = PromptedModel.read_task(checkpoint_dir, task)
-    check_exportable(config)
+    config = read_config(checkpoint_dir)
+    check_exportable(config, config.task(task, checkpoint_dir))
     out_dir = _new_folder(out_dir)
-    reference = backbone or config["backbone"]
+    reference = backbone or config.backbone
     if reference is None:
         raise CheckpointError(f"{checkpoint_dir} was trained on a backbone object, not a named one: pass backbone=...")
     require_peft_prefix_tuning("export-peft")
@@ -231,7 +232,7 @@ def export_peft(
             UserWarning,
             stacklevel=2,
         )
-    backbone_config = model.backbone.config
+    backbone_config = model.transformer.config
     labels = model.labels
     if backbone_config.num_labels != len(labels):
         warnings.warn(
@@ -424,10 +425,11 @@ def import_peft(
         model.head.classifier.load_state_dict({name: tensor.float() for name, tensor in linear.items()})
     if isinstance(reference, str):
         _check_against_peft(model.eval(), reference, adapter_dir)
-    extra = {
-        "imported_from": {"peft_adapter": str(Path(adapter_dir).resolve()), "peft_version": config.get("peft_version")}
-    }
-    return model.save_pretrained(out_dir, extra=extra)
+    out_dir = model.save_pretrained(out_dir)
+    saved = read_config(out_dir)
+    saved.imported_from = {"peft_adapter": str(Path(adapter_dir).resolve()), "peft_version": config.get("peft_version")}
+    saved.save(out_dir)
+    return out_dir
 
 
 def _check_against_peft(model: PromptedModel, reference: str, adapter_dir: str | Path) -> None:

@@ -16,20 +16,20 @@ from typing import Any
 from transformers import DataCollatorWithPadding
 
 from .errors import DataError, PtuningError
-from .model import PromptedModel, check_task_name
+from .model import PromptedModel
 from .tasks import make_task
 from .tasks.base import Encoded, Task, run_model, token_count
+from .vocabulary import HeadKind, TaskName
 
 logger = logging.getLogger("ptuning")
 
 
 def task_for(model: PromptedModel, name: str) -> Task:
     """The Task object that encodes, decodes and formats the inputs of the loaded task ``name``."""
-    entry = model.tasks[name]
-    room = model.text_room(entry.prompt)
-    max_length = min(entry.extra.get("max_length") or room, room)
-    family = entry.extra.get("task_name", entry.kind)
-    return make_task(family, model.tokenizer, entry.labels, max_length, **entry.extra.get("task_options", {}))
+    record = model.tasks[name]
+    room = model.text_room(record.prompt)
+    max_length = min(record.max_length or room, room)
+    return make_task(record.family_name, model.tokenizer, record.labels, max_length, **record.options)
 
 
 @contextmanager
@@ -124,7 +124,7 @@ class Predictor:
         alone: dict[tuple[str, int], list[int]] = {}
         mixed: list[int] = []
         for position, request in enumerate(requests):
-            if self.model.tasks[request.task].kind == "multiple-choice":
+            if self.model.tasks[request.task].kind == HeadKind.MULTIPLE_CHOICE:
                 choices = len(self.encode(request).inputs[0]["input_ids"])
                 alone.setdefault((request.task, choices), []).append(position)
             else:
@@ -174,7 +174,7 @@ def parse_sources(values: list[str]) -> dict[str, str] | None:
         name, separator, folder = value.partition("=")
         if not separator or not name or not folder:
             raise PtuningError(f"with several checkpoints, name each one: NAME=DIR (got {value!r})")
-        check_task_name(name)  # before minutes of loading the backbone
+        TaskName(name)  # checked before minutes of loading the backbone
         if name in sources:
             raise PtuningError(f"the task name {name!r} is given twice")
         sources[name] = folder

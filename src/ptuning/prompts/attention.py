@@ -71,8 +71,8 @@ class LayerPrompts:
             if batch_size % prompt_batch:
                 raise ValueError(f"prompt batch {prompt_batch} does not divide the attention batch {batch_size}")
             repeat = batch_size // prompt_batch
-            key, value = (t.repeat_interleave(repeat, dim=0) for t in (key, value))
-            visible = None if visible is None else visible.repeat_interleave(repeat, dim=0)
+            key, value = (t.repeat_interleave(repeat, dim=0) for t in (key, value))  # (batch * repeat, kvh, P, hd)
+            visible = None if visible is None else visible.repeat_interleave(repeat, dim=0)  # (batch * repeat, P)
         return PromptColumns(key, value, visible)
 
     def check_all_consumed(self, model_type: str) -> None:
@@ -112,16 +112,16 @@ def extend_mask(
     if visible is None:
         fill = torch.ones if mask.dtype == torch.bool else torch.zeros
         prefix = fill(*mask.shape[:-1], prompt_length, dtype=mask.dtype, device=mask.device)  # (batch, *, q, P)
-        return torch.cat([prefix, mask], dim=-1)
+        return torch.cat([prefix, mask], dim=-1)  # (batch, *, q, P + k)
     mask = mask.expand(visible.shape[0], *mask.shape[1:])  # a mask shared by the batch becomes per example
     opened = visible.view(visible.shape[0], *[1] * (mask.dim() - 2), prompt_length)  # (batch, 1.., 1, P)
     opened = opened.expand(*mask.shape[:-1], prompt_length)  # (batch, *, q, P)
     if mask.dtype == torch.bool:
-        return torch.cat([opened, mask], dim=-1)
+        return torch.cat([opened, mask], dim=-1)  # (batch, *, q, P + k)
     prefix = torch.zeros(opened.shape, dtype=mask.dtype, device=mask.device).masked_fill(
         ~opened, torch.finfo(mask.dtype).min
-    )
-    return torch.cat([prefix, mask], dim=-1)
+    )  # (batch, *, q, P)
+    return torch.cat([prefix, mask], dim=-1)  # (batch, *, q, P + k)
 
 
 def open_mask(query: torch.Tensor, key_length: int, additive: bool) -> torch.Tensor:
@@ -134,14 +134,14 @@ def open_mask(query: torch.Tensor, key_length: int, additive: bool) -> torch.Ten
 def _causal_mask(query: torch.Tensor, key_length: int, additive: bool) -> torch.Tensor:
     """The causal mask sdpa would have applied by itself (it cannot once prompt keys lengthen the keys)."""
     query_length = query.shape[2]
-    rows = torch.arange(query_length, device=query.device).unsqueeze(1) + (key_length - query_length)
-    allowed = torch.arange(key_length, device=query.device).unsqueeze(0) <= rows
-    allowed = allowed[None, None]
+    rows = torch.arange(query_length, device=query.device).unsqueeze(1) + (key_length - query_length)  # (q, 1)
+    allowed = torch.arange(key_length, device=query.device).unsqueeze(0) <= rows  # (q, k)
+    allowed = allowed[None, None]  # (1, 1, q, k)
     if not additive:
         return allowed
     return torch.zeros(allowed.shape, dtype=query.dtype, device=query.device).masked_fill(
         ~allowed, torch.finfo(query.dtype).min
-    )
+    )  # (1, 1, q, k)
 
 
 def _model_eager_attention(module: nn.Module) -> Callable:

@@ -16,9 +16,9 @@ class PromptEncoder(nn.Module):
     """A ``(length, width)`` table of prompt vectors.
 
     Flat: an ``nn.Parameter`` (N(0, 1) like the reference code's ``nn.Embedding``, unless ``initial`` is
-    given). ``reparam="mlp"`` (deep): Embedding -> Linear -> Tanh -> Linear, as in P-Tuning v2.
-    ``reparam="lstm"`` / ``"mlp"`` (ptuning-v1): Embedding -> [bidirectional 2-layer LSTM] -> Linear ->
-    ReLU -> Linear, as in P-tuning v1. ``folded=True`` builds the flat form a saved checkpoint holds.
+    given). Reparameterized (``config.reparam``): Embedding -> [bidirectional 2-layer LSTM if ``lstm``] -> Linear ->
+    ``activation`` -> Linear; the prompt method picks the activation (Tanh: P-Tuning v2's deep MLP; ReLU: P-tuning
+    v1's). ``folded=True`` builds the flat form a saved checkpoint holds.
     """
 
     def __init__(
@@ -28,35 +28,34 @@ class PromptEncoder(nn.Module):
         embedding_dim: int,
         initial: torch.Tensor | None = None,
         folded: bool = False,
+        activation: type[nn.Module] = nn.Tanh,
     ):
         super().__init__()
         self.reparam = None if folded else config.reparam
         hidden = config.reparam_hidden
         if self.reparam is None:
+            # (length, width)
             self.table = nn.Parameter(initial.clone() if initial is not None else torch.randn(config.length, width))
         else:
             self.embedding = nn.Embedding(config.length, embedding_dim)
-            if config.method == "deep":
-                self.mlp = nn.Sequential(nn.Linear(embedding_dim, hidden), nn.Tanh(), nn.Linear(hidden, width))
-            else:
-                mlp_input = embedding_dim
-                if self.reparam == "lstm":
-                    self.lstm = nn.LSTM(embedding_dim, hidden // 2, num_layers=2, bidirectional=True, batch_first=True)
-                    mlp_input = 2 * (hidden // 2)
-                self.mlp = nn.Sequential(nn.Linear(mlp_input, hidden), nn.ReLU(), nn.Linear(hidden, width))
+            mlp_input = embedding_dim
+            if self.reparam == "lstm":
+                self.lstm = nn.LSTM(embedding_dim, hidden // 2, num_layers=2, bidirectional=True, batch_first=True)
+                mlp_input = 2 * (hidden // 2)
+            self.mlp = nn.Sequential(nn.Linear(mlp_input, hidden), activation(), nn.Linear(hidden, width))
         self.dropout = nn.Dropout(config.dropout)
 
     def folded_table(self) -> torch.Tensor:
         """The flat table this encoder represents, ``(length, width)``."""
         if self.reparam is None:
-            return self.table
-        vectors = self.embedding.weight
+            return self.table  # (length, width)
+        vectors = self.embedding.weight  # (length, embedding_dim)
         if self.reparam == "lstm":
-            vectors = self.lstm(vectors.unsqueeze(0))[0].squeeze(0)
-        return self.mlp(vectors)
+            vectors = self.lstm(vectors.unsqueeze(0))[0].squeeze(0)  # (length, 2 * (hidden // 2))
+        return self.mlp(vectors)  # (length, width)
 
     def forward(self) -> torch.Tensor:
-        table = self.folded_table()
+        table = self.folded_table()  # (length, width)
         return self.dropout(table) if self.training else table  # eval: no copy of the table per forward
 
 
@@ -69,9 +68,9 @@ def split_key_values(
     Each tensor is ``(batch, kv_heads, length, head_dim)``, a broadcast view: no copy per example.
     """
     length = table.shape[0]
-    per_layer = table.view(length, len(layers), 2, kv_heads, head_dim).permute(1, 2, 3, 0, 4)
+    per_layer = table.view(length, len(layers), 2, kv_heads, head_dim).permute(1, 2, 3, 0, 4)  # (L, 2, kvh, P, hd)
     shape = (batch_size, kv_heads, length, head_dim)
-    return {
+    return {  # each (batch, kvh, P, hd), a view
         layer: (per_layer[i, 0].unsqueeze(0).expand(shape), per_layer[i, 1].unsqueeze(0).expand(shape))
         for i, layer in enumerate(layers)
     }
@@ -93,7 +92,7 @@ def gather_key_values(
         length = table.shape[0]
         per_layer = table.view(length, len(layers), 2, kv_heads, head_dim).permute(1, 2, 3, 0, 4)  # (L, 2, kvh, P, hd)
         by_prompt.append(dict(zip(layers, per_layer, strict=True)))
-    template = prompts[0][0]
+    template = prompts[0][0]  # (P, layers * 2 * kvh * hd): the dtype and device of every bank
     key_values: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     visible: dict[int, torch.Tensor | None] = {}
     for layer in sorted({layer for _, layers in prompts for layer in layers}):

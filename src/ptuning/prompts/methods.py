@@ -1,0 +1,189 @@
+"""The prompt methods as objects: each says what it adds to a backbone, what trains, what a checkpoint stores, how
+many positions it takes from the text and how it changes the backbone's inputs. The model asks its prompt's method
+(:func:`method_of`) and never branches on a method's name.
+
+- ``deep`` (P-Tuning v2): per-layer keys/values handed to the attention (:class:`LayerPrompts`);
+- ``shallow`` (prompt tuning) and ``ptuning-v1``: embeddings prepended to the text's;
+- ``linear-probe``: no prompt, only the head trains;
+- ``finetune``: no prompt, every backbone weight trains and the checkpoint carries the backbone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+from .. import architectures
+from ..config import PromptConfig
+from ..errors import UnsupportedModelError
+from . import deberta, mpnet
+from .attention import LayerPrompts, prompted_implementation
+from .encoder import PromptEncoder, gather_key_values, split_key_values
+
+# the attention adapters of backbones whose attention bypasses transformers' interface (architectures.py routes)
+ADAPTERS = {"deberta": deberta.install, "mpnet": mpnet.install}
+
+
+class PromptMethod:
+    """No prompt: the text enters the frozen backbone as it is and only the head trains (the linear probe). Every
+    method is this one with what it changes."""
+
+    per_layer = False  # hands per-layer keys/values to the attention
+    input_level = False  # prepends embeddings: the input lengthens, so it cannot share a forward with other prompts
+    trains_backbone = False  # every backbone weight trains; the checkpoint stores the backbone
+    steers_generation = False  # can prompt a language-modelling head (task causal-lm)
+
+    def install(self, backbone: PreTrainedModel) -> None:
+        """Prepare ``backbone`` (the loaded model, with its language-modelling head for causal-lm) for the prompt."""
+
+    def build(self, config: PromptConfig, transformer: PreTrainedModel, folded: bool) -> PromptEncoder | None:
+        """The prompt's trainable table for the backbone body ``transformer``, or None: this method has none."""
+        return None
+
+    def positions(self, config: PromptConfig) -> int:
+        """Places of the position table the prompt takes from the text."""
+        return 0
+
+    def position_shift(self, config: PromptConfig) -> int:
+        """How far the text's position ids move on."""
+        return 0
+
+    def backbone_inputs(
+        self, inputs: dict[str, Any], encoder: PromptEncoder | None, transformer: PreTrainedModel
+    ) -> dict[str, Any]:
+        """The backbone's keyword arguments with the prompt put in, from the text's ``inputs``."""
+        return inputs
+
+    def text_states(self, hidden: torch.Tensor, config: PromptConfig) -> torch.Tensor:
+        """The hidden states (batch, T, hidden) of the text tokens, from the backbone's output."""
+        return hidden
+
+
+class Finetune(PromptMethod):
+    """No prompt: every backbone weight trains, so the backbone is part of the result."""
+
+    trains_backbone = True
+
+    def install(self, backbone: PreTrainedModel) -> None:
+        backbone.requires_grad_(True)
+
+
+class Deep(PromptMethod):
+    """P-Tuning v2: trainable keys/values prepended in the self-attention of the prompted layers."""
+
+    per_layer = True
+    steers_generation = True
+
+    def install(self, backbone: PreTrainedModel) -> None:
+        transformer = backbone.base_model
+        route = architectures.architecture(transformer.config).route
+        if route != "interface":
+            ADAPTERS[route](transformer)
+            return
+        if not type(transformer)._can_set_attn_implementation():
+            raise UnsupportedModelError(
+                f"{type(transformer).__name__} does not route attention through transformers' AttentionInterface"
+            )
+        backbone.set_attn_implementation(prompted_implementation(transformer.config._attn_implementation))
+
+    def build(self, config: PromptConfig, transformer: PreTrainedModel, folded: bool) -> PromptEncoder:
+        _, kv_heads, head_dim = architectures.attention_geometry(transformer.config)
+        width = len(prompted_layers(config, transformer.config)) * 2 * kv_heads * head_dim
+        return PromptEncoder(config, width, kv_heads * head_dim, folded=folded, activation=nn.Tanh)
+
+    def positions(self, config: PromptConfig) -> int:
+        return config.length if config.shift_positions else 0
+
+    def position_shift(self, config: PromptConfig) -> int:
+        return self.positions(config)
+
+
+class InputLevel(PromptMethod):
+    """Trainable embeddings prepended to the text's: prompt tuning (``shallow``, its table initialized from the
+    vocabulary's embeddings) and P-tuning v1 (produced by an LSTM or MLP prompt encoder)."""
+
+    input_level = True
+
+    def __init__(self, initialized_from_embeddings: bool):
+        self.initialized_from_embeddings = initialized_from_embeddings
+
+    def build(self, config: PromptConfig, transformer: PreTrainedModel, folded: bool) -> PromptEncoder:
+        embeddings = transformer.get_input_embeddings().weight  # (vocab, embedding)
+        initial = None
+        if self.initialized_from_embeddings and config.init == "vocab":
+            initial = embeddings[torch.randint(embeddings.shape[0], (config.length,))].detach()  # (P, embedding)
+        elif self.initialized_from_embeddings:
+            initial = torch.randn(config.length, embeddings.shape[1]) * embeddings.detach().std()  # (P, embedding)
+        width = embeddings.shape[1]
+        return PromptEncoder(config, width, width, initial=initial, folded=folded, activation=nn.ReLU)
+
+    def positions(self, config: PromptConfig) -> int:
+        return config.length
+
+    def backbone_inputs(
+        self, inputs: dict[str, Any], encoder: PromptEncoder | None, transformer: PreTrainedModel
+    ) -> dict[str, Any]:
+        input_ids = inputs.pop("input_ids")  # (batch, T)
+        batch_size = input_ids.shape[0]
+        prompt_vectors = encoder()  # (P, embedding)
+        length = prompt_vectors.shape[0]
+        text = transformer.get_input_embeddings()(input_ids)  # (batch, T, embedding)
+        prompt_vectors = prompt_vectors.unsqueeze(0).expand(batch_size, -1, -1)  # (batch, P, embedding)
+        inputs["inputs_embeds"] = torch.cat([prompt_vectors.to(text.dtype), text], dim=1)  # (batch, P + T, embedding)
+        attention_mask = inputs["attention_mask"]
+        if attention_mask is None:
+            attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)  # (batch, T)
+        inputs["attention_mask"] = torch.cat([attention_mask.new_ones(batch_size, length), attention_mask], 1)
+        if inputs.get("token_type_ids") is not None:  # (batch, T) -> (batch, P + T)
+            inputs["token_type_ids"] = torch.cat(
+                [inputs["token_type_ids"].new_zeros(batch_size, length), inputs["token_type_ids"]], 1
+            )
+        return inputs  # attention_mask (batch, P + T)
+
+    def text_states(self, hidden: torch.Tensor, config: PromptConfig) -> torch.Tensor:
+        return hidden[:, config.length :]  # (batch, P + T, hidden) -> (batch, T, hidden)
+
+
+def prompted_layers(config: PromptConfig, backbone_config: PretrainedConfig) -> list[int]:
+    return config.prompted_layers(backbone_config.num_hidden_layers)
+
+
+def layer_prompts(
+    encoder: PromptEncoder, config: PromptConfig, backbone_config: PretrainedConfig, batch_size: int
+) -> LayerPrompts:
+    """A deep prompt for a batch of ``batch_size``, as the attention function receives it."""
+    _, kv_heads, head_dim = architectures.attention_geometry(backbone_config)
+    table = encoder()  # (P, layers * 2 * kv_heads * head_dim)
+    key_values = split_key_values(table, prompted_layers(config, backbone_config), kv_heads, head_dim, batch_size)
+    return LayerPrompts(key_values)  # each layer's key and value (batch, kv_heads, P, head_dim)
+
+
+def mixed_layer_prompts(
+    prompts: list[tuple[PromptEncoder, PromptConfig]], rows: torch.Tensor, backbone_config: PretrainedConfig
+) -> LayerPrompts:
+    """Deep prompts for a batch whose example ``i`` reads ``prompts[rows[i]]`` (none when ``rows[i]`` is
+    ``len(prompts)``; ``rows``: (batch,)): gathered per layer, shorter prompts left-padded with masked columns."""
+    _, kv_heads, head_dim = architectures.attention_geometry(backbone_config)
+    # each table (P_i, layers_i * 2 * kv_heads * head_dim), with its layers
+    tables = [(encoder(), prompted_layers(config, backbone_config)) for encoder, config in prompts]
+    key_values, visible = gather_key_values(tables, rows, kv_heads, head_dim)
+    return LayerPrompts(
+        key_values, visible
+    )  # key, value (batch, kv_heads, longest, head_dim); visible (batch, longest)
+
+
+# every value of PromptConfig.method
+PROMPT_METHODS: dict[str, PromptMethod] = {
+    "deep": Deep(),
+    "shallow": InputLevel(initialized_from_embeddings=True),
+    "ptuning-v1": InputLevel(initialized_from_embeddings=False),
+    "finetune": Finetune(),
+    "linear-probe": PromptMethod(),
+}
+
+
+def method_of(config: PromptConfig) -> PromptMethod:
+    return PROMPT_METHODS[config.method]
