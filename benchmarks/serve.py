@@ -58,7 +58,7 @@ def write_checkpoints(folder: Path, finetuned: bool = False) -> dict[str, Path]:
     for name, (head, labels, prompt) in TASKS.items():
         prompt = PromptConfig(method="finetune") if finetuned else prompt
         model = PromptedModel.from_backbone("minilm-l6", head, num_labels=labels, prompt=prompt, name=name)
-        model.save_pretrained(folder / name, extra={"task_name": head})
+        model.save_pretrained(folder / name)
         paths[name] = folder / name
     return paths
 

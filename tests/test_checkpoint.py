@@ -13,6 +13,7 @@ from transformers import BertModel
 
 from ptuning import CheckpointError, PromptConfig, PromptedModel, PtuningError
 from ptuning.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointConfig, TaskRecord, migrate, read_task
+from ptuning.data.formats import ConllFormat, SquadFormat, SrlFormat
 
 FORMAT1 = Path(__file__).parent / "data" / "format1"
 
@@ -59,7 +60,7 @@ def test_round_trip_gives_identical_predictions(tmp_path):
 
 def test_checkpoint_holds_only_the_trainable_part(tmp_path):
     model = trained_like()
-    model.tasks["default"].data = {"format": "conll", "tag_column": 3}
+    model.tasks["default"].data = ConllFormat(tag_column=3)
     model.save_pretrained(tmp_path)
     weights = (tmp_path / WEIGHTS_NAME).stat().st_size
     assert weights < 4 * (model.trainable_parameters() + 200)  # float32 plus the safetensors header
@@ -119,7 +120,7 @@ def test_format_1_checkpoints_predict_as_before(name, tmp_path):
     with torch.no_grad():
         assert_logits_as_recorded(model(input_ids=input_ids, attention_mask=attention_mask).logits, expected)
     record = model.tasks["default"]
-    assert model.task_names == ["default"] and record.data == {"format": "conll", "tag_column": -1}
+    assert model.task_names == ["default"] and record.data == ConllFormat(tag_column=-1)
     assert record.family_name == record.kind and record.dataset is None and record.options == {}
     model.save_pretrained(tmp_path)
     again = PromptedModel.from_pretrained(tmp_path, backbone=format1_backbone()).eval()
@@ -291,14 +292,12 @@ def test_format_3_round_trip(tmp_path):
                 [],
                 "cls",
                 family="question-answering",
-                data={"format": "squad"},
+                data=SquadFormat(),
                 dataset="conll2003-qa",
                 max_length=64,
                 options={"version_2": True},
             ),
-            "srl": TaskRecord(
-                "token-classification", "shared", ["O", "B-V"], "cls", family="srl", data={"format": "srl"}
-            ),
+            "srl": TaskRecord("token-classification", "shared", ["O", "B-V"], "cls", family="srl", data=SrlFormat()),
             "probe": TaskRecord("sequence-classification", "probe", ["a", "b"], "mean"),
         },
         imported_from={"peft_adapter": "/a"},

@@ -10,6 +10,7 @@ from conftest import assert_same_answer
 
 from ptuning import PromptConfig, PromptedModel
 from ptuning.cli import build_recipe, main, parser
+from ptuning.data.formats import ConllFormat
 from ptuning.training.run_metrics import single_task_metrics
 
 
@@ -78,7 +79,8 @@ def ner_checkpoint(tmp_path, tiny_backbone_folder):
         prompt=PromptConfig(length=2),
     )
     folder = tmp_path / "run" / "checkpoint"
-    model.save_pretrained(folder, extra={"reader": {"format": "conll", "tag_column": -1}})
+    model.tasks["default"].data = ConllFormat(tag_column=-1)
+    model.save_pretrained(folder)
     return tmp_path / "run"
 
 

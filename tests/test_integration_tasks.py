@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from ptuning import PromptConfig, PromptedModel
+from ptuning import PromptConfig
+from ptuning.checkpoint import read_task
 from ptuning.cli import main
 from ptuning.recipe import Recipe
 from ptuning.training.run import train
@@ -156,4 +157,4 @@ def test_labels_come_from_the_whole_training_set_when_it_is_subsampled(tmp_path)
         )
     )
     assert metrics["train_examples"] == 1 and "f1" in single_task_metrics(metrics)["validation"]
-    assert PromptedModel.read_task(tmp_path / "run")["labels"] == ["B-LOC", "B-PER", "O"]
+    assert read_task(tmp_path / "run").labels == ["B-LOC", "B-PER", "O"]

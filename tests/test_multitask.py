@@ -11,6 +11,7 @@ import torch
 from conftest import random_batch, tiny_backbone
 
 from ptuning import PromptConfig, PromptedModel
+from ptuning.checkpoint import read_config
 from ptuning.cli import main
 from ptuning.recipe import Recipe, task_weights
 from ptuning.training.build import build_model
@@ -107,9 +108,9 @@ def test_one_command_trains_three_tasks_on_one_prompt(data, tiny_backbone_folder
     assert set(metrics["tasks"]) == {"ner", "chunk", "sent"} and metrics["steps"] == 6
     assert metrics["tasks"]["ner"]["primary_metric"] == "f1" and "f1" in metrics["tasks"]["ner"]["test"]
     assert "accuracy" in metrics["tasks"]["sent"]["validation"] and metrics["train_examples"] == 3 + 3 + 4
-    config = PromptedModel.read_config(data / "multi")
-    assert list(config["prompts"]) == ["ner"] and {t["prompt"] for t in config["tasks"].values()} == {"ner"}
-    assert config["tasks"]["chunk"]["labels"] == ["B-NP", "B-VP"]  # column 1 of chunk.conll
+    config = read_config(data / "multi")
+    assert list(config.prompts) == ["ner"] and {t.prompt for t in config.tasks.values()} == {"ner"}
+    assert config.tasks["chunk"].labels == ["B-NP", "B-VP"]  # column 1 of chunk.conll
     model = PromptedModel.from_pretrained(data / "multi")
     stored = sum(p.numel() for p in model.prompts.parameters()) + sum(p.numel() for p in model.heads.parameters())
     assert model.stored_parameters() == stored and len(model.prompts) == 1  # one prompt, three small heads

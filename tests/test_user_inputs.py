@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from ptuning import PromptedModel
+from ptuning.checkpoint import WEIGHTS_NAME, read_task
 from ptuning.cli import main, parser
-from ptuning.model import WEIGHTS_NAME
 
 TRAIN = "Peter B-PER\nBlackburn I-PER\nruns O\n\nOslo B-LOC\ncalls O\n\nMary B-PER\nsings O\n"
 
@@ -195,7 +195,7 @@ def test_validation_labels_missing_from_training_are_declared_with_labels(
 
     code, _, err = run_cli(capsys, *argv, "--labels", "O,B-PER,I-PER,B-LOC,B-ORG")
     assert code == 0, err
-    assert PromptedModel.read_task(tmp_path / "run")["labels"] == ["O", "B-PER", "I-PER", "B-LOC", "B-ORG"]
+    assert read_task(tmp_path / "run").labels == ["O", "B-PER", "I-PER", "B-LOC", "B-ORG"]
     labels_file = tmp_path / "labels.txt"
     labels_file.write_text("O\nB-PER\n")
     code, _, err = run_cli(capsys, *argv, "--labels", str(labels_file), "--overwrite")

@@ -27,6 +27,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from .config import PromptConfig
+from .data.formats import ExampleFormat, data_format_from_dict
 from .errors import CheckpointError, PtuningError
 from .vocabulary import DEFAULT_TASK, Family, HeadKind, TaskName, family, head_kind
 
@@ -53,7 +54,7 @@ class TaskRecord:
     What the model needs: its head ``kind``, the ``prompt`` it reads (by name; tasks may share one), its ``labels``
     and ``pooling``. What the command line keeps so that ``eval`` and ``predict`` read and decode as training did:
     the ``family`` that encodes and decodes it (None: the family named like its head kind), how its local files are
-    read (``data``, the data format's saved form, e.g. ``{"format": "conll", "tag_column": 3}``), the packaged or
+    read (``data``, a data format, saved as e.g. ``{"format": "conll", "tag_column": 3}``), the packaged or
     hub ``dataset`` it trained on, its ``max_length`` and the family's decoding ``options``.
     """
 
@@ -62,7 +63,7 @@ class TaskRecord:
     labels: list[str]
     pooling: str | None = None
     family: Family | None = None
-    data: dict[str, Any] | None = None
+    data: ExampleFormat | None = None
     dataset: str | None = None
     max_length: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
@@ -73,13 +74,14 @@ class TaskRecord:
         return self.family or self.kind
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(replace(self, data=None)), "data": None if self.data is None else self.data.to_dict()}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TaskRecord:
         record = cls(**_known(cls, values, "task"))
         record.kind = head_kind(record.kind)
         record.family = None if record.family is None else family(record.family)
+        record.data = None if record.data is None else data_format_from_dict(record.data)
         return record
 
 

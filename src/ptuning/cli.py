@@ -246,7 +246,7 @@ def write_output(path: Path, text: str) -> None:
 
 
 def command_eval(args: argparse.Namespace) -> None:
-    from .data.formats import data_format_from_dict, read_examples
+    from .data.formats import read_examples
     from .data.spec import load_dataset
     from .vocabulary import family
 
@@ -257,14 +257,14 @@ def command_eval(args: argparse.Namespace) -> None:
     if predictions_file and metrics_file and predictions_file.resolve() == metrics_file.resolve():
         raise PtuningError(f"--predictions and --output-metrics both name {predictions_file}")
     model, task = _load_for_inference(args.checkpoint, args.task, args.device, args.precision)
-    data_format = data_format_from_dict(model.extra.get("reader") or {})
+    record = model.tasks[model.default_task]
     if args.test:
-        examples = read_examples(args.test, data_format)
+        examples = read_examples(args.test, record.data)
     else:
-        dataset = args.dataset or model.extra.get("dataset")
+        dataset = args.dataset or record.dataset
         if not dataset:
             raise PtuningError("give --test FILE (or --dataset NAME for a packaged dataset)")
-        splits = load_dataset(dataset, family(model.extra.get("task_name", model.task)), data_format)
+        splits = load_dataset(dataset, family(record.family_name), record.data)
         if splits.family != model.task:
             raise PtuningError(f"--dataset {dataset} holds {splits.family} data; this checkpoint does {model.task}")
         examples = getattr(splits, args.split)

@@ -82,7 +82,7 @@ class Server:
             described.append(
                 {
                     "name": name,
-                    "kind": entry.extra.get("task_name", entry.kind),
+                    "kind": entry.family_name,
                     "labels": entry.labels,
                     "backbone": model.backbone_reference,
                     "method": prompt.method,

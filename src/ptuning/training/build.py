@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from ..checkpoint import CheckpointConfig, read_config
 from ..config import PromptConfig
 from ..errors import PtuningError
 from ..model import PromptedModel
@@ -25,7 +25,7 @@ def build_model(recipe: Recipe, runs: list[TaskRun]) -> PromptedModel:
     prompt = recipe.prompt
     source = None
     if recipe.init_from is not None:
-        source = PromptedModel.read_config(recipe.init_from)
+        source = read_config(recipe.init_from)
         prompt = _initial_prompt(recipe, source)
     model = PromptedModel.from_backbone(
         recipe.model,
@@ -46,13 +46,13 @@ def build_model(recipe: Recipe, runs: list[TaskRun]) -> PromptedModel:
     return model
 
 
-def _initial_prompt(recipe: Recipe, source: dict[str, Any]) -> PromptConfig:
+def _initial_prompt(recipe: Recipe, source: CheckpointConfig) -> PromptConfig:
     """The prompt a run started from a saved one trains: the saved prompt's shape (flat, as saved), this recipe's
     training settings (dropout, backbone dropout)."""
-    prompts = source["prompts"]
+    prompts = source.prompts
     if len(prompts) != 1:
         raise PtuningError(f"--init-from {recipe.init_from} holds {len(prompts)} prompts; start from a run with one")
-    saved = PromptConfig.from_dict(next(iter(prompts.values())))
+    saved = next(iter(prompts.values()))
     if saved.method != "deep" or recipe.prompt.method != "deep":
         raise PtuningError(f"--init-from starts a deep prompt from a deep prompt; {recipe.init_from} is {saved.method}")
     started = dataclasses.replace(

@@ -3,6 +3,7 @@ and its Task (what encodes, decodes and scores it) prepared for the model."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from ..tasks import make_task, task_class
 from ..vocabulary import Family
 
 if TYPE_CHECKING:
+    from ..checkpoint import TaskRecord
     from ..model import PromptedModel
     from ..tasks.base import Task
 
@@ -40,15 +42,17 @@ class TaskRun:
     options: dict[str, Any] = field(default_factory=dict)
     max_length: int = 0
 
-    def extra(self) -> dict[str, Any]:
-        """What the checkpoint keeps so that eval and predict read and decode this task's data as training did."""
-        return {
-            "reader": self.data_format.to_dict(),
-            "dataset": self.recipe.dataset,
-            "max_length": self.max_length,
-            "task_name": self.family,
-            "task_options": self.options,
-        }
+    def describe(self, record: TaskRecord) -> TaskRecord:
+        """The model's record of this task with what the checkpoint keeps so that eval and predict read and decode
+        its data as training did."""
+        return dataclasses.replace(
+            record,
+            family=self.family,
+            data=self.data_format,
+            dataset=self.recipe.dataset,
+            max_length=self.max_length,
+            options=dict(self.options),
+        )
 
 
 def read_task_run(name: str, recipe: Recipe) -> TaskRun:

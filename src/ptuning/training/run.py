@@ -129,7 +129,7 @@ def _calibrate(
             run.options.update(calibrated)
             validation = run.task.evaluate(model, run.validation, batch_size)
             logger.info("%s calibrated on validation: %s", run.name, calibrated)
-        model.extra = run.extra()
+        model.tasks[run.name] = run.describe(model.tasks[run.name])
         validations[run.name] = validation
     model.active = None
     return validations
