@@ -12,7 +12,6 @@ METHODS = ("deep", "shallow", "ptuning-v1", "finetune", "linear-probe")
 PROMPTED_METHODS = ("deep", "shallow", "ptuning-v1")
 REPARAMS = {"deep": (None, "mlp"), "shallow": (None,), "ptuning-v1": ("lstm", "mlp")}
 INITS = ("random", "vocab")
-DEFAULT_TASK = "default"  # the name of the task of a model built with one, and of a single-task run on files
 # how a text becomes one vector for sequence heads (heads.pool): first token, mean, last real token, backbone pooler
 POOLINGS = ("cls", "mean", "last", "pooler")
 

@@ -169,10 +169,9 @@ def mixed_layer_prompts(
     _, kv_heads, head_dim = architectures.attention_geometry(backbone_config)
     # each table (P_i, layers_i * 2 * kv_heads * head_dim), with its layers
     tables = [(encoder(), prompted_layers(config, backbone_config)) for encoder, config in prompts]
+    # each layer's key and value (batch, kv_heads, longest, head_dim), its visible columns (batch, longest)
     key_values, visible = gather_key_values(tables, rows, kv_heads, head_dim)
-    return LayerPrompts(
-        key_values, visible
-    )  # key, value (batch, kv_heads, longest, head_dim); visible (batch, longest)
+    return LayerPrompts(key_values, visible)
 
 
 # every value of PromptConfig.method
