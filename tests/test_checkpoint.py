@@ -55,7 +55,7 @@ def test_round_trip_gives_identical_predictions(tmp_path):
         after = restored(input_ids=input_ids, attention_mask=attention_mask).logits
     # one process, the same kernels on the same shapes, and safetensors keeps fp32 bits: nothing may change
     assert torch.equal(before, after)
-    assert restored.labels == ["B-PER", "I-PER", "O"] and restored.task == "token-classification"
+    assert restored.labels == ["B-PER", "I-PER", "O"] and restored.kind == "token-classification"
 
 
 def test_checkpoint_holds_only_the_trainable_part(tmp_path):

@@ -265,8 +265,8 @@ def command_eval(args: argparse.Namespace) -> None:
         if not dataset:
             raise PtuningError("give --test FILE (or --dataset NAME for a packaged dataset)")
         splits = load_dataset(dataset, family(record.family_name), record.data)
-        if splits.family != model.task:
-            raise PtuningError(f"--dataset {dataset} holds {splits.family} data; this checkpoint does {model.task}")
+        if splits.family.head_kind != model.kind:
+            raise PtuningError(f"--dataset {dataset} holds {splits.family} data; this checkpoint does {model.kind}")
         examples = getattr(splits, args.split)
     predictions, metrics = task.predict_and_score(model, examples, args.batch_size, args.forward_tokens)
     if predictions_file:

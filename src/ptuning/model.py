@@ -40,13 +40,13 @@ class PromptedModel(PromptedBackbone):
     (none for ``causal-lm``, which uses the backbone's language-modelling head) and a prompt it may share.
 
     Only the prompts and heads train, unless a method trains the backbone (``finetune``). The single-task attributes
-    (``task``, ``labels``, ``head``, ...) refer to the only task, or to the one chosen with :meth:`use`.
+    (``kind``, ``labels``, ``head``, ...) refer to the only task, or to the one chosen with :meth:`use`.
     """
 
     def __init__(
         self,
         backbone: PreTrainedModel,
-        task: str | None,
+        kind: str | None,
         labels: list[str] | None = None,
         prompt: PromptConfig | None = None,
         backbone_reference: str | None = None,
@@ -55,33 +55,33 @@ class PromptedModel(PromptedBackbone):
         name: str = DEFAULT_TASK,
         causal_lm: bool = False,
     ):
-        super().__init__(backbone, causal_lm=causal_lm or task == HeadKind.CAUSAL_LM)
+        super().__init__(backbone, causal_lm=causal_lm or kind == HeadKind.CAUSAL_LM)
         self.backbone_reference = backbone_reference
         self.heads = nn.ModuleDict()  # task name -> its head (every kind but causal-lm)
         self.tasks: dict[str, TaskRecord] = {}
         self.active: str | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
-        if task is not None:
-            self.add_task(name, task, labels or [], prompt=prompt or PromptConfig(), pooling=pooling, folded=folded)
+        if kind is not None:
+            self.add_task(name, kind, labels or [], prompt=prompt or PromptConfig(), pooling=pooling, folded=folded)
 
     # tasks and prompts --------------------------------------------------------------------------
 
     def add_task(
         self,
         name: str,
-        task: str,
+        kind: str,
         labels: list[str],
         prompt: PromptConfig | None = None,
         pooling: str | None = None,
         shared_prompt: str | None = None,
         folded: bool = False,
     ) -> None:
-        """A new task ``name`` (head kind ``task``) with a fresh head, and a fresh ``prompt`` or the prompt of the
+        """A new task ``name`` with a fresh head of ``kind``, and a fresh ``prompt`` or the prompt of the
         task ``shared_prompt`` (multi-task training: one prompt, a head per task)."""
         if name in self.tasks:
             raise PtuningError(f"a task named {name!r} is loaded already (tasks: {', '.join(self.tasks)})")
         TaskName(name)
-        kind = head_kind(task)
+        kind = head_kind(kind)
         labels = label_names(kind, labels, None)
         if kind == HeadKind.CAUSAL_LM and self.backbone is self.transformer:
             raise PtuningError(NEEDS_LM_HEAD)
@@ -142,7 +142,7 @@ class PromptedModel(PromptedBackbone):
     # the single-task view (the only task, or the one chosen with use()) --------------------------
 
     @property
-    def task(self) -> HeadKind:
+    def kind(self) -> HeadKind:
         return self._record().kind
 
     @property
@@ -174,20 +174,20 @@ class PromptedModel(PromptedBackbone):
     def from_backbone(
         cls,
         backbone: str | PreTrainedModel,
-        task: str,
+        kind: str,
         num_labels: int | None = None,
         labels: list[str] | None = None,
         prompt: PromptConfig | None = None,
         pooling: str | None = None,
         name: str = DEFAULT_TASK,
     ) -> PromptedModel:
-        """Wrap ``backbone`` (alias, local path, hub name, or a built transformers model) for ``task``: give
+        """Wrap ``backbone`` (alias, local path, hub name, or a built transformers model) for a head of ``kind``: give
         ``labels`` (names) or ``num_labels`` (names "0", "1", ...); none for a head of fixed width or causal-lm."""
-        labels = label_names(head_kind(task), labels, num_labels)
+        labels = label_names(head_kind(kind), labels, num_labels)
         reference = backbone if isinstance(backbone, str) else None
         if isinstance(backbone, str):
-            backbone = load_backbone(backbone, causal_lm=task == HeadKind.CAUSAL_LM)
-        return cls(backbone, task, labels, prompt, backbone_reference=reference, pooling=pooling, name=name)
+            backbone = load_backbone(backbone, causal_lm=kind == HeadKind.CAUSAL_LM)
+        return cls(backbone, kind, labels, prompt, backbone_reference=reference, pooling=pooling, name=name)
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -274,7 +274,7 @@ class PromptedModel(PromptedBackbone):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """``transformers`` generation with the prefix in every layer at every step (task ``causal-lm``)."""
-        if self.task != HeadKind.CAUSAL_LM:
+        if self.kind != HeadKind.CAUSAL_LM:
             raise PtuningError("generate() needs task 'causal-lm'")
         with active_prompts(self.layer_prompts(input_ids.shape[0])):
             return self.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)

@@ -16,10 +16,11 @@ from typing import Any
 from transformers import DataCollatorWithPadding
 
 from .errors import DataError, PtuningError
+from .heads import HEAD_KINDS
 from .model import PromptedModel
 from .tasks import make_task
 from .tasks.base import Encoded, Task, run_model, token_count
-from .vocabulary import HeadKind, TaskName
+from .vocabulary import TaskName
 
 logger = logging.getLogger("ptuning")
 
@@ -120,11 +121,12 @@ class Predictor:
     def predict(self, requests: list[Request]) -> list[dict[str, Any]]:
         """The formatted answer of every request, in order (each as that task's own ``predict`` formats it)."""
         answers: list[dict[str, Any]] = [{}] * len(requests)
-        # multiple choice: inputs of another shape, batched apart by task and number of choices
+        # heads that score choices: inputs of another shape, batched apart by task and number of choices
         alone: dict[tuple[str, int], list[int]] = {}
         mixed: list[int] = []
         for position, request in enumerate(requests):
-            if self.model.tasks[request.task].kind == HeadKind.MULTIPLE_CHOICE:
+            kind = self.model.tasks[request.task].kind
+            if kind in HEAD_KINDS and HEAD_KINDS[kind].choices:
                 choices = len(self.encode(request).inputs[0]["input_ids"])
                 alone.setdefault((request.task, choices), []).append(position)
             else:
