@@ -11,11 +11,12 @@ machine noise hits all alike:
 * training examples per second over CoNLL-2003 sentences with dynamic padding and the Trainer's length
   grouping vs padding every batch to 128 tokens (as the reference code does).
 
-    python benchmarks/cost.py [--quick]
+    python benchmarks/cost.py [--quick] [--backbone smollm2-135m --kinds deep,finetune]
 
 ``--quick``: 5 repeats and 512 sentences for the padding comparison; full: 9 repeats and 2,048
 sentences (a throughput needs no whole epoch: 2,048 padded to 128 already take ~10 minutes on 2 cores).
-Writes benchmarks/results/cost.json.
+Writes benchmarks/results/cost.json (``cost-BACKBONE.json`` for another ``--backbone``, e.g. the decoder
+SmolLM2-135M fetched by ``make backbones``; ``--kinds`` picks the configurations).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from ptuning.tasks import make_task
 PROMPT_LENGTH = 16
 BATCH_SIZE = 32
 KINDS = ("deep", "finetune", "peft-prefix", "deep-no-backbone-dropout")
+BACKBONE = "minilm-l6"
 
 
 def peft_unavailable() -> str | None:
@@ -59,30 +61,30 @@ def peft_unavailable() -> str | None:
 
 def ratio(median: dict[str, float], numerator: str, denominator: str) -> float | None:
     """A step-time ratio, None when one side was not measured."""
-    return median[numerator] / median[denominator] if denominator in median else None
+    return median[numerator] / median[denominator] if numerator in median and denominator in median else None
 
 
-def conll_task_and_sentences():
+def conll_task_and_sentences(backbone: str):
     sentences = load_packaged("conll2003-ner").train
     labels = sorted({tag for sentence in sentences for tag in sentence.tags})
-    return make_task("token-classification", load_tokenizer("minilm-l6"), labels, 128), sentences
+    return make_task("token-classification", load_tokenizer(backbone), labels, 128), sentences
 
 
-def build(kind: str, labels: list[str]) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
+def build(kind: str, labels: list[str], backbone: str) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
     """A model whose forward takes a collated batch and returns .loss, and its trainable parameters."""
     torch.manual_seed(0)
     if kind == "peft-prefix":
         import peft
         from transformers import AutoModelForTokenClassification
 
-        base = AutoModelForTokenClassification.from_pretrained(resolve("minilm-l6"), num_labels=len(labels))
+        base = AutoModelForTokenClassification.from_pretrained(resolve(backbone), num_labels=len(labels))
         config = peft.PrefixTuningConfig(task_type=peft.TaskType.TOKEN_CLS, num_virtual_tokens=PROMPT_LENGTH)
         model = peft.get_peft_model(base, config)
     else:
         method = "deep" if kind.startswith("deep") else kind
         backbone_dropout = kind != "deep-no-backbone-dropout"
         prompt = PromptConfig(method=method, length=PROMPT_LENGTH, dropout=0.0, backbone_dropout=backbone_dropout)
-        model = PromptedModel.from_backbone("minilm-l6", "token-classification", labels=labels, prompt=prompt)
+        model = PromptedModel.from_backbone(backbone, "token-classification", labels=labels, prompt=prompt)
     model.train()
     return model, [p for p in model.parameters() if p.requires_grad]
 
@@ -141,14 +143,16 @@ def examples_per_second(model, parameters, batches: list[dict]) -> float:
     return examples / (time.perf_counter() - started)
 
 
-def measure(repeats: int, epoch_sentences: int | None) -> dict:
+def measure(
+    repeats: int, epoch_sentences: int | None, backbone: str = BACKBONE, kinds: tuple[str, ...] = KINDS
+) -> dict:
     """All cost figures; ``epoch_sentences`` bounds the padding comparison (None: the whole training set)."""
-    task, sentences = conll_task_and_sentences()
-    peft_problem = peft_unavailable()
-    kinds = [kind for kind in KINDS if not (kind == "peft-prefix" and peft_problem)]
+    task, sentences = conll_task_and_sentences(backbone)
+    peft_problem = peft_unavailable() if "peft-prefix" in kinds else "not asked for (--kinds)"
+    kinds = tuple(kind for kind in kinds if not (kind == "peft-prefix" and peft_problem))
     if peft_problem:
         print(f"PEFT prefix tuning is not measured: {peft_problem}", flush=True)
-    models = {kind: build(kind, task.labels) for kind in kinds}
+    models = {kind: build(kind, task.labels, backbone) for kind in kinds}
     optimizers = {kind: torch.optim.AdamW(params, lr=1e-4) for kind, (_, params) in models.items()}
     step_batches = make_batches(task, sentences[: BATCH_SIZE * 64], pad_to=None)
     batch = step_batches[len(step_batches) // 2]  # a typical, mid-length batch of real sentences
@@ -166,7 +170,7 @@ def measure(repeats: int, epoch_sentences: int | None) -> dict:
     dynamic = examples_per_second(deep_model, deep_parameters, make_batches(task, epoch, pad_to=None))
     padded = examples_per_second(deep_model, deep_parameters, make_batches(task, epoch, pad_to=128))
     return {
-        "backbone": "all-MiniLM-L6-v2 (packaged)",
+        "backbone": "all-MiniLM-L6-v2 (packaged)" if backbone == BACKBONE else backbone,
         "batch_size": BATCH_SIZE,
         "prompt_length": PROMPT_LENGTH,
         "batch_tokens": list(batch["input_ids"].shape),
@@ -176,7 +180,7 @@ def measure(repeats: int, epoch_sentences: int | None) -> dict:
         "peft_prefix_not_measured": peft_problem,
         "step_time_ratio_vs_finetune": ratio(median, "deep", "finetune"),
         "step_time_ratio_vs_peft": ratio(median, "deep", "peft-prefix"),
-        "peak_mem_ratio_vs_finetune": memory["deep"] / memory["finetune"],
+        "peak_mem_ratio_vs_finetune": memory["deep"] / memory["finetune"] if "finetune" in memory else None,
         "no_backbone_dropout_step_time_ratio_vs_finetune": ratio(median, "deep-no-backbone-dropout", "finetune"),
         "no_backbone_dropout_step_time_ratio_vs_peft": ratio(median, "deep-no-backbone-dropout", "peft-prefix"),
         "epoch_sentences": len(epoch),
@@ -195,7 +199,7 @@ def summary(result: dict) -> str:
     lines.append(
         f"deep / finetune step time {times(result['step_time_ratio_vs_finetune'])}, deep / PEFT prefix "
         f"{times(result['step_time_ratio_vs_peft'])}, deep / finetune training memory "
-        f"{result['peak_mem_ratio_vs_finetune']:.2f}x; without backbone dropout deep / finetune "
+        f"{times(result['peak_mem_ratio_vs_finetune'])}; without backbone dropout deep / finetune "
         f"{times(result['no_backbone_dropout_step_time_ratio_vs_finetune'])}, deep / PEFT prefix "
         f"{times(result['no_backbone_dropout_step_time_ratio_vs_peft'])}"
     )
@@ -213,12 +217,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--epoch-sentences", type=int, default=None)
-    parser.add_argument("--output", default="benchmarks/results/cost.json")
+    parser.add_argument("--backbone", default=BACKBONE, help="an alias or folder (default: the packaged MiniLM)")
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
+    parser.add_argument("--output", help="default benchmarks/results/cost.json (cost-BACKBONE.json for another)")
     args = parser.parse_args()
-    result = measure(args.repeats or (5 if args.quick else 9), args.epoch_sentences or (512 if args.quick else 2048))
+    kinds = tuple(args.kinds.split(","))
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or "deep" not in kinds:
+        parser.error(f"--kinds takes {', '.join(KINDS)} and needs deep; got {args.kinds}")
+    repeats, sentences = args.repeats or (5 if args.quick else 9), args.epoch_sentences or (512 if args.quick else 2048)
+    result = measure(repeats, sentences, args.backbone, kinds)
     print(summary(result))
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    name = "cost.json" if args.backbone == BACKBONE else f"cost-{Path(args.backbone).name}.json"
+    output = Path(args.output or f"benchmarks/results/{name}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
