@@ -1,4 +1,4 @@
-"""Command line: ``ptuning train | eval | predict | export-peft | import-peft``."""
+"""Command line: ``ptuning train | sweep | eval | predict | serve | export-peft | import-peft | backbones``."""
 
 from __future__ import annotations
 
@@ -348,6 +348,21 @@ def command_import_peft(args: argparse.Namespace) -> None:
     print(f"wrote ptuning checkpoint to {out}")
 
 
+def command_backbones(args: argparse.Namespace) -> None:
+    from .backbones import catalog
+
+    rows = catalog()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        if row["installed"]:
+            state = f"{row['bytes'] / 1e6:.0f} MB in {row['folder']}"
+        else:
+            state = f"not installed: {row['install']}" + (f" (into {row['folder']})" if row["folder"] else "")
+        print(f"{row['alias']:<14} {row['about']}\n{'':<14} {state}")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -465,6 +480,12 @@ def parser() -> argparse.ArgumentParser:
         "--labels", help="label names in the classifier's order, comma-separated (default: what the adapter names)"
     )
     import_parser.set_defaults(handler=command_import_peft)
+
+    backbones_parser = commands.add_parser(
+        "backbones", help="list the backbone aliases: what each is, whether installed, its folder and size"
+    )
+    backbones_parser.add_argument("--json", action="store_true", help="print them as a JSON list")
+    backbones_parser.set_defaults(handler=command_backbones)
     return main_parser
 
 
