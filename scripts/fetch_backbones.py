@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from ptuning.backbones import ALIASES, MPNET_SHA256  # noqa: E402
+from ptuning.aliases import ALIASES, MPNET_SHA256  # noqa: E402
 
 MARKER = "fetched.json"
 

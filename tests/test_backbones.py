@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from ptuning import PromptConfig, PromptedModel, PtuningError
-from ptuning.backbones import ALIASES, MPNET_FOLDER, SMOLLM2_FOLDER, backbones_home, load_backbone, resolve
+from ptuning.aliases import ALIASES, MPNET_FOLDER, SMOLLM2_FOLDER, backbones_home
+from ptuning.backbones import load_backbone, resolve
 from ptuning.cli import main
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fetch_backbones.py"

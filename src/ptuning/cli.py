@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from . import __version__
+from .aliases import catalog, catalog_text
 from .data.readers import decode_lines, json_object, text_lines
 from .devices import (
     DEVICE_HELP,
@@ -349,8 +350,6 @@ def command_import_peft(args: argparse.Namespace) -> None:
 
 
 def command_backbones(args: argparse.Namespace) -> None:
-    from .backbones import catalog, catalog_text
-
     print(json.dumps(catalog(), indent=2) if args.json else catalog_text())
 
 
@@ -471,7 +470,6 @@ def parser() -> argparse.ArgumentParser:
         "--labels", help="label names in the classifier's order, comma-separated (default: what the adapter names)"
     )
     import_parser.set_defaults(handler=command_import_peft)
-
     backbones_parser = commands.add_parser("backbones", help="list the backbone aliases: installed or not, where")
     backbones_parser.add_argument("--json", action="store_true", help="print them as a JSON list")
     backbones_parser.set_defaults(handler=command_backbones)
