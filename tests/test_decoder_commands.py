@@ -15,6 +15,7 @@ from conftest import assert_close, assert_same_answer
 from ptuning import PromptedModel
 from ptuning.backbones import load_tokenizer
 from ptuning.cli import main
+from ptuning.errors import PtuningError
 from ptuning.predictor import Predictor
 
 DECODERS = ("llama", "gpt2")
@@ -22,7 +23,7 @@ SENTENCES = "text,label\ngood film,pos\nbad film,neg\nfine acting,pos\ndull plot
 TAGS = "Peter B-PER\nBlackburn I-PER\nruns O\n\nOslo B-LOC\ncalls O\n\nMary B-PER\nsings O\n"
 DATA = {"sent": "sent.csv", "ner": "ner.conll"}
 FAST = ["--max-steps", "2", "--batch-size", "2", "--lr", "0.1", "--prompt-length", "3"]
-# inputs of both tasks interleaved: plain text, given words, a text pair, a text longer than its batch-mates
+# inputs of both tasks interleaved: plain text, given words, a text pair, texts longer than their batch-mates
 MIXED = [
     {"task": "ner", "text": "Peter visited Oslo"},
     {"task": "sent", "text": "a good film"},
@@ -30,6 +31,8 @@ MIXED = [
     {"task": "sent", "text": "dull", "text_pair": "and long"},
     {"task": "sent", "text": "fine acting all along the way, and a plot that never drags"},
     {"task": "ner", "text": "Blackburn"},
+    {"task": "sent", "text": "good film " * 80},  # longer than the checkpoint's 128 tokens: truncated
+    {"task": "ner", "text": "Peter runs in Oslo " * 40},
 ]
 
 
@@ -88,6 +91,9 @@ def test_a_decoder_tokenizer_pads_with_eos_on_the_right_and_splits_words_as_in_t
     config = json.loads((left / "tokenizer_config.json").read_text())
     (left / "tokenizer_config.json").write_text(json.dumps({**config, "padding_side": "left"}))
     assert load_tokenizer(str(left)).padding_side == "right"
+    (left / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": None, "bos_token": None}))
+    with pytest.raises(PtuningError, match="has neither a pad token nor an eos token"):
+        load_tokenizer(str(left))
 
 
 @pytest.mark.parametrize("model_type", DECODERS)
@@ -152,6 +158,7 @@ def test_two_tasks_on_one_decoder_answer_a_mixed_batch_as_each_alone(model_type,
     assert code == 0, err
     answers = [json.loads(line) for line in out.splitlines()]
     assert len(answers) == len(MIXED) and "tags" in answers[0] and "label" in answers[1]
+    assert ["warning" in answer for answer in answers] == [False] * 6 + [True] * 2  # the long ones, truncated
     for record, answer in zip(MIXED, answers, strict=True):
         inputs.write_text(json.dumps({key: value for key, value in record.items() if key != "task"}) + "\n")
         code, out, _ = run_cli(capsys, "predict", str(runs / record["task"]), "--input", str(inputs))
