@@ -214,3 +214,65 @@ def tiny_runs(tmp_path_factory, tiny_backbone_folder):
     assert main([*ner, *common]) == 0
     assert main([*sent, "--output", str(folder / "sent"), *common]) == 0
     return folder
+
+
+DECODER_TEXT = [
+    "Peter Blackburn runs in Oslo",
+    "Mary sings in Oslo today",
+    "a good film with fine acting",
+    "a bad film and a dull plot",
+    "the plot never drags",
+]
+END_OF_TEXT = "<|endoftext|>"
+
+
+def tiny_bpe_tokenizer(tokenizer_class):
+    """A byte-level BPE tokenizer trained on a few sentences, with end-of-text as its bos, eos and unk and no pad
+    token, as SmolLM2's and GPT-2's are."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    backend.train_from_iterator(
+        DECODER_TEXT, trainers.BpeTrainer(vocab_size=300, special_tokens=[END_OF_TEXT], initial_alphabet=alphabet)
+    )
+    special = dict(bos_token=END_OF_TEXT, eos_token=END_OF_TEXT, unk_token=END_OF_TEXT)
+    return tokenizer_class(tokenizer_object=backend, **special)
+
+
+def tiny_decoder(model_type: str, vocab_size: int, end_of_text: int):
+    """A tiny random decoder: ``llama`` has SmolLM2's shape in miniature (4 heads sharing 2 key/value heads, tied
+    embeddings), ``gpt2`` GPT-2's."""
+    torch.manual_seed(0)
+    special = dict(vocab_size=vocab_size, bos_token_id=end_of_text, eos_token_id=end_of_text)
+    if model_type == "gpt2":
+        return GPT2Model(GPT2Config(n_embd=HIDDEN, n_layer=2, n_head=HEADS, n_positions=128, **special))
+    config = LlamaConfig(
+        hidden_size=HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        **special,
+    )
+    return LlamaModel(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder_folders(tmp_path_factory) -> dict:
+    """Tiny random decoders saved as named backbones, each with a byte-level BPE tokenizer that has no pad token:
+    ``llama`` with a generic fast tokenizer, ``gpt2`` with GPT-2's own tokenizer class (which SmolLM2's names too)."""
+    from transformers import GPT2TokenizerFast, PreTrainedTokenizerFast
+
+    folders = {}
+    for model_type, tokenizer_class in (("llama", PreTrainedTokenizerFast), ("gpt2", GPT2TokenizerFast)):
+        tokenizer = tiny_bpe_tokenizer(tokenizer_class)
+        folders[model_type] = tmp_path_factory.mktemp(f"tiny-{model_type}")
+        end_of_text = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
+        tiny_decoder(model_type, len(tokenizer), end_of_text).save_pretrained(folders[model_type])
+        tokenizer.save_pretrained(folders[model_type])
+    return folders

@@ -9,6 +9,7 @@ from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
 from ptuning import PromptConfig, PromptedModel
 from ptuning.errors import PtuningError
+from ptuning.heads import pool
 
 LM_CLASSES = {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM}
 
@@ -70,19 +71,42 @@ def test_prefix_is_causal_for_text_but_visible_to_all():
     assert torch.allclose(a[0, :4], b[0, :4], atol=1e-6) and not torch.allclose(a[0, 4], b[0, 4])
 
 
+def left_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same rows with their padding moved to the left."""
+    shifts = (attention_mask == 0).sum(1).tolist()  # (batch,) pads per row
+    ids, mask = ([row.roll(shift) for row, shift in zip(t, shifts, strict=True)] for t in (input_ids, attention_mask))
+    return torch.stack(ids), torch.stack(mask)  # each (batch, T)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_last_pooling_picks_the_last_real_token_on_either_padding_side(side):
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 6, 4)  # (batch, T, hidden)
+    attention_mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] + [0] * 5])  # (batch, T)
+    last = [5, 3, 0]
+    if side == "left":
+        attention_mask, last = attention_mask.flip(1), [5, 5, 5]
+    pooled = pool(hidden, attention_mask, "last", backbone=None)  # (batch, hidden)
+    assert torch.equal(pooled, hidden[torch.arange(3), torch.tensor(last)])
+
+
 @pytest.mark.numerics
+@pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
-def test_sequence_classification_pools_the_last_real_token(arch):
+def test_sequence_classification_pools_the_last_real_token(arch, side):
     torch.manual_seed(0)
     model = PromptedModel.from_backbone(
         tiny_backbone(arch), "sequence-classification", num_labels=2, prompt=PromptConfig(length=3, dropout=0.0)
     ).eval()
     assert model.tasks["default"].pooling == "last"
     input_ids, attention_mask = random_batch()
+    if side == "left":
+        input_ids, attention_mask = left_padded(input_ids, attention_mask)
     with torch.no_grad():
         hidden = model.encode(input_ids, attention_mask)
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    last = attention_mask.sum(1) - 1
+    last = attention_mask.sum(1) - 1 if side == "right" else torch.full((3,), input_ids.shape[1] - 1)
+    assert attention_mask[torch.arange(3), last].all()
     expected = model.head.classifier(hidden[torch.arange(3), last])
     assert torch.allclose(logits, expected, atol=1e-6)
 

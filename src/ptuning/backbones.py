@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from tokenizers import pre_tokenizers
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .aliases import ALIASES
@@ -46,8 +47,20 @@ def load_backbone(reference: str, causal_lm: bool = False) -> PreTrainedModel:
 
 
 def load_tokenizer(reference: str) -> PreTrainedTokenizerBase:
-    """The backbone's tokenizer; byte-level BPE tokenizers get a prefix space so pre-split words work."""
+    """The backbone's tokenizer, ready for batches of pre-split words: byte-level BPE tokenizers get a prefix space
+    (a word alone then tokenizes as it does inside a sentence); one without a pad token pads with its end-of-text
+    token, as is customary for decoders; padding goes on the right, where position ids and per-token outputs expect
+    it."""
     tokenizer = _load(AutoTokenizer.from_pretrained, reference, "tokenizer")
     if hasattr(tokenizer, "add_prefix_space") and not tokenizer.add_prefix_space:
         tokenizer = _load(AutoTokenizer.from_pretrained, reference, "tokenizer", add_prefix_space=True)
+    pre_tokenizer = getattr(getattr(tokenizer, "backend_tokenizer", None), "pre_tokenizer", None)
+    if isinstance(pre_tokenizer, pre_tokenizers.ByteLevel) and not pre_tokenizer.add_prefix_space:
+        # a generic fast tokenizer keeps the flag but not its effect; GPT-2's own class sets it this way
+        pre_tokenizer.add_prefix_space = True
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise PtuningError(f"the tokenizer of backbone {reference!r} has neither a pad token nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token  # padded places are masked, so the token's meaning never counts
+    tokenizer.padding_side = "right"
     return tokenizer
