@@ -35,6 +35,7 @@ class SequenceClassificationTask(Task):
         self.verbalizer = verbalizer
         if verbalizer is not None:
             self.plain = verbatim(tokenizer)  # the template and the words as written, no space put before them
+            self.leading = self._leading_specials()
             self.word_ids = word_token_ids(tokenizer, verbalizer.words_of(self.labels))
             # a causal LM scores words of several tokens one row per label (the verbalizer head's ``expands``)
             self.choice_rows = not verbalizer.masked and any(len(ids) > 1 for ids in self.word_ids)
@@ -135,7 +136,7 @@ class SequenceClassificationTask(Task):
             rendered = self.tokenizer.apply_chat_template(message, tokenize=False, add_generation_prompt=True)
             ids = self.plain(rendered, add_special_tokens=False)["input_ids"]
         else:
-            ids = self._leading_specials() + self.plain(filled, add_special_tokens=False)["input_ids"]
+            ids = self.leading + self.plain(filled, add_special_tokens=False)["input_ids"]
         return {"input_ids": ids, "attention_mask": [1] * len(ids)}
 
     def _leading_specials(self) -> list[int]:
