@@ -19,16 +19,20 @@ from .errors import UnsupportedModelError
 @dataclass(frozen=True)
 class Architecture:
     """decoder: causal self-attention (pool the last token, generation possible).
-    route: "interface" (transformers' AttentionInterface) or the name of our adapter module."""
+    route: "interface" (transformers' AttentionInterface) or the name of our adapter module.
+    mlm_head: an encoder's masked-language-modelling head, the attribute of its ``AutoModelForMaskedLM`` model that
+    maps hidden states to vocabulary logits (None: not supported for verbalizer heads); a decoder's is its output
+    embeddings."""
 
     decoder: bool = False
     route: str = "interface"
+    mlm_head: str | None = None
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "bert": Architecture(),
-    "roberta": Architecture(),
-    "xlm-roberta": Architecture(),
+    "bert": Architecture(mlm_head="cls"),
+    "roberta": Architecture(mlm_head="lm_head"),
+    "xlm-roberta": Architecture(mlm_head="lm_head"),
     "electra": Architecture(),
     "distilbert": Architecture(),
     "albert": Architecture(),
@@ -97,3 +101,18 @@ def shifted_position_ids(backbone: nn.Module, input_ids: torch.Tensor, shift: in
     length = input_ids.shape[1]
     positions = torch.arange(length, device=input_ids.device) + shift  # (length,) or (batch, length)
     return positions.expand(input_ids.shape[0], length)
+
+
+def language_model_head(model: nn.Module) -> nn.Module:
+    """The module of a model loaded with its language-modelling head (``AutoModelForCausalLM`` or
+    ``AutoModelForMaskedLM``) that maps last hidden states (..., hidden) to vocabulary logits (..., vocab)."""
+    spec = architecture(model.config)
+    if spec.decoder:
+        return model.get_output_embeddings()
+    if spec.mlm_head is None or not hasattr(model, spec.mlm_head):
+        supported = ", ".join(name for name, entry in ARCHITECTURES.items() if entry.decoder or entry.mlm_head)
+        raise UnsupportedModelError(
+            f"the masked-language-modelling head of {model_type_of(model.config)!r} is not supported for verbalizer "
+            f"heads; supported: {supported}"
+        )
+    return getattr(model, spec.mlm_head)

@@ -6,8 +6,17 @@ import os
 from collections.abc import Callable
 
 from tokenizers import pre_tokenizers
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
+from . import architectures
 from .aliases import ALIASES
 from .errors import PtuningError
 
@@ -34,13 +43,18 @@ def _load(loader: Callable, reference: str, what: str, **kwargs):
         ) from error
 
 
-def load_backbone(reference: str, causal_lm: bool = False) -> PreTrainedModel:
-    """The base model, or with ``causal_lm`` the model with its language-modelling head.
+def load_backbone(reference: str, lm_head: bool = False) -> PreTrainedModel:
+    """The base model, or with ``lm_head`` the model with its language-modelling head (``AutoModelForCausalLM``
+    for a decoder, ``AutoModelForMaskedLM`` for an encoder: generation, verbalizer heads).
 
     ``untrained_keys`` on the result lists the weights the checkpoint lacked (randomly initialized on
-    every load), so that a head relying on them (the pooler) can be refused.
+    every load), so that a head relying on them (the pooler, a language-modelling head) can be refused.
     """
-    loader = (AutoModelForCausalLM if causal_lm else AutoModel).from_pretrained
+    auto = AutoModel
+    if lm_head:
+        decoder = architectures.architecture(_load(AutoConfig.from_pretrained, reference, "config")).decoder
+        auto = AutoModelForCausalLM if decoder else AutoModelForMaskedLM
+    loader = auto.from_pretrained
     model, info = _load(loader, reference, "model", output_loading_info=True)
     model.untrained_keys = list(info.get("missing_keys", ()))
     return model

@@ -7,8 +7,9 @@ Format 3 is written. Every older format is migrated on read by :func:`migrate`, 
    ``head.*``;
 2. named ``prompts`` and ``tasks``, each task ``{kind, prompt, labels, pooling, extra}``; tensors
    ``prompts.NAME.table``, ``heads.NAME.*`` (as in 3);
-3. each task a :class:`TaskRecord`: what the model needs (kind, prompt, labels, pooling) and how the command line
-   reads and decodes its data (family, data, dataset, max_length, options).
+3. each task a :class:`TaskRecord`: what the model needs (kind, prompt, labels, pooling; head, template,
+   verbalizer and chat_template, optional: a linear head without them) and how the command line reads and decodes
+   its data (family, data, dataset, max_length, options).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from transformers import PretrainedConfig, PreTrainedModel
 from .config import PromptConfig
 from .data.formats import ExampleFormat, data_format_from_dict
 from .errors import CheckpointError, PtuningError
-from .vocabulary import DEFAULT_TASK, Family, HeadKind, TaskName, family, head_kind
+from .templates import Verbalizer
+from .vocabulary import DEFAULT_TASK, Family, HeadKind, HeadType, TaskName, family, head_kind
 
 CONFIG_NAME = "ptuning_config.json"
 WEIGHTS_NAME = "ptuning_model.safetensors"
@@ -56,6 +58,11 @@ class TaskRecord:
     the ``family`` that encodes and decodes it (None: the family named like its head kind), how its local files are
     read (``data``, a data format, saved as e.g. ``{"format": "conll", "tag_column": 3}``), the packaged or
     hub ``dataset`` it trained on, its ``max_length`` and the family's decoding ``options``.
+
+    How a sequence-classification task scores its labels: ``head`` ``linear`` (a linear layer, stored), or
+    ``verbalizer``: the backbone's language-modelling head restricted to the ``verbalizer``'s word per label
+    (nothing stored), the text written into the ``template`` first (wrapped in the tokenizer's chat template with
+    ``chat_template``).
     """
 
     kind: HeadKind
@@ -67,11 +74,32 @@ class TaskRecord:
     dataset: str | None = None
     max_length: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    head: HeadType = HeadType.LINEAR
+    template: str | None = None
+    verbalizer: dict[str, str] | None = None
+    chat_template: bool = False
 
     @property
     def family_name(self) -> str:
         """The family that encodes and decodes this task: its own, else the one named like its head kind."""
         return self.family or self.kind
+
+    @property
+    def scorer(self) -> Verbalizer | None:
+        """The task's template and label words, when its head is a verbalizer."""
+        if self.head != HeadType.VERBALIZER:
+            return None
+        return Verbalizer(self.template or "", dict(self.verbalizer or {}), self.chat_template)
+
+    @property
+    def uses_lm_head(self) -> bool:
+        """Whether the task reads the backbone's language-modelling head (generation, or a verbalizer)."""
+        return self.kind == HeadKind.CAUSAL_LM or self.head == HeadType.VERBALIZER
+
+    def task_options(self) -> dict[str, Any]:
+        """The options its family's Task is made with: the decoding options, and a verbalizer's template."""
+        scorer = self.scorer
+        return {**self.options, **({} if scorer is None else {"verbalizer": scorer})}
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(replace(self, data=None)), "data": None if self.data is None else self.data.to_dict()}
@@ -82,6 +110,7 @@ class TaskRecord:
         record.kind = head_kind(record.kind)
         record.family = None if record.family is None else family(record.family)
         record.data = None if record.data is None else data_format_from_dict(record.data)
+        record.head = HeadType(record.head)
         return record
 
 
@@ -353,8 +382,8 @@ def save(model: nn.Module, directory: str | Path) -> Path:
         tensors = {f"prompts.{name}.table": encoder.folded_table() for name, encoder in model.prompts.items()}
         tensors.update({f"heads.{name}": tensor for name, tensor in model.heads.state_dict().items()})
     save_file({name: tensor.detach().contiguous() for name, tensor in tensors.items()}, str(directory / WEIGHTS_NAME))
-    if model.trains_backbone:  # part of the result
-        model.transformer.save_pretrained(directory / FINETUNED_BACKBONE)
+    if model.trains_backbone:  # part of the result (with its language-modelling head, when a task reads it)
+        model.backbone.save_pretrained(directory / FINETUNED_BACKBONE)
         try:
             tokenizer = model.tokenizer
         except PtuningError:  # built from a backbone object without a tokenizer set: the backbone alone
@@ -384,7 +413,9 @@ def load_tasks(model: nn.Module, directory: str | Path, name: str | None, finger
             model.add_prompt(prompt_key[prompt], settings, folded=True)
         for old, record in config.tasks.items():
             new, prompt = renamed[old], prompt_key[record.prompt]
-            model.add_task(new, record.kind, record.labels, pooling=record.pooling, shared_prompt=prompt)
+            model.add_task(
+                new, record.kind, record.labels, pooling=record.pooling, shared_prompt=prompt, verbalizer=record.scorer
+            )
             added = model.tasks[new]  # the saved record under the model's names
             model.tasks[new] = replace(record, prompt=prompt, labels=added.labels, pooling=added.pooling)
         names = {f"prompts.{p}.table": f"prompts.{key}.table" for p, key in prompt_key.items() if key in model.prompts}

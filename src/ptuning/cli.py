@@ -212,11 +212,15 @@ def command_train(args: argparse.Namespace) -> None:
             f"{split} {primary} {result[split][primary]:.2f}" for split in ("validation", "test") if result[split]
         )
         lines.append(f"{name + ': ' if len(results) > 1 else ''}{result['task']} on {result['dataset']}: {scores}")
-    print(
-        "\n" + "\n".join(lines) + "\n"
+    trained = (
         f"trainable {metrics['trainable_parameters']:,} of {metrics['total_parameters']:,} parameters "
         f"({100 * metrics['trainable_share']:.3f}%), trained in {metrics['train_seconds'] / 60:.1f} min, "
-        f"{metrics['steps']} steps\n"
+        f"{metrics['steps']} steps"
+        if metrics["trainable_parameters"]
+        else f"trained nothing (method {recipe.prompt.method}: the template and label words as given), 0 steps"
+    )
+    print(
+        "\n" + "\n".join(lines) + "\n" + trained + "\n"
         f"checkpoint ({metrics['checkpoint_bytes'] / 1024:.0f} KB{whole}): {metrics['checkpoint']}; "
         f"metrics: {Path(metrics['checkpoint']).parent / 'metrics.json'}"
     )

@@ -8,7 +8,7 @@ from typing import Any
 from .errors import PtuningError
 from .settings import at_least, check_settings, setting, share
 
-METHODS = ("deep", "shallow", "ptuning-v1", "finetune", "linear-probe")
+METHODS = ("deep", "shallow", "ptuning-v1", "finetune", "linear-probe", "prompting")
 PROMPTED_METHODS = ("deep", "shallow", "ptuning-v1")
 REPARAMS = {"deep": (None, "mlp"), "shallow": (None,), "ptuning-v1": ("lstm", "mlp")}
 INITS = ("random", "vocab")
@@ -24,8 +24,9 @@ class PromptConfig:
     ``deep`` is P-Tuning v2: trainable key/value vectors prepended in the self-attention of every layer in
     ``layers``. ``shallow`` is prompt tuning (Lester et al.): trainable embeddings prepended at the input only;
     ``ptuning-v1``: input prompts produced by a prompt encoder; ``finetune``: no prompt, every backbone weight
-    trains; ``linear-probe``: no prompt, only the head trains. A reparameterization is folded into a flat table on
-    save either way.
+    trains; ``linear-probe``: no prompt, only the head trains; ``prompting``: a discrete prompt (a template and label
+    words scored by the backbone's language-modelling head), nothing trains. A reparameterization is folded into a
+    flat table on save either way.
     """
 
     method: str = setting("deep", "deep is P-Tuning v2; the others are the baselines", choices=METHODS)

@@ -1,6 +1,7 @@
-"""Task heads (randomly initialized linear layers), what each head kind computes, and how a text becomes one
-vector. A head kind is defined here once: its width, whether it reads a pooled vector or every token, its loss and
-its output class; the model composes them, whatever the backbone and the prompt.
+"""Task heads (randomly initialized linear layers, or a verbalizer: the backbone's own language-modelling head
+restricted to the label words), what each head kind computes, and how a text becomes one vector. A head kind is
+defined here once: its width, whether it reads a pooled vector or every token, its loss and its output class; the
+model composes them, whatever the backbone and the prompt.
 """
 
 from __future__ import annotations
@@ -118,6 +119,79 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str
     if pooling == "mean":
         weights = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (batch, T, 1)
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (batch, hidden)
-    positions = torch.arange(hidden.shape[1], device=hidden.device)  # (T,)
-    last = (attention_mask.to(torch.long) * positions).argmax(1)  # (batch,): last real token, left or right padding
+    last = last_real_token(attention_mask)  # (batch,)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (batch, hidden)
+
+
+def last_real_token(attention_mask: torch.Tensor) -> torch.Tensor:
+    """The index of each row's last real token, left or right padding: (batch, T) -> (batch,)."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)  # (T,)
+    return (attention_mask.to(torch.long) * positions).argmax(1)  # (batch,)
+
+
+class VerbalizerHead(nn.Module):
+    """Label scores from the backbone's language-modelling head, restricted to one word per label: the
+    log-probability of each label's word (``word_ids``, per label its token ids) where the template says.
+
+    A causal LM scores the words as the next token(s) after the template: one word token each, at the last real
+    token; words of several tokens (``expands``) come as one row per label (the template and that label's word, as
+    multiple choice expands its choices), each word token's log-probability given the template and the word's
+    previous tokens summed. A masked LM scores at the mask (``mask_token_id``), single-token words only. The head
+    holds no weights of its own: the language-modelling head is handed to each call (frozen unless the backbone
+    trains), so a checkpoint stores nothing for it.
+    """
+
+    def __init__(self, word_ids: list[list[int]], mask_token_id: int | None):
+        super().__init__()
+        if mask_token_id is not None and any(len(ids) != 1 for ids in word_ids):
+            raise PtuningError(
+                f"a masked LM scores one token at the mask, but label words have {[len(ids) for ids in word_ids]} "
+                "tokens: give words of one token each (a causal LM scores words of several tokens)"
+            )
+        self.word_ids = [list(ids) for ids in word_ids]
+        self.mask_token_id = mask_token_id
+        self.expands = mask_token_id is None and any(len(ids) > 1 for ids in word_ids)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        lm_head: nn.Module,
+    ) -> torch.Tensor:
+        """(rows, labels) scores from the rows' hidden states (rows, T, hidden); expanded rows (row ``r`` the
+        template and the word of label ``r % labels``): (rows, 1), each row its word's summed log-probability."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)  # (rows, T)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)  # (rows,)
+        if self.expands:
+            return self._word_sums(hidden, last_real_token(attention_mask), lm_head)  # (rows, 1)
+        if self.mask_token_id is None:
+            positions = last_real_token(attention_mask)  # (rows,)
+        else:
+            masks = input_ids.eq(self.mask_token_id)  # (rows, T)
+            if not bool(masks.sum(1).eq(1).all()):
+                raise PtuningError("a masked-LM verbalizer needs exactly one mask token in each input")
+            positions = masks.to(torch.long).argmax(1)  # (rows,)
+        log_probs = self._log_probs(hidden[rows, positions], lm_head)  # (rows, vocab)
+        first = torch.tensor([ids[0] for ids in self.word_ids], device=hidden.device)  # (labels,)
+        return log_probs[:, first]  # (rows, labels)
+
+    def _word_sums(self, hidden: torch.Tensor, last: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+        """Each expanded row's word: its tokens are the row's last, each predicted by the state before it."""
+        labels = len(self.word_ids)
+        scores = hidden.new_zeros(hidden.shape[0], dtype=torch.float32)  # (rows,)
+        for label, ids in enumerate(self.word_ids):
+            rows = torch.arange(label, hidden.shape[0], labels, device=hidden.device)  # (batch,)
+            offsets = torch.arange(-len(ids), 0, device=hidden.device)  # (n,): the states before each word token
+            positions = last[rows, None] + offsets  # (batch, n)
+            log_probs = self._log_probs(hidden[rows[:, None], positions], lm_head)  # (batch, n, vocab)
+            targets = torch.tensor(ids, device=hidden.device).expand(len(rows), -1)  # (batch, n)
+            scores[rows] = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).sum(-1)  # (batch,)
+        return scores.unsqueeze(-1)  # (rows, 1)
+
+    @staticmethod
+    def _log_probs(states: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+        """Log-probabilities over the vocabulary (..., vocab) of hidden states (..., hidden), computed in fp32."""
+        weight = next(lm_head.parameters())
+        return torch.log_softmax(lm_head(states.to(weight.dtype)).float(), dim=-1)  # (..., vocab)

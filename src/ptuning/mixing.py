@@ -41,14 +41,21 @@ def mixed_forward(
     names = model.task_names
     present = sorted(set(task_ids.tolist()))
     kinds = {model.tasks[names[index]].kind for index in present}
-    if any(kind not in HEAD_KINDS or HEAD_KINDS[kind].choices for kind in kinds):
-        raise PtuningError("multiple-choice and causal-lm tasks run one task per batch, not mixed with others")
+    expands = any(
+        getattr(model.heads[names[index]], "expands", False) for index in present if names[index] in model.heads
+    )
+    if expands or any(kind not in HEAD_KINDS or HEAD_KINDS[kind].choices for kind in kinds):
+        raise PtuningError(
+            "multiple-choice and causal-lm tasks run one task per batch, not mixed with others, as do verbalizer "
+            "tasks whose words have several tokens"
+        )
     hidden = model.encode(input_ids, attention_mask, token_type_ids, task_ids=task_ids)  # (batch, T, hidden)
     outputs, rows = {}, {}
     for index in present:  # in batch order
         name = names[index]
         rows[name] = (task_ids == index).nonzero().squeeze(1)  # (rows,)
         mask = None if attention_mask is None else attention_mask[rows[name]]  # (rows, T)
-        logits = model.head_logits(name, hidden[rows[name]], mask)  # (rows, labels) or (rows, T, width)
+        ids = input_ids[rows[name]]  # (rows, T)
+        logits = model.head_logits(name, hidden[rows[name]], mask, ids)  # (rows, labels) or (rows, T, width)
         outputs[name] = HEAD_KINDS[model.tasks[name].kind].output(logits=logits)
     return MixedTaskOutput(outputs=outputs, rows=rows)

@@ -21,11 +21,13 @@ from .backbones import load_backbone, load_tokenizer
 from .checkpoint import CheckpointConfig, TaskRecord
 from .config import PromptConfig
 from .errors import PtuningError
-from .heads import HEAD_KINDS, LinearHead, check_pooling, label_names, pool
+from .heads import HEAD_KINDS, LinearHead, VerbalizerHead, check_pooling, label_names, pool
 from .prompts.attention import active_prompts
 from .prompts.backbone import NEEDS_LM_HEAD, PromptedBackbone
 from .prompts.encoder import PromptEncoder
-from .vocabulary import DEFAULT_TASK, HeadKind, TaskName, head_kind
+from .prompts.methods import method_of
+from .templates import Verbalizer, word_token_ids
+from .vocabulary import DEFAULT_TASK, HeadKind, HeadType, TaskName, head_kind
 
 
 def stored_share(stored: int, trainable: int, total: int) -> float:
@@ -37,7 +39,9 @@ def stored_share(stored: int, trainable: int, total: int) -> float:
 class PromptedModel(PromptedBackbone):
     """A frozen transformers ``backbone`` with named ``prompts`` (a :class:`PromptedBackbone`) and named ``heads``,
     composed: any method x any supported backbone x any head. ``tasks`` names what reads them: each task a head
-    (none for ``causal-lm``, which uses the backbone's language-modelling head) and a prompt it may share.
+    (none for ``causal-lm``, which uses the backbone's language-modelling head; a verbalizer, which scores label
+    words with it) and a prompt it may share. The backbone keeps its language-modelling head (``lm_head``) when a
+    task reads it.
 
     Only the prompts and heads train, unless a method trains the backbone (``finetune``). The single-task attributes
     (``kind``, ``labels``, ``head``, ...) refer to the only task, or to the one chosen with :meth:`use`.
@@ -53,16 +57,26 @@ class PromptedModel(PromptedBackbone):
         pooling: str | None = None,
         folded: bool = False,
         name: str = DEFAULT_TASK,
-        causal_lm: bool = False,
+        lm_head: bool = False,
+        verbalizer: Verbalizer | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
     ):
-        super().__init__(backbone, causal_lm=causal_lm or kind == HeadKind.CAUSAL_LM)
+        super().__init__(backbone, lm_head=lm_head or kind == HeadKind.CAUSAL_LM or verbalizer is not None)
         self.backbone_reference = backbone_reference
         self.heads = nn.ModuleDict()  # task name -> its head (every kind but causal-lm)
         self.tasks: dict[str, TaskRecord] = {}
         self.active: str | None = None
-        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._tokenizer = tokenizer
         if kind is not None:
-            self.add_task(name, kind, labels or [], prompt=prompt or PromptConfig(), pooling=pooling, folded=folded)
+            self.add_task(
+                name,
+                kind,
+                labels or [],
+                prompt=prompt or PromptConfig(),
+                pooling=pooling,
+                folded=folded,
+                verbalizer=verbalizer,
+            )
 
     # tasks and prompts --------------------------------------------------------------------------
 
@@ -75,18 +89,20 @@ class PromptedModel(PromptedBackbone):
         pooling: str | None = None,
         shared_prompt: str | None = None,
         folded: bool = False,
+        verbalizer: Verbalizer | None = None,
     ) -> None:
         """A new task ``name`` with a fresh head of ``kind``, and a fresh ``prompt`` or the prompt of the
-        task ``shared_prompt`` (multi-task training: one prompt, a head per task)."""
+        task ``shared_prompt`` (multi-task training: one prompt, a head per task). With a ``verbalizer`` (sequence
+        classification), the head is the backbone's language-modelling head restricted to the label words."""
         if name in self.tasks:
             raise PtuningError(f"a task named {name!r} is loaded already (tasks: {', '.join(self.tasks)})")
         TaskName(name)
         kind = head_kind(kind)
         labels = label_names(kind, labels, None)
-        if kind == HeadKind.CAUSAL_LM and self.backbone is self.transformer:
-            raise PtuningError(NEEDS_LM_HEAD)
+        if kind == HeadKind.CAUSAL_LM and not (self.has_lm_head and self.architecture.decoder):
+            raise PtuningError(f"task 'causal-lm' {NEEDS_LM_HEAD}")
         pooling = pooling or ("last" if self.architecture.decoder else "cls")
-        if kind != HeadKind.CAUSAL_LM:
+        if kind != HeadKind.CAUSAL_LM and verbalizer is None:
             check_pooling(pooling, self.transformer)
         if shared_prompt is None:
             self.add_prompt(name, prompt or PromptConfig(), folded, causal=kind == HeadKind.CAUSAL_LM)
@@ -94,13 +110,58 @@ class PromptedModel(PromptedBackbone):
             raise PtuningError(
                 f"no prompt named {shared_prompt!r} to share (prompts: {', '.join(self.prompt_configs)})"
             )
-        if kind != HeadKind.CAUSAL_LM:
-            width = HEAD_KINDS[kind].width or len(labels)
-            dropout = getattr(self.transformer.config, "hidden_dropout_prob", 0.1)
-            self.heads[name] = LinearHead(self.transformer.config.hidden_size, width, dropout)
+        config = self.prompt_configs[shared_prompt or name]
+        try:
+            head = self._new_head(name, kind, labels, config, verbalizer)
+        except Exception:
+            if shared_prompt is None:
+                self.remove_prompt(name)
+            raise
+        if head is not None:
+            self.heads[name] = head
             # the model's device and mode: a task loaded into a serving (eval) model must not drop out
             self.heads[name].to(self.transformer.device).train(self.training)
-        self.tasks[name] = TaskRecord(kind, shared_prompt or name, labels, pooling)
+        record = TaskRecord(kind, shared_prompt or name, labels, pooling)
+        if verbalizer is not None:
+            record.head, record.template = HeadType.VERBALIZER, verbalizer.template
+            record.verbalizer, record.chat_template = dict(verbalizer.words), verbalizer.chat_template
+        self.tasks[name] = record
+
+    def _new_head(
+        self, name: str, kind: HeadKind, labels: list[str], config: PromptConfig, verbalizer: Verbalizer | None
+    ) -> nn.Module | None:
+        """The head of a new task: none for causal-lm, a verbalizer head, or a fresh linear head."""
+        head_type = HeadType.LINEAR if verbalizer is None else HeadType.VERBALIZER
+        if kind != HeadKind.CAUSAL_LM and head_type not in method_of(config).head_types:
+            allowed = ", ".join(method_of(config).head_types)
+            raise PtuningError(f"method {config.method!r} scores with a {allowed} head, not a {head_type} head")
+        if kind == HeadKind.CAUSAL_LM:
+            return None
+        if verbalizer is None:
+            width = HEAD_KINDS[kind].width or len(labels)
+            dropout = getattr(self.transformer.config, "hidden_dropout_prob", 0.1)
+            return LinearHead(self.transformer.config.hidden_size, width, dropout)
+        if kind != HeadKind.SEQUENCE_CLASSIFICATION:
+            raise PtuningError(f"a verbalizer scores the labels of sequence classification, not of {kind}")
+        if not self.has_lm_head:
+            raise PtuningError(f"task {name!r} scores with a verbalizer: it {NEEDS_LM_HEAD}")
+        lm_head = self.lm_head()  # refuses a backbone whose language-modelling head is not supported
+        prefix = next(path for path, module in self.backbone.named_modules() if module is lm_head) + "."
+        untrained = sorted(key for key in getattr(self.backbone, "untrained_keys", ()) if key.startswith(prefix))
+        if untrained:
+            raise PtuningError(
+                f"the backbone has no trained language-modelling head ({', '.join(untrained[:3])} missing): a "
+                "verbalizer would score with random weights"
+            )
+        if verbalizer.masked == self.architecture.decoder:
+            where = (
+                "after the template (a causal LM): leave {mask} out of it"
+                if self.architecture.decoder
+                else "at the template's {mask} (a masked LM): put {mask} where the label word goes"
+            )
+            raise PtuningError(f"template {verbalizer.template!r}: this backbone scores the label words {where}")
+        mask_token_id = self.tokenizer.mask_token_id if verbalizer.masked else None
+        return VerbalizerHead(word_token_ids(self.tokenizer, verbalizer.words_of(labels)), mask_token_id)
 
     def remove_task(self, name: str) -> None:
         """Drop a task: its head, and its prompt when no other task reads it."""
@@ -159,7 +220,7 @@ class PromptedModel(PromptedBackbone):
         return self.prompts[name] if name in self.prompts else None  # noqa: SIM401 - ModuleDict has no get()
 
     @property
-    def head(self) -> LinearHead | None:
+    def head(self) -> LinearHead | VerbalizerHead | None:
         name = self.default_task
         return self.heads[name] if name in self.heads else None  # noqa: SIM401 - ModuleDict has no get()
 
@@ -180,14 +241,31 @@ class PromptedModel(PromptedBackbone):
         prompt: PromptConfig | None = None,
         pooling: str | None = None,
         name: str = DEFAULT_TASK,
+        verbalizer: Verbalizer | None = None,
+        lm_head: bool = False,
+        tokenizer: PreTrainedTokenizerBase | None = None,
     ) -> PromptedModel:
         """Wrap ``backbone`` (alias, local path, hub name, or a built transformers model) for a head of ``kind``: give
-        ``labels`` (names) or ``num_labels`` (names "0", "1", ...); none for a head of fixed width or causal-lm."""
+        ``labels`` (names) or ``num_labels`` (names "0", "1", ...); none for a head of fixed width or causal-lm.
+        ``verbalizer``: score the labels with the backbone's language-modelling head (a built backbone then needs
+        its ``tokenizer``); ``lm_head``: keep that head for tasks added later."""
         labels = label_names(head_kind(kind), labels, num_labels)
         reference = backbone if isinstance(backbone, str) else None
+        lm_head = lm_head or kind == HeadKind.CAUSAL_LM or verbalizer is not None
         if isinstance(backbone, str):
-            backbone = load_backbone(backbone, causal_lm=kind == HeadKind.CAUSAL_LM)
-        return cls(backbone, kind, labels, prompt, backbone_reference=reference, pooling=pooling, name=name)
+            backbone = load_backbone(backbone, lm_head=lm_head)
+        return cls(
+            backbone,
+            kind,
+            labels,
+            prompt,
+            backbone_reference=reference,
+            pooling=pooling,
+            name=name,
+            lm_head=lm_head,
+            verbalizer=verbalizer,
+            tokenizer=tokenizer,
+        )
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -250,23 +328,30 @@ class PromptedModel(PromptedBackbone):
             return self.run_backbone(input_ids, attention_mask, token_type_ids, rows, labels=labels, use_cache=False)
         kind = HEAD_KINDS[record.kind]
         shape = input_ids.shape  # (batch, [choices,] T)
-        if kind.choices:  # each (context, choice) pair is encoded alone; the choices' scores compete
+        # several rows an example, scored together: multiple choice's choices, a verbalizer's row per label word
+        choices = input_ids.dim() == 3
+        if choices:  # each row is encoded alone; the rows' scores compete
             input_ids, attention_mask, token_type_ids = (
                 None if tensor is None else tensor.reshape(-1, shape[-1])  # (batch * choices, T)
                 for tensor in (input_ids, attention_mask, token_type_ids)
             )
             rows = [record.prompt] * input_ids.shape[0]
         hidden = self.encode_prompted(input_ids, attention_mask, token_type_ids, rows)  # (batch, T, hidden)
-        logits = self.head_logits(name, hidden, attention_mask)  # (batch, labels) or (batch, T, width)
-        if kind.choices:
+        logits = self.head_logits(name, hidden, attention_mask, input_ids)  # (batch, labels) or (batch, T, width)
+        if choices:
             logits = logits.view(shape[0], shape[1])  # (batch, choices)
         loss = None if labels is None else kind.loss(logits, labels)
         return kind.output(loss=loss, logits=logits)
 
-    def head_logits(self, name: str, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """Task ``name``'s head on its rows' hidden states (rows, T, hidden): (rows, labels) pooled, or
-        (rows, T, width) per token."""
+    def head_logits(
+        self, name: str, hidden: torch.Tensor, attention_mask: torch.Tensor | None, input_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Task ``name``'s head on its rows' hidden states (rows, T, hidden) of ``input_ids`` (rows, T): (rows,
+        labels) pooled or from a verbalizer (an expanded verbalizer's rows: (rows, 1)), or (rows, T, width) per
+        token."""
         record = self.tasks[name]
+        if record.head == HeadType.VERBALIZER:
+            return self.heads[name](hidden, attention_mask, input_ids, self.lm_head())  # (rows, labels) or (rows, 1)
         pooled = HEAD_KINDS[record.kind].pooled
         features = pool(hidden, attention_mask, record.pooling, self.transformer) if pooled else hidden
         return self.heads[name](features)
@@ -335,20 +420,26 @@ class PromptedModel(PromptedBackbone):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path | dict[str, str | Path], backbone: str | PreTrainedModel | None = None
+        cls,
+        directory: str | Path | dict[str, str | Path],
+        backbone: str | PreTrainedModel | None = None,
+        lm_head: bool = False,
     ) -> PromptedModel:
         """Restore saved prompts and heads onto ``backbone`` (default: the backbone named in the checkpoint).
 
         ``directory`` is a checkpoint folder or the run folder of ``ptuning train`` holding ``checkpoint/``; or a
         mapping ``{name: folder}`` to load several single-task checkpoints onto one backbone under those names.
+        The backbone keeps its language-modelling head when a task reads it, or with ``lm_head`` (for tasks loaded
+        later).
         """
         sources = directory if isinstance(directory, dict) else {None: directory}
         first = checkpoint.checkpoint_folder(next(iter(sources.values())))
         config = checkpoint.read_config(first)
         backbone, reference = config.backbone_to_load(first, backbone)
-        causal_lm = any(record.kind == HeadKind.CAUSAL_LM for record in config.tasks.values())
-        model_backbone = load_backbone(backbone, causal_lm=causal_lm) if isinstance(backbone, str) else backbone
-        model = cls(model_backbone, None, backbone_reference=reference, causal_lm=causal_lm)
+        configs = [checkpoint.read_config(checkpoint.checkpoint_folder(source)) for source in sources.values()]
+        lm_head = lm_head or any(record.uses_lm_head for each in configs for record in each.tasks.values())
+        model_backbone = load_backbone(backbone, lm_head=lm_head) if isinstance(backbone, str) else backbone
+        model = cls(model_backbone, None, backbone_reference=reference, lm_head=lm_head)
         for name, source in sources.items():
             # a backbone passed on purpose (a copy, another precision) may differ in its weights: warn only
             model.load_task(source, name, fingerprint="refuse" if isinstance(directory, dict) else "warn")

@@ -15,8 +15,8 @@ from typing import Any
 
 from transformers import DataCollatorWithPadding
 
+from .checkpoint import read_config
 from .errors import DataError, PtuningError
-from .heads import HEAD_KINDS
 from .model import PromptedModel
 from .tasks import make_task
 from .tasks.base import Encoded, Task, run_model, token_count
@@ -30,7 +30,7 @@ def task_for(model: PromptedModel, name: str) -> Task:
     record = model.tasks[name]
     room = model.text_room(record.prompt)
     max_length = min(record.max_length or room, room)
-    return make_task(record.family_name, model.tokenizer, record.labels, max_length, **record.options)
+    return make_task(record.family_name, model.tokenizer, record.labels, max_length, **record.task_options())
 
 
 @contextmanager
@@ -71,8 +71,12 @@ class Predictor:
         if not isinstance(sources, dict):
             return cls(PromptedModel.from_pretrained(sources), **settings)
         (first, folder), *others = sources.items()
-        with loading(first, folder):  # the first checkpoint names the backbone
-            predictor = cls(PromptedModel.from_pretrained({first: folder}), **settings)
+        lm_head = False  # any task may need the backbone's language-modelling head: it is kept for all
+        for name, source in sources.items():
+            with loading(name, source):
+                lm_head = lm_head or any(record.uses_lm_head for record in read_config(source).tasks.values())
+        with loading(first, folder):  # the first checkpoint names the backbone; any may need its LM head
+            predictor = cls(PromptedModel.from_pretrained({first: folder}, lm_head=lm_head), **settings)
         for name, folder in others:
             predictor.load(name, folder)
         return predictor
@@ -121,12 +125,12 @@ class Predictor:
     def predict(self, requests: list[Request]) -> list[dict[str, Any]]:
         """The formatted answer of every request, in order (each as that task's own ``predict`` formats it)."""
         answers: list[dict[str, Any]] = [{}] * len(requests)
-        # heads that score choices: inputs of another shape, batched apart by task and number of choices
+        # tasks whose features are several rows (choices, a verbalizer's label words): inputs of another shape,
+        # batched apart by task and number of rows
         alone: dict[tuple[str, int], list[int]] = {}
         mixed: list[int] = []
         for position, request in enumerate(requests):
-            kind = self.model.tasks[request.task].kind
-            if kind in HEAD_KINDS and HEAD_KINDS[kind].choices:
+            if self.tasks[request.task].choice_rows:
                 choices = len(self.encode(request).inputs[0]["input_ids"])
                 alone.setdefault((request.task, choices), []).append(position)
             else:

@@ -17,7 +17,8 @@ from .data.spec import DataSpec
 from .devices import DEVICE_HELP, DEVICES, PRECISIONS
 from .errors import PtuningError
 from .settings import at_least, check_settings, key_of, non_negative, positive, setting, share
-from .vocabulary import DEFAULT_TASK, TASK_CHOICES
+from .templates import Verbalizer, parse_verbalizer, template_problem, verbalizer_problem
+from .vocabulary import DEFAULT_TASK, TASK_CHOICES, Family, HeadType
 
 # by learning-rate family (see lr_family): a deep prompt through the MLP collapses at the flat table's rate (the
 # pilot is in benchmarks/results/READING.md)
@@ -123,6 +124,34 @@ class Recipe:
         choices=POOLINGS,
         default_help="cls for encoders, last for decoders",
     )
+    head: str | None = setting(
+        None,
+        "sequence classification: a new linear head, or verbalizer: the backbone's language-modelling head scoring "
+        "a word per label (--template, --verbalizer)",
+        choices=tuple(HeadType),
+        default_help="linear; verbalizer for --method prompting",
+        per_task=True,
+    )
+    template: str | None = setting(
+        None,
+        "verbalizer head: the text written into this template, verbatim ({text}, {text_pair}; a masked LM's "
+        "{mask} where the word goes, a causal LM's word follows it)",
+        check=template_problem,
+        per_task=True,
+    )
+    verbalizer: str | None = setting(
+        None,
+        'verbalizer head: a word per label, verbatim, LABEL=WORD,... ("fresh= positive,rotten= negative": a BPE '
+        "tokenizer's word after a space holds the space; \\, is a comma in a word)",
+        check=verbalizer_problem,
+        per_task=True,
+    )
+    chat_template: bool = setting(
+        False,
+        "verbalizer head on an instruct model: the filled template is the user's message in the tokenizer's chat "
+        "template, the words scored as the assistant's reply",
+        per_task=True,
+    )
     lr: float | None = setting(
         None,
         "learning rate",
@@ -197,7 +226,51 @@ class Recipe:
 
     def __post_init__(self) -> None:
         check_settings(self)
-        self.parts()  # how many tasks, and their names, are checked with the other values: before anything loads
+        # how many tasks, and their names, are checked with the other values: before anything loads
+        parts = self.parts()
+        if len(parts) == 1 and parts[0][1] is self:  # a task's own recipe (a multi-task one checks in its parts)
+            self.verbalizer_spec()
+
+    def head_type(self) -> HeadType:
+        """The head a sequence-classification task scores with: the given one, else a verbalizer for prompting."""
+        if self.head is not None:
+            return HeadType(self.head)
+        return HeadType.VERBALIZER if self.prompt.method == "prompting" else HeadType.LINEAR
+
+    def verbalizer_spec(self) -> Verbalizer | None:
+        """This (one-task) recipe's template and words when it scores with a verbalizer, checked: both given, a
+        method that works with it, a task that is sequence classification."""
+        head = self.head_type()
+        if self.prompt.method == "prompting" and head != HeadType.VERBALIZER:
+            raise PtuningError("method prompting scores with the verbalizer head: leave out --head linear")
+        if head != HeadType.VERBALIZER:
+            given = [
+                flag for flag, value in (("--template", self.template), ("--verbalizer", self.verbalizer)) if value
+            ]
+            if given or self.chat_template:
+                raise PtuningError(
+                    f"{', '.join(given) or '--chat-template'} sets a verbalizer head's prompt: give --head verbalizer "
+                    "(or --method prompting)"
+                )
+            return None
+        why = "--method prompting" if self.prompt.method == "prompting" else "--head verbalizer"
+        missing = [
+            flag for flag, value in (("--template", self.template), ("--verbalizer", self.verbalizer)) if not value
+        ]
+        if missing:
+            raise PtuningError(
+                f"{why} needs {' and '.join(missing)}: a template holding {{text}} and a word per label, e.g. "
+                '--template "Review: {text}\nSentiment:" --verbalizer "fresh= positive,rotten= negative"'
+            )
+        if self.prompt.method == "linear-probe":
+            raise PtuningError(
+                "method linear-probe trains only a head, and the verbalizer head is the backbone's own (frozen): "
+                "nothing would train; use --method prompting to score the template as it is"
+            )
+        chosen = self.data_spec().family()
+        if chosen is not None and chosen != Family.SEQUENCE_CLASSIFICATION:
+            raise PtuningError(f"{why}: a verbalizer scores the labels of sequence classification, not {chosen}")
+        return Verbalizer(self.template, parse_verbalizer(self.verbalizer), self.chat_template)
 
     @classmethod
     def run_control_keys(cls) -> frozenset[str]:

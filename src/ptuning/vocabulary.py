@@ -34,6 +34,13 @@ class HeadKind(StrEnum):
     CAUSAL_LM = "causal-lm"  # prefix-tuning for generation: the backbone's own language-modelling head
 
 
+class HeadType(StrEnum):
+    """How a sequence-classification task turns hidden states into label scores."""
+
+    LINEAR = "linear"  # a new linear layer on a pooled vector
+    VERBALIZER = "verbalizer"  # the backbone's own language-modelling head, restricted to one word per label
+
+
 class DataFormat(StrEnum):
     """How examples are laid out: in a local file, or in the columns of a hub dataset."""
 

@@ -20,27 +20,43 @@ from ..errors import PtuningError
 from .attention import LayerPrompts, active_prompts
 from .methods import PromptMethod, layer_prompts, method_of, mixed_layer_prompts
 
-NEEDS_LM_HEAD = "task 'causal-lm' needs a model with its language-modelling head (AutoModelForCausalLM)"
+NEEDS_LM_HEAD = (
+    "needs a model with its language-modelling head (AutoModelForCausalLM for a decoder, AutoModelForMaskedLM for an "
+    "encoder)"
+)
 
 
 class PromptedBackbone(nn.Module):
     """A frozen transformers ``backbone`` and named ``prompts`` (their tables in an ``nn.ModuleDict``, their settings
     in ``prompt_configs``).
 
-    ``backbone`` is the loaded model, with its language-modelling head when ``causal_lm`` (prefix-tuning for
-    generation); ``transformer`` is its body. Only the prompts train, unless a prompt's method trains the backbone.
+    ``backbone`` is the loaded model, with its language-modelling head when ``lm_head`` (prefix-tuning for
+    generation, verbalizer heads); ``transformer`` is its body. Only the prompts train, unless a prompt's method
+    trains the backbone.
     """
 
-    def __init__(self, backbone: PreTrainedModel, causal_lm: bool = False):
+    def __init__(self, backbone: PreTrainedModel, lm_head: bool = False):
         super().__init__()
-        if causal_lm and (not hasattr(backbone, "generate") or backbone.base_model is backbone):
-            raise PtuningError(NEEDS_LM_HEAD)
-        self.backbone = backbone if causal_lm else backbone.base_model
+        if lm_head and backbone.base_model is backbone:
+            raise PtuningError(
+                f"this backbone ({type(backbone).__name__}) has no language-modelling head: a task "
+                f"that reads it {NEEDS_LM_HEAD}"
+            )
+        self.backbone = backbone if lm_head else backbone.base_model
         self.architecture = architectures.architecture(self.transformer.config)
         self.prompts = nn.ModuleDict()  # prompt name -> its table (methods that have one)
         self.prompt_configs: dict[str, PromptConfig] = {}
         self._fingerprint_before_cast: float | None = None
         self.backbone.requires_grad_(False)
+
+    @property
+    def has_lm_head(self) -> bool:
+        """Whether the backbone was kept with its language-modelling head."""
+        return self.backbone is not self.transformer
+
+    def lm_head(self) -> nn.Module:
+        """The module that maps the body's last hidden states to vocabulary logits."""
+        return architectures.language_model_head(self.backbone)
 
     @property
     def transformer(self) -> PreTrainedModel:

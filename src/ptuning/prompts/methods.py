@@ -5,7 +5,9 @@ many positions it takes from the text and how it changes the backbone's inputs. 
 - ``deep`` (P-Tuning v2): per-layer keys/values handed to the attention (:class:`LayerPrompts`);
 - ``shallow`` (prompt tuning) and ``ptuning-v1``: embeddings prepended to the text's;
 - ``linear-probe``: no prompt, only the head trains;
-- ``finetune``: no prompt, every backbone weight trains and the checkpoint carries the backbone.
+- ``finetune``: no prompt, every backbone weight trains and the checkpoint carries the backbone;
+- ``prompting``: no prompt and nothing trains: a template and label words, scored by the backbone's own
+  language-modelling head (the verbalizer head).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from .. import architectures
 from ..config import PromptConfig
 from ..errors import UnsupportedModelError
+from ..vocabulary import HeadType
 from . import deberta, mpnet
 from .attention import LayerPrompts, prompted_implementation
 from .encoder import PromptEncoder, gather_key_values, split_key_values
@@ -35,6 +38,9 @@ class PromptMethod:
     input_level = False  # prepends embeddings: the input lengthens, so it cannot share a forward with other prompts
     trains_backbone = False  # every backbone weight trains; the checkpoint stores the backbone
     steers_generation = False  # can prompt a language-modelling head (task causal-lm)
+    # the heads a sequence-classification task may score with: a linear probe with the (frozen) verbalizer head
+    # would train nothing
+    head_types: tuple[HeadType, ...] = (HeadType.LINEAR,)
 
     def install(self, backbone: PreTrainedModel) -> None:
         """Prepare ``backbone`` (the loaded model, with its language-modelling head for causal-lm) for the prompt."""
@@ -66,6 +72,7 @@ class Finetune(PromptMethod):
     """No prompt: every backbone weight trains, so the backbone is part of the result."""
 
     trains_backbone = True
+    head_types = (HeadType.LINEAR, HeadType.VERBALIZER)
 
     def install(self, backbone: PreTrainedModel) -> None:
         backbone.requires_grad_(True)
@@ -76,6 +83,7 @@ class Deep(PromptMethod):
 
     per_layer = True
     steers_generation = True
+    head_types = (HeadType.LINEAR, HeadType.VERBALIZER)
 
     def install(self, backbone: PreTrainedModel) -> None:
         transformer = backbone.base_model
@@ -106,6 +114,7 @@ class InputLevel(PromptMethod):
     vocabulary's embeddings) and P-tuning v1 (produced by an LSTM or MLP prompt encoder)."""
 
     input_level = True
+    head_types = (HeadType.LINEAR, HeadType.VERBALIZER)
 
     def __init__(self, initialized_from_embeddings: bool):
         self.initialized_from_embeddings = initialized_from_embeddings
@@ -174,6 +183,13 @@ def mixed_layer_prompts(
     return LayerPrompts(key_values, visible)
 
 
+class Prompting(PromptMethod):
+    """Discrete prompting: no prompt table and nothing trains; the task's template and label words, scored by the
+    backbone's language-modelling head, are the whole method."""
+
+    head_types = (HeadType.VERBALIZER,)
+
+
 # every value of PromptConfig.method
 PROMPT_METHODS: dict[str, PromptMethod] = {
     "deep": Deep(),
@@ -181,6 +197,7 @@ PROMPT_METHODS: dict[str, PromptMethod] = {
     "ptuning-v1": InputLevel(initialized_from_embeddings=False),
     "finetune": Finetune(),
     "linear-probe": PromptMethod(),
+    "prompting": Prompting(),
 }
 
 

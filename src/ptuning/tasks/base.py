@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from ..errors import DataError
 
@@ -31,6 +31,25 @@ class Encoded:
     truncated: list[int] = field(default_factory=list)
 
 
+class MultipleChoiceCollator:
+    """Pads every choice of every example of a batch to one length: tensors (batch, choices, length).
+
+    Works as a transformers ``Trainer`` data collator; ``labels`` (batch,) is passed on where present.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.pad = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        choices = len(features[0]["input_ids"])
+        keys = [key for key in features[0] if key != "labels"]
+        flat = [{key: feature[key][choice] for key in keys} for feature in features for choice in range(choices)]
+        result = {key: value.view(len(features), choices, -1) for key, value in self.pad(flat).items()}
+        if "labels" in features[0]:
+            result["labels"] = torch.tensor([feature["labels"] for feature in features], dtype=torch.long)
+        return result
+
+
 def strings(values: list[Any], name: str, source: str) -> list[str]:
     """``values`` of a JSON input, each a string: a number, null or object is refused naming the field, never made
     into text."""
@@ -46,6 +65,7 @@ class Task:
     name = ""
     primary_metric = ""
     per_token = False  # whether the model's logits are per token (kept per feature up to its length)
+    choice_rows = False  # whether a feature is several rows (choices, tokens) scored together (batched apart)
     log_truncation = True  # a Predictor encodes one input at a time and says it per answer instead
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, labels: list[str], max_length: int):

@@ -10,37 +10,18 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
-from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from ..data.readers import LabeledText
 from ..data.superglue import ChoiceExample, copa_example
 from ..errors import DataError, PtuningError
-from .base import Encoded
+from .base import Encoded, MultipleChoiceCollator
 from .sequence_classification import SequenceClassificationTask
-
-
-class MultipleChoiceCollator:
-    """Pads every choice of every example of a batch to one length: tensors (batch, choices, length).
-
-    Works as a transformers ``Trainer`` data collator; ``labels`` (batch,) is passed on where present.
-    """
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase):
-        self.pad = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        choices = len(features[0]["input_ids"])
-        keys = [key for key in features[0] if key != "labels"]
-        flat = [{key: feature[key][choice] for key in keys} for feature in features for choice in range(choices)]
-        result = {key: value.view(len(features), choices, -1) for key, value in self.pad(flat).items()}
-        if "labels" in features[0]:
-            result["labels"] = torch.tensor([feature["labels"] for feature in features], dtype=torch.long)
-        return result
 
 
 class MultipleChoiceTask(SequenceClassificationTask):
     name = "multiple-choice"
+    choice_rows = True
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, labels: list[str], max_length: int):
         indices = [str(index) for index in range(len(labels))]

@@ -34,9 +34,18 @@ def build_model(recipe: Recipe, runs: list[TaskRun]) -> PromptedModel:
         prompt=prompt,
         pooling=recipe.pooling,
         name=first.name,
+        verbalizer=first.verbalizer,
+        lm_head=any(run.verbalizer is not None for run in runs),
     )
     for run in runs[1:]:
-        model.add_task(run.name, run.family.head_kind, run.labels, pooling=recipe.pooling, shared_prompt=first.name)
+        model.add_task(
+            run.name,
+            run.family.head_kind,
+            run.labels,
+            pooling=recipe.pooling,
+            shared_prompt=first.name,
+            verbalizer=run.verbalizer,
+        )
     if source is not None:
         try:
             model.check_backbone(Path(recipe.init_from), source, fingerprint="refuse")
@@ -77,7 +86,8 @@ def _copy_from(model: PromptedModel, source: str, runs: list[TaskRun]) -> None:
         model.prompts[runs[0].name].table.copy_(next(iter(saved.prompts.values())).folded_table())
         for run in runs:
             entry = saved.tasks.get(run.name)
-            if entry is not None and entry.labels == run.labels and run.name in saved.heads:
+            same_head = entry is not None and entry.head == model.tasks[run.name].head
+            if same_head and entry.labels == run.labels and run.name in saved.heads:
                 model.heads[run.name].load_state_dict(saved.heads[run.name].state_dict())
                 logger.info("%s: head from %s", run.name, source)
     logger.info("prompt from %s", source)

@@ -15,6 +15,7 @@ from ..data.spec import load_splits
 from ..errors import DataError
 from ..recipe import Recipe
 from ..tasks import make_task, task_class
+from ..templates import Verbalizer
 from ..vocabulary import Family
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class TaskRun:
     task: Task | None = None
     options: dict[str, Any] = field(default_factory=dict)
     max_length: int = 0
+    verbalizer: Verbalizer | None = None  # the template and label words of a verbalizer head
 
     def describe(self, record: TaskRecord) -> TaskRecord:
         """The model's record of this task with what the checkpoint keeps so that eval and predict read and decode
@@ -58,7 +60,11 @@ class TaskRun:
 def read_task_run(name: str, recipe: Recipe) -> TaskRun:
     """Read one task's data (``recipe`` is that task's part of the run's recipe); training subsamples move with the
     seed, evaluation subsamples do not (every run of a comparison scores the same examples)."""
+    verbalizer = recipe.verbalizer_spec()
     splits = load_splits(recipe.data_spec())
+    labels = _labels(recipe, task_class(splits.family).gold, splits.train)
+    if verbalizer is not None:
+        _check_verbalizer(name, verbalizer, splits.family, labels)
     return TaskRun(
         name=name,
         recipe=recipe,
@@ -67,9 +73,21 @@ def read_task_run(name: str, recipe: Recipe) -> TaskRun:
         train=_subsample(splits.train, recipe.max_train_samples, recipe.seed),
         validation=_subsample(splits.validation, recipe.max_eval_samples, EVAL_SUBSAMPLE_SEED),
         test=_subsample(splits.test, recipe.max_eval_samples, EVAL_SUBSAMPLE_SEED),
-        labels=_labels(recipe, task_class(splits.family).gold, splits.train),
+        labels=labels,
         options=dict(splits.options),
+        verbalizer=verbalizer,
     )
+
+
+def _check_verbalizer(name: str, verbalizer: Verbalizer, family: Family, labels: list[str]) -> None:
+    """A verbalizer scores sequence classification, a word for each label of the data, no other."""
+    if family != Family.SEQUENCE_CLASSIFICATION:
+        raise DataError(f"task {name!r}: a verbalizer scores the labels of sequence classification; this is {family}")
+    if sorted(verbalizer.words) != sorted(labels):
+        raise DataError(
+            f"task {name!r}: the verbalizer's labels {sorted(verbalizer.words)} must be the data's labels "
+            f"{sorted(labels)}: give one word for each (--verbalizer LABEL=WORD,...)"
+        )
 
 
 def prepare_task(run: TaskRun, model: PromptedModel, recipe: Recipe) -> None:
@@ -78,7 +96,9 @@ def prepare_task(run: TaskRun, model: PromptedModel, recipe: Recipe) -> None:
     room = model.text_room(model.tasks[run.name].prompt)
     default_length = QA_MAX_LENGTH if run.family == Family.QUESTION_ANSWERING else room
     run.max_length = min(recipe.max_length or default_length, room)
-    run.task = make_task(run.family, model.tokenizer, run.labels, run.max_length, **run.options)
+    scorer = model.tasks[run.name].scorer
+    extra = {} if scorer is None else {"verbalizer": scorer}
+    run.task = make_task(run.family, model.tokenizer, run.labels, run.max_length, **run.options, **extra)
     for examples in (run.train, run.validation, run.test):
         try:
             run.task.check_labels(examples)

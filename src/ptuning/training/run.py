@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from transformers import set_seed
+from transformers import TrainerState, set_seed
 
 from ..devices import check_precision, dtype_of, resolve_device
 from ..model import PromptedModel
@@ -23,7 +23,7 @@ from .data import TaskRun, prepare_task, read_task_run
 from .distributed import is_main_process, replica_checksums, world_size
 from .run_folder import latest_resume_state, staged_run
 from .run_metrics import run_metrics, task_result
-from .trainer import EvaluateEachEpoch, PromptTrainer, make_trainer
+from .trainer import EvaluateEachEpoch, make_trainer
 
 logger = logging.getLogger("ptuning")
 
@@ -78,13 +78,20 @@ def _train(recipe: Recipe, output: Path, final_output: Path, on_validation=None)
     )
     # validation runs on the writing process alone (the others would score the same examples again)
     callback = EvaluateEachEpoch(model, runs if is_main_process() else [], recipe.eval_batch_size, on_validation)
-    trainer = make_trainer(model, recipe, runs, output, callback, device)
-    resume_from = latest_resume_state(Path(recipe.output)) if recipe.resume else None
-    if resume_from is not None:
-        callback.load_state(resume_from)
-        logger.info("resuming from %s", resume_from)
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=None if resume_from is None else str(resume_from))
+    if model.trainable_parameters() == 0:  # prompting: no optimizer, no steps; validation scores what is given
+        logger.info("method %s trains nothing: scoring validation and test", recipe.prompt.method)
+        state = TrainerState(epoch=0.0)
+        callback.on_train_end(None, state, None)
+        history, steps, run_device = state.log_history, 0, str(device)
+    else:
+        trainer = make_trainer(model, recipe, runs, output, callback, device)
+        resume_from = latest_resume_state(Path(recipe.output)) if recipe.resume else None
+        if resume_from is not None:
+            callback.load_state(resume_from)
+            logger.info("resuming from %s", resume_from)
+        trainer.train(resume_from_checkpoint=None if resume_from is None else str(resume_from))
+        history, steps, run_device = trainer.state.log_history, trainer.state.global_step, str(trainer.args.device)
     train_seconds = time.perf_counter() - started
     replicas = replica_checksums(model)
     if not is_main_process():
@@ -108,10 +115,10 @@ def _train(recipe: Recipe, output: Path, final_output: Path, on_validation=None)
         for run in runs
     }
     model.active = None
-    shared = _shared_metrics(model, recipe, trainer, replicas, train_seconds, output, final_output)
+    shared = _shared_metrics(model, recipe, run_device, history, steps, replicas, train_seconds, output, final_output)
     metrics = run_metrics(tasks, callback.curve, shared)
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (output / "log.json").write_text(json.dumps(trainer.state.log_history, indent=2) + "\n")
+    (output / "log.json").write_text(json.dumps(history, indent=2) + "\n")
     return metrics
 
 
@@ -138,7 +145,9 @@ def _calibrate(
 def _shared_metrics(
     model: PromptedModel,
     recipe: Recipe,
-    trainer: PromptTrainer,
+    device: str,
+    history: list[dict[str, Any]],
+    steps: int,
     replicas: list[float],
     train_seconds: float,
     output: Path,
@@ -152,15 +161,15 @@ def _shared_metrics(
         "trainable_share": model.trainable_parameters() / model.total_parameters(),
         "stored_parameters": model.stored_parameters(),
         "stored_share": model.stored_share(),
-        "device": str(trainer.args.device),
+        "device": device,
         "world_size": world_size(),
         "global_batch_size": recipe.batch_size * world_size(),
         "replica_checksums": replicas,
         "precision": recipe.precision,
         "train_seconds": round(train_seconds, 1),
         # the last logged window, not the run's mean: tells underfitting (high) from overfitting (low)
-        "train_loss": next((entry["loss"] for entry in reversed(trainer.state.log_history) if "loss" in entry), None),
-        "steps": trainer.state.global_step,
+        "train_loss": next((entry["loss"] for entry in reversed(history) if "loss" in entry), None),
+        "steps": steps,
         "checkpoint": str(final_output / "checkpoint"),
         "checkpoint_bytes": sum(path.stat().st_size for path in checkpoint.rglob("*") if path.is_file()),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # of this process, so far
