@@ -143,7 +143,7 @@ smollm2_fetched = pytest.mark.skipif(
 def test_smollm2_is_the_135m_llama_with_its_chat_tokenizer():
     from transformers import AutoTokenizer
 
-    model = load_backbone("smollm2-135m", causal_lm=True)
+    model = load_backbone("smollm2-135m", lm_head=True)
     config = model.config
     assert (config.model_type, config.num_hidden_layers, config.hidden_size) == ("llama", 30, 576)
     assert (config.num_attention_heads, config.num_key_value_heads, config.vocab_size) == (9, 3, 49152)

@@ -208,15 +208,16 @@ def test_backbone_without_trained_pooler_is_refused(tmp_path):
         ({"backbone_shape": {"model_type": "electra", "num_hidden_layers": 2}}, "model type 'electra'"),
         ({"prompt": PromptConfig(layers=[1])}, r"layers \[1\] of 2"),
         ({"prompt": PromptConfig(method="finetune")}, "method 'finetune'"),
+        ({"head": "verbalizer"}, "a verbalizer head"),
     ],
 )
 def test_unsupported_checkpoints_are_refused(change, message):
-    def check(kind=TASK, prompt=None, backbone_shape=None) -> None:
+    def check(kind=TASK, prompt=None, backbone_shape=None, head="linear") -> None:
         config = CheckpointConfig(
             backbone_shape=backbone_shape or {"model_type": "bert", "num_hidden_layers": 2},
             prompts={"p": prompt or PromptConfig()},
         )
-        check_exportable(config, TaskRecord(kind, "p", ["a", "b"], "pooler"))
+        check_exportable(config, TaskRecord(kind, "p", ["a", "b"], "pooler", head=head))
 
     check()
     check(prompt=PromptConfig(layers=[1, 0]))  # all layers, listed

@@ -195,7 +195,7 @@ def command_train(args: argparse.Namespace) -> None:
     from .training.distributed import is_main_process
     from .training.run import train
     from .training.run_folder import prepare_output
-    from .training.run_metrics import task_metrics
+    from .training.run_metrics import run_summary
 
     if is_main_process():  # the process that writes the run; others of a data-parallel launch only train
         output_path(recipe.output, "--output", folder=True)
@@ -203,27 +203,7 @@ def command_train(args: argparse.Namespace) -> None:
     metrics = train(recipe)
     if not metrics:
         return
-    whole = ", the whole fine-tuned backbone included" if recipe.prompt.method == "finetune" else ""
-    results = task_metrics(metrics)
-    lines = []
-    for name, result in results.items():
-        primary = result["primary_metric"]
-        scores = ", ".join(
-            f"{split} {primary} {result[split][primary]:.2f}" for split in ("validation", "test") if result[split]
-        )
-        lines.append(f"{name + ': ' if len(results) > 1 else ''}{result['task']} on {result['dataset']}: {scores}")
-    trained = (
-        f"trainable {metrics['trainable_parameters']:,} of {metrics['total_parameters']:,} parameters "
-        f"({100 * metrics['trainable_share']:.3f}%), trained in {metrics['train_seconds'] / 60:.1f} min, "
-        f"{metrics['steps']} steps"
-        if metrics["trainable_parameters"]
-        else f"trained nothing (method {recipe.prompt.method}: the template and label words as given), 0 steps"
-    )
-    print(
-        "\n" + "\n".join(lines) + "\n" + trained + "\n"
-        f"checkpoint ({metrics['checkpoint_bytes'] / 1024:.0f} KB{whole}): {metrics['checkpoint']}; "
-        f"metrics: {Path(metrics['checkpoint']).parent / 'metrics.json'}"
-    )
+    print("\n" + run_summary(metrics, recipe.prompt.method))
 
 
 def output_path(value: str, flag: str, folder: bool = False, inputs: tuple[str | None, ...] = ()) -> Path:

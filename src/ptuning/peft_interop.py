@@ -38,7 +38,7 @@ from .checkpoint import CheckpointConfig, TaskRecord, checkpoint_folder, read_co
 from .config import PromptConfig
 from .errors import CheckpointError, PtuningError
 from .model import PromptedModel
-from .vocabulary import HeadKind
+from .vocabulary import HeadKind, HeadType
 
 MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 TASK = HeadKind.SEQUENCE_CLASSIFICATION
@@ -72,6 +72,8 @@ def check_exportable(config: CheckpointConfig, record: TaskRecord) -> None:
         raise CheckpointError(_supported(f"checkpoint method {prompt.method!r} has no PEFT prefix-tuning equivalent"))
     if record.kind != TASK:
         raise CheckpointError(_supported(f"checkpoint task {str(record.kind)!r} is not exported"))
+    if record.head != HeadType.LINEAR:
+        raise CheckpointError(_supported(f"a {record.head} head (the language-modelling head) is not exported"))
     shape = config.backbone_shape
     model_type = shape.get("model_type")
     if model_type not in MODEL_TYPES:

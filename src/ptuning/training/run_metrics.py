@@ -8,6 +8,7 @@ task); read in that shape and in the flat one that single-task runs wrote before
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -63,3 +64,28 @@ def task_result_of(metrics: dict[str, Any], name: str) -> dict[str, Any]:
     name none)."""
     results = task_metrics(metrics)
     return single_task_metrics(metrics) if len(results) == 1 else results[name]
+
+
+def run_summary(metrics: dict[str, Any], method: str) -> str:
+    """What a finished run says last: each task's scores, what trained and how long, where the run was saved."""
+    whole = ", the whole fine-tuned backbone included" if method == "finetune" else ""
+    results = task_metrics(metrics)
+    lines = []
+    for name, result in results.items():
+        primary = result["primary_metric"]
+        scores = ", ".join(
+            f"{split} {primary} {result[split][primary]:.2f}" for split in ("validation", "test") if result[split]
+        )
+        lines.append(f"{name + ': ' if len(results) > 1 else ''}{result['task']} on {result['dataset']}: {scores}")
+    trained = (
+        f"trainable {metrics['trainable_parameters']:,} of {metrics['total_parameters']:,} parameters "
+        f"({100 * metrics['trainable_share']:.3f}%), trained in {metrics['train_seconds'] / 60:.1f} min, "
+        f"{metrics['steps']} steps"
+        if metrics["trainable_parameters"]
+        else f"trained nothing (method {method}: the template and label words as given), 0 steps"
+    )
+    return (
+        "\n".join(lines) + "\n" + trained + "\n"
+        f"checkpoint ({metrics['checkpoint_bytes'] / 1024:.0f} KB{whole}): {metrics['checkpoint']}; "
+        f"metrics: {Path(metrics['checkpoint']).parent / 'metrics.json'}"
+    )
