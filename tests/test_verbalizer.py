@@ -402,6 +402,7 @@ def test_old_records_load_as_linear_heads():
         ({"task": "token-classification"}, "sequence classification, not token-classification"),
         ({"method": "linear-probe", "head": "verbalizer"}, "nothing would train"),
         ({"head": "linear"}, "method prompting scores with the verbalizer head"),
+        ({"save_steps": 5}, "no state to save or resume"),
     ],
 )
 def test_bad_verbalizer_settings_are_refused_before_loading(settings, message):

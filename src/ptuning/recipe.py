@@ -243,6 +243,11 @@ class Recipe:
         head = self.head_type()
         if self.prompt.method == "prompting" and head != HeadType.VERBALIZER:
             raise PtuningError("method prompting scores with the verbalizer head: leave out --head linear")
+        if self.prompt.method == "prompting" and (self.save_steps or self.resume):
+            raise PtuningError(
+                "method prompting trains nothing, so it has no state to save or resume: leave out "
+                "--save-steps and --resume"
+            )
         if head != HeadType.VERBALIZER:
             given = [
                 flag for flag, value in (("--template", self.template), ("--verbalizer", self.verbalizer)) if value
