@@ -58,9 +58,9 @@ class Client:
             return status, answer_headers, text
 
 
-def start(runs: Path, *flags: str) -> tuple[subprocess.Popen, Client]:
-    """A server process on a free loopback port, ready; its output goes to a file (a pipe nobody reads would fill
-    up with access-log lines and stall it)."""
+def start(runs: Path, *flags: str, tasks: tuple[str, ...] = ("ner", "sent")) -> tuple[subprocess.Popen, Client]:
+    """A server process on a free loopback port serving the runs ``tasks`` of ``runs``, ready; its output goes to a
+    file (a pipe nobody reads would fill up with access-log lines and stall it)."""
     port = free_port()
     log = tempfile.NamedTemporaryFile("w+", prefix="ptuning-serve-", suffix=".log", delete=False)  # noqa: SIM115
     command = [
@@ -68,8 +68,7 @@ def start(runs: Path, *flags: str) -> tuple[subprocess.Popen, Client]:
         "-m",
         "ptuning",
         "serve",
-        f"ner={runs / 'ner'}",
-        f"sent={runs / 'sent'}",
+        *(f"{task}={runs / task}" for task in tasks),
         "--port",
         str(port),
         *flags,

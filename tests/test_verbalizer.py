@@ -304,6 +304,35 @@ def test_prompting_run_end_to_end(request, tmp_path, reviews, backbone, template
     assert accuracy == pytest.approx(task_metrics["test"]["accuracy"])
 
 
+def test_a_server_answers_a_prompting_task_beside_a_linear_one(tmp_path, reviews, llama_folder):
+    """One backbone with its language-modelling head serves both; each answer equals the model's own."""
+    from test_serve import start, stop
+
+    runs = tmp_path / "runs"
+    result = run_cli(
+        "train", "--method", "prompting", "--model", str(llama_folder), "--train", str(reviews["train"]),
+        "--template", TEMPLATE, "--verbalizer", WORDS, "--output", str(runs / "sent"), "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    linear = PromptedModel.from_backbone(str(llama_folder), "sequence-classification", labels=["fresh", "rotten"])
+    linear.save_pretrained(runs / "lin")
+    expected = Predictor.from_checkpoints({"sent": str(runs / "sent"), "lin": str(runs / "lin")})
+    items = examples(REVIEWS[:4])
+    wanted = expected.predict([Request(name, item) for item in items for name in ("sent", "lin")])
+    process, client = start(runs, tasks=("sent", "lin"))
+    try:
+        inputs = [{"task": name, "text": item.text} for item in items for name in ("sent", "lin")]
+        status, _, body = client.call("POST", "/v1/predict", {"inputs": inputs})
+    finally:
+        stop(process)
+    assert status == 200, body
+    for answer, want in zip(body["outputs"], wanted, strict=True):
+        assert answer["label"] == want["label"]
+        assert_close(
+            torch.tensor(list(answer["probabilities"].values())), torch.tensor(list(want["probabilities"].values()))
+        )
+
+
 # verbalizer heads of trained methods ------------------------------------------------------------
 
 
