@@ -26,7 +26,7 @@ from typing import Any
 
 from protocol import RESULTS, Runner, write_json  # benchmarks/ is the script's folder, on sys.path
 
-from ptuning.training.run_metrics import task_metrics
+from ptuning.training.run_metrics import single_task_metrics
 
 BACKBONE = "smollm2-135m"
 SENTIMENT, NER = "rotten-tomatoes", "conll2003-ner"
@@ -105,7 +105,7 @@ def template_settings(template: Template) -> dict[str, Any]:
 
 
 def row(task: str, method: str, head: str, seed: int | None, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    result = task_metrics(metrics)[next(iter(task_metrics(metrics)))]
+    result = single_task_metrics(metrics)
     primary = result["primary_metric"]
     return {
         "backbone": BACKBONE,

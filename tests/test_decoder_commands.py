@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import assert_close, assert_same_answer
+from test_predict_many import MIXED_INPUTS
 
 from ptuning import PromptedModel
 from ptuning.backbones import load_tokenizer
@@ -23,14 +24,9 @@ SENTENCES = "text,label\ngood film,pos\nbad film,neg\nfine acting,pos\ndull plot
 TAGS = "Peter B-PER\nBlackburn I-PER\nruns O\n\nOslo B-LOC\ncalls O\n\nMary B-PER\nsings O\n"
 DATA = {"sent": "sent.csv", "ner": "ner.conll"}
 FAST = ["--max-steps", "2", "--batch-size", "2", "--lr", "0.1", "--prompt-length", "3"]
-# inputs of both tasks interleaved: plain text, given words, a text pair, texts longer than their batch-mates
+# the encoder's interleaved inputs of both tasks, and texts longer than the checkpoint's 128 tokens
 MIXED = [
-    {"task": "ner", "text": "Peter visited Oslo"},
-    {"task": "sent", "text": "a good film"},
-    {"task": "ner", "words": ["Mary", "sings", "in", "Oslo", "today"]},
-    {"task": "sent", "text": "dull", "text_pair": "and long"},
-    {"task": "sent", "text": "fine acting all along the way, and a plot that never drags"},
-    {"task": "ner", "text": "Blackburn"},
+    *MIXED_INPUTS,
     {"task": "sent", "text": "good film " * 80},  # longer than the checkpoint's 128 tokens: truncated
     {"task": "ner", "text": "Peter runs in Oslo " * 40},
 ]
