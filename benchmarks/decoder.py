@@ -146,6 +146,23 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def markdown(summary_rows: list[dict[str, Any]], budget: Budget) -> str:
+    """The summary as the README and REPORT show it: test score, mean ± std over the seeds, per task and method."""
+    lines = [
+        "| task (test metric) | method | head | runs | test | validation | trainable |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for entry in summary_rows:
+        metric = "accuracy" if entry["task"] == SENTIMENT else "f1"
+        lines.append(
+            f"| {entry['task']} ({metric}) | {entry['method']} | {entry['head']} | {entry['runs']} | "
+            f"{entry['test_mean']:.1f} ± {entry['test_std']:.1f} | {entry['validation_mean']:.1f} | "
+            f"{100 * entry['trainable_share']:.3f}% |"
+        )
+    shrunk = f"{budget.train_examples} training, {budget.eval_examples} validation and test examples, "
+    return "\n".join(lines) + f"\n\nBudget: {shrunk}{budget.epochs:g} epoch(s), batch {budget.batch_size}."
+
+
 def study(budget: Budget, runner: Runner) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     # discrete prompting trains nothing and draws nothing at random: one run per template, the best on validation
@@ -209,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
             "rows": rows,
         },
     )
+    print(markdown(summary(rows), budget))
     print(f"{len(rows)} rows in {time.perf_counter() - started:.0f} s: {output}")
 
 

@@ -440,6 +440,53 @@ def rerun_section(result: dict[str, Any], title: str, change: str) -> list[str]:
     ]
 
 
+def decoder_section(decoder: dict[str, Any], cost: dict[str, Any] | None) -> list[str]:
+    """P-Tuning v2 on the decoder SmolLM2-135M against discrete prompting, a verbalizer head, fine-tuning and
+    shallow prompts (benchmarks/decoder.py), and its training cost (benchmarks/cost.py --backbone)."""
+    budget = decoder["budget"]
+    lines = [
+        "## On a decoder: SmolLM2-135M-Instruct\n",
+        f"`{decoder['command']}` on SmolLM2-135M-Instruct (a 30-layer Llama decoder, 135M parameters, fetched by "
+        f"`make backbones`): training sets subsampled to {budget['train_examples']} examples, validation and test "
+        f"to {budget['eval_examples']}, {budget['epochs']:g} epoch(s), batch {budget['batch_size']}, prompt length "
+        f"{budget['prompt_length']}, seeds {budget['seeds']}; {decoder['shrunk']}. Discrete prompting trains "
+        "nothing: the template chosen on validation is reported (every template below).\n",
+        "| task | method | head | runs | test (mean ± std) | validation (mean) | trainable |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *[
+            f"| {row['task']} | {row['method']} | {row['head']} | {row['runs']} | {row['test_mean']:.1f} ± "
+            f"{row['test_std']:.1f} | {row['validation_mean']:.1f} | {100 * row['trainable_share']:.3f}% |"
+            for row in decoder["summary"]
+        ],
+        "",
+        "Discrete prompting, every template (rotten-tomatoes accuracy):\n",
+        "| template | label words | chat template | validation | test | chosen |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    templates = {template["name"]: template for template in decoder["templates"]}
+    for row in decoder["rows"]:
+        if row["method"] == "prompting":
+            template = templates[row["template"]]
+            text = template["template"].replace("\n", "\\n")
+            lines.append(
+                f"| `{text}` | `{template['verbalizer']}` | {template['chat_template']} | {row['validation']:.1f} | "
+                f"{row['test']:.1f} | {'yes' if row['chosen'] else ''} |"
+            )
+    lines.append("")
+    if cost:
+        steps, memory = cost["step_seconds_median"], cost["training_memory_mb"]
+        lines += [
+            f"Cost on the decoder (`python benchmarks/cost.py --backbone smollm2-135m --kinds deep,finetune --quick`): "
+            f"batch {cost['batch_size']} of CoNLL-2003 sentences ({cost['batch_tokens'][1]} tokens), "
+            f"{cost['repeats']} alternated repeats, medians: deep {steps['deep'] * 1000:.0f} ms a step and "
+            f"{memory['deep']:.0f} MB of training memory beyond the weights, finetune {steps['finetune'] * 1000:.0f} "
+            f"ms and {memory['finetune']:.0f} MB: deep / finetune step time "
+            f"**{times(cost['step_time_ratio_vs_finetune'])}**, "
+            f"memory **{times(cost['peak_mem_ratio_vs_finetune'])}**.\n",
+        ]
+    return lines
+
+
 def write(results: Path = RESULTS) -> Path:
     names = ("parity", "ablations", "longer", "data", "data_longer", "multitask", "cost", "faithfulness")
     loaded = (_load(results, f"{name}.json") for name in names)
@@ -607,6 +654,9 @@ def write(results: Path = RESULTS) -> Path:
             f"**{cost['epoch_speedup_vs_pad128']:.2f}x**.\n",
             "![cost](cost.png)\n",
         ]
+    decoder = _load(results, "decoder.json")
+    if decoder:
+        sections += decoder_section(decoder, _load(results, "cost-smollm2-135m.json"))
     notes = results / "READING.md"
     if notes.is_file():
         sections += ["## Reading\n", notes.read_text()]
