@@ -105,7 +105,7 @@ study-multitask: setup
 study-decoder: setup
 	$(MAKE) backbones BACKBONES=smollm2-135m
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/decoder.py --resume
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cost.py --backbone smollm2-135m --kinds deep,finetune --quick
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cost.py --backbone smollm2-135m --kinds deep,finetune --quick --epoch-sentences 128
 
 study-quick: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/study.py --quick

@@ -476,7 +476,8 @@ def decoder_section(decoder: dict[str, Any], cost: dict[str, Any] | None) -> lis
     if cost:
         steps, memory = cost["step_seconds_median"], cost["training_memory_mb"]
         lines += [
-            f"Cost on the decoder (`python benchmarks/cost.py --backbone smollm2-135m --kinds deep,finetune --quick`): "
+            "Cost on the decoder (`python benchmarks/cost.py --backbone smollm2-135m --kinds deep,finetune --quick "
+            f"--epoch-sentences 128`): "
             f"batch {cost['batch_size']} of CoNLL-2003 sentences ({cost['batch_tokens'][1]} tokens), "
             f"{cost['repeats']} alternated repeats, medians: deep {steps['deep'] * 1000:.0f} ms a step and "
             f"{memory['deep']:.0f} MB of training memory beyond the weights, finetune {steps['finetune'] * 1000:.0f} "
