@@ -81,6 +81,8 @@ class Budget:
     seeds: tuple[int, ...]
     batch_size: int = 16
     prompt_length: int = 16
+    prompt_lr: float | None = None  # the deep and shallow prompts' learning rate instead of each method's
+    methods: tuple[str, ...] | None = None  # only these (prompting, deep-linear, ...); None: every one
 
 
 FULL = Budget(train_examples=1000, eval_examples=200, epochs=1, seeds=(0, 1, 2))
@@ -163,21 +165,29 @@ def markdown(summary_rows: list[dict[str, Any]], budget: Budget) -> str:
     return "\n".join(lines) + f"\n\nBudget: {shrunk}{budget.epochs:g} epoch(s), batch {budget.batch_size}."
 
 
+def chosen(budget: Budget, name: str) -> bool:
+    return budget.methods is None or name in budget.methods
+
+
 def study(budget: Budget, runner: Runner) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     # discrete prompting trains nothing and draws nothing at random: one run per template, the best on validation
     prompting = []
-    for template in TEMPLATES:
+    for template in TEMPLATES if chosen(budget, "prompting") else ():
         settings = {**base_settings(budget, SENTIMENT), "method": "prompting", **template_settings(template)}
         metrics = runner.one(settings, f"prompting-{template.name}")
         prompting.append(row(SENTIMENT, "prompting", "verbalizer", None, metrics, template=template.name))
-    best = max(prompting, key=lambda entry: entry["validation"])
+    best = max(prompting, key=lambda entry: entry["validation"], default=None)
     rows += [{**entry, "chosen": entry is best} for entry in prompting]
     trained = []
     for method in METHODS:
+        if not chosen(budget, f"{method.name}-{method.head}"):
+            continue
         for task in method.tasks:
             for seed in budget.seeds:
                 settings = {**base_settings(budget, task), **method.settings, "seed": seed}
+                if budget.prompt_lr is not None and method.name in ("deep", "shallow"):
+                    settings["lr"] = budget.prompt_lr
                 if method.head == "verbalizer":
                     settings.update(head="verbalizer", **template_settings(VERBALIZER_TEMPLATE))
                 trained.append((task, method, seed, (f"{task}-{method.name}-{method.head}-{seed}", settings)))
@@ -196,6 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-examples", type=int, help="training subsample (default 1000)")
     parser.add_argument("--eval-examples", type=int, help="validation and test subsample (default 200)")
     parser.add_argument("--seeds", help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--epochs", type=float, help="training epochs (default 1)")
+    parser.add_argument("--prompt-lr", type=float, help="deep and shallow prompts' learning rate (default: 1e-2, 3e-2)")
+    parser.add_argument("--methods", help="only these, comma-separated: prompting, deep-linear, deep-verbalizer, ...")
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once, the cores shared among them")
     parser.add_argument("--output", default=str(RESULTS / "decoder.json"))
     args = parser.parse_args(argv)
@@ -207,6 +220,12 @@ def main(argv: list[str] | None = None) -> None:
         changes["eval_examples"] = args.eval_examples
     if args.seeds:
         changes["seeds"] = tuple(int(seed) for seed in args.seeds.split(","))
+    if args.epochs:
+        changes["epochs"] = args.epochs
+    if args.prompt_lr:
+        changes["prompt_lr"] = args.prompt_lr
+    if args.methods:
+        changes["methods"] = tuple(args.methods.split(","))
     budget = Budget(**{**asdict(budget), **changes})
     journal = "decoder-quick.jsonl" if args.quick else "decoder.jsonl"
     runner = Runner(jobs=args.jobs, resume=args.resume, journal=journal)
@@ -219,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         {
             "backbone": BACKBONE,
             "budget": asdict(budget),
-            "shrunk": "training and evaluation subsampled, 1 epoch, no learning-rate search (one rate per method)",
+            "shrunk": "training and evaluation subsampled, no learning-rate search (one rate per method)",
             "command": "python benchmarks/decoder.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "templates": [asdict(template) for template in TEMPLATES],
             "summary": summary(rows),

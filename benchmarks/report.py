@@ -440,12 +440,12 @@ def rerun_section(result: dict[str, Any], title: str, change: str) -> list[str]:
     ]
 
 
-def decoder_section(decoder: dict[str, Any], cost: dict[str, Any] | None) -> list[str]:
+def decoder_section(decoder: dict[str, Any], cost: dict[str, Any] | None, title: str) -> list[str]:
     """P-Tuning v2 on the decoder SmolLM2-135M against discrete prompting, a verbalizer head, fine-tuning and
     shallow prompts (benchmarks/decoder.py), and its training cost (benchmarks/cost.py --backbone)."""
     budget = decoder["budget"]
     lines = [
-        "## On a decoder: SmolLM2-135M-Instruct\n",
+        f"## {title}\n",
         f"`{decoder['command']}` on SmolLM2-135M-Instruct (a 30-layer Llama decoder, 135M parameters, fetched by "
         f"`make backbones`): training sets subsampled to {budget['train_examples']} examples, validation and test "
         f"to {budget['eval_examples']}, {budget['epochs']:g} epoch(s), batch {budget['batch_size']}, prompt length "
@@ -459,10 +459,13 @@ def decoder_section(decoder: dict[str, Any], cost: dict[str, Any] | None) -> lis
             for row in decoder["summary"]
         ],
         "",
-        "Discrete prompting, every template (rotten-tomatoes accuracy):\n",
-        "| template | label words | chat template | validation | test | chosen |",
-        "| --- | --- | --- | --- | --- | --- |",
     ]
+    if any(row["method"] == "prompting" for row in decoder["rows"]):
+        lines += [
+            "Discrete prompting, every template (rotten-tomatoes accuracy):\n",
+            "| template | label words | chat template | validation | test | chosen |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
     templates = {template["name"]: template for template in decoder["templates"]}
     for row in decoder["rows"]:
         if row["method"] == "prompting":
@@ -655,9 +658,15 @@ def write(results: Path = RESULTS) -> Path:
             f"**{cost['epoch_speedup_vs_pad128']:.2f}x**.\n",
             "![cost](cost.png)\n",
         ]
-    decoder = _load(results, "decoder.json")
-    if decoder:
-        sections += decoder_section(decoder, _load(results, "cost-smollm2-135m.json"))
+    decoder_parts = {
+        "decoder.json": "On a decoder: SmolLM2-135M-Instruct",
+        "decoder-longer.json": "On a decoder: deep prompts with more steps",
+    }
+    for name, title in decoder_parts.items():
+        decoder = _load(results, name)
+        if decoder:
+            cost_of_decoder = _load(results, "cost-smollm2-135m.json") if name == "decoder.json" else None
+            sections += decoder_section(decoder, cost_of_decoder, title)
     notes = results / "READING.md"
     if notes.is_file():
         sections += ["## Reading\n", notes.read_text()]
