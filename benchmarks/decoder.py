@@ -83,6 +83,7 @@ class Budget:
     prompt_length: int = 16
     prompt_lr: float | None = None  # the deep and shallow prompts' learning rate instead of each method's
     methods: tuple[str, ...] | None = None  # only these (prompting, deep-linear, ...); None: every one
+    tasks: tuple[str, ...] = (SENTIMENT, NER)
 
 
 FULL = Budget(train_examples=1000, eval_examples=200, epochs=1, seeds=(0, 1, 2))
@@ -183,7 +184,7 @@ def study(budget: Budget, runner: Runner) -> list[dict[str, Any]]:
     for method in METHODS:
         if not chosen(budget, f"{method.name}-{method.head}"):
             continue
-        for task in method.tasks:
+        for task in (task for task in method.tasks if task in budget.tasks):
             for seed in budget.seeds:
                 settings = {**base_settings(budget, task), **method.settings, "seed": seed}
                 if budget.prompt_lr is not None and method.name in ("deep", "shallow"):
@@ -209,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=float, help="training epochs (default 1)")
     parser.add_argument("--prompt-lr", type=float, help="deep and shallow prompts' learning rate (default: 1e-2, 3e-2)")
     parser.add_argument("--methods", help="only these, comma-separated: prompting, deep-linear, deep-verbalizer, ...")
+    parser.add_argument("--tasks", help=f"only these, comma-separated (default {SENTIMENT},{NER})")
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once, the cores shared among them")
     parser.add_argument("--output", default=str(RESULTS / "decoder.json"))
     args = parser.parse_args(argv)
@@ -226,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
         changes["prompt_lr"] = args.prompt_lr
     if args.methods:
         changes["methods"] = tuple(args.methods.split(","))
+    if args.tasks:
+        changes["tasks"] = tuple(args.tasks.split(","))
     budget = Budget(**{**asdict(budget), **changes})
     journal = "decoder-quick.jsonl" if args.quick else "decoder.jsonl"
     runner = Runner(jobs=args.jobs, resume=args.resume, journal=journal)
