@@ -449,8 +449,13 @@ def decoder_section(decoder: dict[str, Any], cost: dict[str, Any] | None, title:
         f"`{decoder['command']}` on SmolLM2-135M-Instruct (a 30-layer Llama decoder, 135M parameters, fetched by "
         f"`make backbones`): training sets subsampled to {budget['train_examples']} examples, validation and test "
         f"to {budget['eval_examples']}, {budget['epochs']:g} epoch(s), batch {budget['batch_size']}, prompt length "
-        f"{budget['prompt_length']}, seeds {budget['seeds']}; {decoder['shrunk']}. Discrete prompting trains "
-        "nothing: the template chosen on validation is reported (every template below).\n",
+        f"{budget['prompt_length']}, seeds {budget['seeds']}; {decoder['shrunk']}."
+        + (
+            " Discrete prompting trains nothing: the template chosen on validation is reported (every template "
+            "below).\n"
+            if any(row["method"] == "prompting" for row in decoder["rows"])
+            else "\n"
+        ),
         "| task | method | head | runs | test (mean ± std) | validation (mean) | trainable |",
         "| --- | --- | --- | --- | --- | --- | --- |",
         *[
