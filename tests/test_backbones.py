@@ -14,7 +14,7 @@ import torch
 
 from ptuning import PromptConfig, PromptedModel, PtuningError
 from ptuning.aliases import ALIASES, MPNET_FOLDER, SMOLLM2_FOLDER, backbones_home
-from ptuning.backbones import load_backbone, resolve
+from ptuning.backbones import load_backbone, load_tokenizer, resolve
 from ptuning.cli import main
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fetch_backbones.py"
@@ -163,3 +163,29 @@ def test_smollm2_is_the_135m_llama_with_its_chat_tokenizer():
 def test_smollm2_answers_a_chat(fetch_script):
     answer = fetch_script.greedy_chat_answer(Path(resolve("smollm2-135m")), fetch_script.CAPITAL_QUESTION, 12)
     assert "Paris" in answer
+
+
+@smollm2_fetched
+@pytest.mark.numerics
+def test_a_deep_prompt_of_a_real_prefix_gives_smollm2_the_logits_of_that_prefix_as_text():
+    """The route on the real 30-layer grouped-query Llama: a deep prompt holding the model's own keys and values of a
+    prefix (positions shifted past it) equals running the prefix as text."""
+    tokenizer = load_tokenizer("smollm2-135m")
+    prefix = tokenizer("Review: a warm and funny film.", return_tensors="pt")["input_ids"]
+    text = tokenizer(" Sentiment (positive or negative): positive", return_tensors="pt")["input_ids"]
+    length = prefix.shape[1]
+    prompt = PromptConfig(length=length, dropout=0.0, shift_positions=True)
+    model = PromptedModel.from_backbone("smollm2-135m", "causal-lm", prompt=prompt).eval()
+    with torch.no_grad():
+        whole = model.backbone(input_ids=torch.cat([prefix, text], 1)).logits[:, length:]  # (1, T, vocab)
+        cache = model.backbone(input_ids=prefix, use_cache=True).past_key_values
+        keys = torch.stack([layer.keys[0] for layer in cache.layers])  # (layers, kv_heads, P, head_dim)
+        values = torch.stack([layer.values[0] for layer in cache.layers])  # (layers, kv_heads, P, head_dim)
+        # the table's columns: layer, then key/value, then head, then head dim
+        table = torch.stack([keys, values], 1).permute(3, 0, 1, 2, 4).reshape(length, -1)  # (P, layers * 2 * kvh * hd)
+        model.prompts["default"].table.copy_(table)
+        prompted = model(input_ids=text).logits  # (1, T, vocab)
+    # logits of magnitude ~30 through 30 layers, attention summed in another order: within 1e-3 absolute, 1e-4
+    # relative (measured: 5.5e-5 at most)
+    torch.testing.assert_close(prompted, whole, rtol=1e-4, atol=1e-3)
+    assert torch.equal(prompted.argmax(-1), whole.argmax(-1))
