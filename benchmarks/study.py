@@ -46,7 +46,7 @@ from protocol import (  # noqa: E402 - the bench scripts' folder is on the path 
 )
 from report import reparam_rows  # noqa: E402
 
-from ptuning.model import stored_share  # noqa: E402
+from ptuning.prompts.backbone import stored_share  # noqa: E402
 from ptuning.training.run_metrics import single_task_metrics  # noqa: E402
 
 PARTS = ("parity", "ablations", "longer", "data", "data-longer", "multitask", "cost")

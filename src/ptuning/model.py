@@ -25,15 +25,9 @@ from .heads import HEAD_KINDS, LinearHead, VerbalizerHead, check_pooling, label_
 from .prompts.attention import active_prompts
 from .prompts.backbone import NEEDS_LM_HEAD, PromptedBackbone
 from .prompts.encoder import PromptEncoder
-from .prompts.methods import method_of
-from .templates import Verbalizer, word_token_ids
+from .task_heads import new_head
+from .templates import Verbalizer
 from .vocabulary import DEFAULT_TASK, HeadKind, HeadType, TaskName, head_kind
-
-
-def stored_share(stored: int, trainable: int, total: int) -> float:
-    """Stored parameters over the model that serves (frozen backbone + what is stored): the
-    reparameterization's training-only weights count in neither."""
-    return stored / (total - trainable + stored)
 
 
 class PromptedModel(PromptedBackbone):
@@ -112,7 +106,7 @@ class PromptedModel(PromptedBackbone):
             )
         config = self.prompt_configs[shared_prompt or name]
         try:
-            head = self._new_head(name, kind, labels, config, verbalizer)
+            head = new_head(self, name, kind, labels, config, verbalizer)
         except Exception:
             if shared_prompt is None:
                 self.remove_prompt(name)
@@ -126,42 +120,6 @@ class PromptedModel(PromptedBackbone):
             record.head, record.template = HeadType.VERBALIZER, verbalizer.template
             record.verbalizer, record.chat_template = dict(verbalizer.words), verbalizer.chat_template
         self.tasks[name] = record
-
-    def _new_head(
-        self, name: str, kind: HeadKind, labels: list[str], config: PromptConfig, verbalizer: Verbalizer | None
-    ) -> nn.Module | None:
-        """The head of a new task: none for causal-lm, a verbalizer head, or a fresh linear head."""
-        head_type = HeadType.LINEAR if verbalizer is None else HeadType.VERBALIZER
-        if kind != HeadKind.CAUSAL_LM and head_type not in method_of(config).head_types:
-            allowed = ", ".join(method_of(config).head_types)
-            raise PtuningError(f"method {config.method!r} scores with a {allowed} head, not a {head_type} head")
-        if kind == HeadKind.CAUSAL_LM:
-            return None
-        if verbalizer is None:
-            width = HEAD_KINDS[kind].width or len(labels)
-            dropout = getattr(self.transformer.config, "hidden_dropout_prob", 0.1)
-            return LinearHead(self.transformer.config.hidden_size, width, dropout)
-        if kind != HeadKind.SEQUENCE_CLASSIFICATION:
-            raise PtuningError(f"a verbalizer scores the labels of sequence classification, not of {kind}")
-        if not self.has_lm_head:
-            raise PtuningError(f"task {name!r} scores with a verbalizer: it {NEEDS_LM_HEAD}")
-        lm_head = self.lm_head()  # refuses a backbone whose language-modelling head is not supported
-        prefix = next(path for path, module in self.backbone.named_modules() if module is lm_head) + "."
-        untrained = sorted(key for key in getattr(self.backbone, "untrained_keys", ()) if key.startswith(prefix))
-        if untrained:
-            raise PtuningError(
-                f"the backbone has no trained language-modelling head ({', '.join(untrained[:3])} missing): a "
-                "verbalizer would score with random weights"
-            )
-        if verbalizer.masked == self.architecture.decoder:
-            where = (
-                "after the template (a causal LM): leave {mask} out of it"
-                if self.architecture.decoder
-                else "at the template's {mask} (a masked LM): put {mask} where the label word goes"
-            )
-            raise PtuningError(f"template {verbalizer.template!r}: this backbone scores the label words {where}")
-        mask_token_id = self.tokenizer.mask_token_id if verbalizer.masked else None
-        return VerbalizerHead(word_token_ids(self.tokenizer, verbalizer.words_of(labels)), mask_token_id)
 
     def remove_task(self, name: str) -> None:
         """Drop a task: its head, and its prompt when no other task reads it."""
@@ -365,36 +323,6 @@ class PromptedModel(PromptedBackbone):
             return self.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     # parameters ---------------------------------------------------------------------------------
-
-    def trainable_parameters(self) -> int:
-        return sum(parameter.numel() for parameter in self.parameters() if parameter.requires_grad)
-
-    def total_parameters(self) -> int:
-        return sum(parameter.numel() for parameter in self.parameters())
-
-    def stored_parameters(self) -> int:
-        """Parameters a checkpoint holds: the folded prompt tables and the heads (the whole model for finetune)."""
-        if self.trains_backbone:
-            return self.total_parameters()
-        tables = sum(encoder.folded_table().numel() for encoder in self.prompts.values())
-        return tables + sum(parameter.numel() for parameter in self.heads.parameters())
-
-    def stored_share(self) -> float:
-        return stored_share(self.stored_parameters(), self.trainable_parameters(), self.total_parameters())
-
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        """A detached copy of every trainable tensor by parameter name, to restore the best epoch or a resume."""
-        return {name: p.detach().clone() for name, p in self.named_parameters() if p.requires_grad}
-
-    def restore_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Put back a :meth:`trainable_state`; one of another model (other names) is refused, never half-applied."""
-        own = {name: p for name, p in self.named_parameters() if p.requires_grad}
-        if set(state) != set(own):
-            unknown, missing = sorted(set(state) - set(own))[:3], sorted(set(own) - set(state))[:3]
-            raise PtuningError(f"a saved training state of another model: unknown {unknown}, missing {missing}")
-        with torch.no_grad():
-            for name, parameter in own.items():
-                parameter.copy_(state[name])
 
     # save / load (the format: checkpoint.py) ----------------------------------------------------
 

@@ -26,6 +26,12 @@ NEEDS_LM_HEAD = (
 )
 
 
+def stored_share(stored: int, trainable: int, total: int) -> float:
+    """Stored parameters over the model that serves (frozen backbone + what is stored): the
+    reparameterization's training-only weights count in neither."""
+    return stored / (total - trainable + stored)
+
+
 class PromptedBackbone(nn.Module):
     """A frozen transformers ``backbone`` and named ``prompts`` (their tables in an ``nn.ModuleDict``, their settings
     in ``prompt_configs``).
@@ -228,3 +234,37 @@ class PromptedBackbone(nn.Module):
         hidden = self.run_backbone(input_ids, attention_mask, token_type_ids, row_prompts).last_hidden_state
         config = self.prompt_configs[row_prompts[0]]  # hidden: (batch, [P +] T, hidden)
         return method_of(config).text_states(hidden, config)  # (batch, T, hidden)
+
+    # parameters ---------------------------------------------------------------------------------
+
+    def trainable_parameters(self) -> int:
+        return sum(parameter.numel() for parameter in self.parameters() if parameter.requires_grad)
+
+    def total_parameters(self) -> int:
+        return sum(parameter.numel() for parameter in self.parameters())
+
+    def stored_parameters(self) -> int:
+        """Parameters a checkpoint holds: the folded prompt tables and whatever else is neither backbone nor prompt
+        (the heads); the whole model for finetune."""
+        if self.trains_backbone:
+            return self.total_parameters()
+        tables = sum(encoder.folded_table().numel() for encoder in self.prompts.values())
+        others = (p for name, p in self.named_parameters() if not name.startswith(("backbone.", "prompts.")))
+        return tables + sum(parameter.numel() for parameter in others)
+
+    def stored_share(self) -> float:
+        return stored_share(self.stored_parameters(), self.trainable_parameters(), self.total_parameters())
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """A detached copy of every trainable tensor by parameter name, to restore the best epoch or a resume."""
+        return {name: p.detach().clone() for name, p in self.named_parameters() if p.requires_grad}
+
+    def restore_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Put back a :meth:`trainable_state`; one of another model (other names) is refused, never half-applied."""
+        own = {name: p for name, p in self.named_parameters() if p.requires_grad}
+        if set(state) != set(own):
+            unknown, missing = sorted(set(state) - set(own))[:3], sorted(set(own) - set(state))[:3]
+            raise PtuningError(f"a saved training state of another model: unknown {unknown}, missing {missing}")
+        with torch.no_grad():
+            for name, parameter in own.items():
+                parameter.copy_(state[name])
