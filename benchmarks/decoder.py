@@ -63,11 +63,26 @@ class Method:
     head: str
     settings: dict[str, Any]
     tasks: tuple[str, ...]
+    start: str = "random"  # where the prompt starts: random (the reference code's N(0, 1)) or text (START_TEXTS)
+
+    @property
+    def label(self) -> str:
+        """Its name for --methods and the journal: deep-linear, deep-text-verbalizer, ..."""
+        return "-".join([self.name, *([self.start] if self.start != "random" else []), self.head])
 
 
+DEEP = {"method": "deep", "lr": 1e-2, "backbone_dropout": False}
+# a deep prompt started from the frozen model's own keys/values of a task instruction, positions shifted past it,
+# so that at step 0 the model reads the instruction before the input (Li and Liang's initialization)
+START_TEXTS = {
+    SENTIMENT: "Classify the sentiment of the following movie review as positive or negative.",
+    NER: "Find the names of people, organizations, locations and other entities in the following sentence.",
+}
 METHODS = (
-    Method("deep", "linear", {"method": "deep", "lr": 1e-2, "backbone_dropout": False}, (SENTIMENT, NER)),
-    Method("deep", "verbalizer", {"method": "deep", "lr": 1e-2, "backbone_dropout": False}, (SENTIMENT,)),
+    Method("deep", "linear", DEEP, (SENTIMENT, NER)),
+    Method("deep", "verbalizer", DEEP, (SENTIMENT,)),
+    Method("deep", "linear", DEEP, (SENTIMENT, NER), start="text"),
+    Method("deep", "verbalizer", DEEP, (SENTIMENT,), start="text"),
     Method("finetune", "linear", {"method": "finetune", "lr": 5e-5}, (SENTIMENT, NER)),
     Method("shallow", "linear", {"method": "shallow", "lr": 3e-2}, (SENTIMENT,)),
 )
@@ -129,36 +144,38 @@ def row(task: str, method: str, head: str, seed: int | None, metrics: dict[str, 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Test score mean and spread over seeds, per task, method and head (prompting: the template chosen on
     validation)."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, str, str | None], list[dict[str, Any]]] = {}
     for entry in rows:
         if entry["method"] == "prompting" and not entry["chosen"]:
             continue
-        groups.setdefault((entry["task"], entry["method"], entry["head"]), []).append(entry)
+        groups.setdefault((entry["task"], entry["method"], entry["head"], entry.get("start")), []).append(entry)
     return [
         {
             "task": task,
             "method": method,
             "head": head,
+            "start": start,
             "runs": len(group),
             "test_mean": statistics.fmean(entry["test"] for entry in group),
             "test_std": statistics.stdev([entry["test"] for entry in group]) if len(group) > 1 else 0.0,
             "validation_mean": statistics.fmean(entry["validation"] for entry in group),
             "trainable_share": group[0]["trainable_share"],
         }
-        for (task, method, head), group in groups.items()
+        for (task, method, head, start), group in groups.items()
     ]
 
 
 def markdown(summary_rows: list[dict[str, Any]], budget: Budget) -> str:
     """The summary as the README and REPORT show it: test score, mean ± std over the seeds, per task and method."""
     lines = [
-        "| task (test metric) | method | head | runs | test | validation | trainable |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| task (test metric) | method | head | prompt start | runs | test | validation | trainable |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for entry in summary_rows:
         metric = "accuracy" if entry["task"] == SENTIMENT else "f1"
         lines.append(
-            f"| {entry['task']} ({metric}) | {entry['method']} | {entry['head']} | {entry['runs']} | "
+            f"| {entry['task']} ({metric}) | {entry['method']} | {entry['head']} | {entry.get('start') or ''} | "
+            f"{entry['runs']} | "
             f"{entry['test_mean']:.1f} ± {entry['test_std']:.1f} | {entry['validation_mean']:.1f} | "
             f"{100 * entry['trainable_share']:.3f}% |"
         )
@@ -182,7 +199,7 @@ def study(budget: Budget, runner: Runner) -> list[dict[str, Any]]:
     rows += [{**entry, "chosen": entry is best} for entry in prompting]
     trained = []
     for method in METHODS:
-        if not chosen(budget, f"{method.name}-{method.head}"):
+        if not chosen(budget, method.label):
             continue
         for task in (task for task in method.tasks if task in budget.tasks):
             for seed in budget.seeds:
@@ -191,10 +208,12 @@ def study(budget: Budget, runner: Runner) -> list[dict[str, Any]]:
                     settings["lr"] = budget.prompt_lr
                 if method.head == "verbalizer":
                     settings.update(head="verbalizer", **template_settings(VERBALIZER_TEMPLATE))
-                trained.append((task, method, seed, (f"{task}-{method.name}-{method.head}-{seed}", settings)))
+                if method.start == "text":
+                    settings.update(prompt_init="text", prompt_init_text=START_TEXTS[task], shift_positions=True)
+                trained.append((task, method, seed, (f"{task}-{method.label}-{seed}", settings)))
     results = runner.many([named for *_, named in trained])
     rows += [
-        row(task, method.name, method.head, seed, metrics)
+        row(task, method.name, method.head, seed, metrics, start=method.start)
         for (task, method, seed, _), metrics in zip(trained, results, strict=True)
     ]
     return rows

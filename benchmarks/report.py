@@ -456,10 +456,11 @@ def decoder_section(decoder: dict[str, Any], cost: dict[str, Any] | None, title:
             if any(row["method"] == "prompting" for row in decoder["rows"])
             else "\n"
         ),
-        "| task | method | head | runs | test (mean ± std) | validation (mean) | trainable |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| task | method | head | prompt start | runs | test (mean ± std) | validation (mean) | trainable |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
         *[
-            f"| {row['task']} | {row['method']} | {row['head']} | {row['runs']} | {row['test_mean']:.1f} ± "
+            f"| {row['task']} | {row['method']} | {row['head']} | {row.get('start') or ''} | {row['runs']} | "
+            f"{row['test_mean']:.1f} ± "
             f"{row['test_std']:.1f} | {row['validation_mean']:.1f} | {100 * row['trainable_share']:.3f}% |"
             for row in decoder["summary"]
         ],

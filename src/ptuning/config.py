@@ -11,7 +11,8 @@ from .settings import at_least, check_settings, setting, share
 METHODS = ("deep", "shallow", "ptuning-v1", "finetune", "linear-probe", "prompting")
 PROMPTED_METHODS = ("deep", "shallow", "ptuning-v1")
 REPARAMS = {"deep": (None, "mlp"), "shallow": (None,), "ptuning-v1": ("lstm", "mlp")}
-INITS = ("random", "vocab")
+INITS = ("random", "vocab", "text")
+INITIALIZED_METHODS = ("deep", "shallow")  # the methods a prompt_init other than random applies to
 # how a text becomes one vector for sequence heads (heads.pool): first token, mean, last real token, backbone pooler
 POOLINGS = ("cls", "mean", "last", "pooler")
 
@@ -41,10 +42,13 @@ class PromptConfig:
     reparam_hidden: int = setting(512, "hidden width of the reparameterization", check=at_least(1))
     init: str = setting(
         "random",
-        "shallow: random, or vocab (copies of random vocabulary embeddings)",
+        "where the prompt starts: random; vocab: real tokens drawn from the vocabulary; text: the tokens of "
+        "prompt_init_text, repeated to the prompt length (shallow: their embeddings; deep: the keys/values the frozen "
+        "backbone computes for them in every layer, Li and Liang's initialization)",
         key="prompt_init",
         choices=INITS,
     )
+    init_text: str | None = setting(None, "the text a prompt_init text prompt starts from", key="prompt_init_text")
     dropout: float = setting(0.1, "dropout on the prompt vectors while training", key="prompt_dropout", check=share)
     shift_positions: bool = setting(
         False, "shift the text's position ids by the prompt length, as the reference code and PEFT do"
@@ -60,6 +64,13 @@ class PromptConfig:
         allowed = REPARAMS.get(self.method, (None,))
         if self.reparam not in allowed:
             raise PtuningError(f"reparam {self.reparam!r} does not apply to method {self.method!r}; allowed: {allowed}")
+        if self.init != "random" and (self.method not in INITIALIZED_METHODS or self.reparam is not None):
+            raise PtuningError(
+                f"prompt_init {self.init!r} starts a flat {' or '.join(INITIALIZED_METHODS)} prompt, not "
+                f"{self.method!r}{' with reparam ' + repr(self.reparam) if self.reparam else ''}"
+            )
+        if (self.init == "text") != bool(self.init_text):
+            raise PtuningError("prompt_init text and prompt_init_text go together (a non-empty text)")
         if self.layers is not None:
             if not self.layers:
                 raise PtuningError("layers must name at least one layer, or be None for every layer")

@@ -99,7 +99,9 @@ class PromptedModel(PromptedBackbone):
         if kind != HeadKind.CAUSAL_LM and verbalizer is None:
             check_pooling(pooling, self.transformer)
         if shared_prompt is None:
-            self.add_prompt(name, prompt or PromptConfig(), folded, causal=kind == HeadKind.CAUSAL_LM)
+            prompt = prompt or PromptConfig()
+            tokenizer = self.tokenizer if prompt.init == "text" and not folded else None
+            self.add_prompt(name, prompt, folded, causal=kind == HeadKind.CAUSAL_LM, tokenizer=tokenizer)
         elif shared_prompt not in self.prompt_configs:
             raise PtuningError(
                 f"no prompt named {shared_prompt!r} to share (prompts: {', '.join(self.prompt_configs)})"

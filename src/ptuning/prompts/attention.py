@@ -54,12 +54,24 @@ class LayerPrompts:
         self.visible = visible or {}  # per layer (batch, P): which prompt columns are real (mixed-task batches)
         self.consumed: set[int] = set()
         self.calls = 0
+        self.recorded: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
 
-    def take(self, module: nn.Module, batch_size: int) -> PromptColumns | None:
+    @classmethod
+    def recorder(cls) -> LayerPrompts:
+        """No prompt; keeps every layer's own keys and values (``recorded``), to start a prompt from real tokens."""
+        prompts = cls({})
+        prompts.recorded = {}
+        return prompts
+
+    def take(self, module: nn.Module, key: torch.Tensor, value: torch.Tensor) -> PromptColumns | None:
+        """This layer's prompt for the layer's own ``key`` and ``value`` (batch, kv_heads, T, head_dim), if any."""
         layer = getattr(module, "layer_idx", None)
         if layer is None:
             layer = self.calls
             self.calls += 1
+        if self.recorded is not None:
+            self.recorded[layer] = (key.detach(), value.detach())
+        batch_size = key.shape[0]
         pair = self.key_values.get(layer)
         if pair is None:
             return None
@@ -156,7 +168,7 @@ def _prompted(base: Callable[[nn.Module], Callable], additive_mask: bool) -> Cal
     def attention(module, query, key, value, attention_mask, **kwargs):
         # query (batch, heads, q, head_dim); key, value (batch, kv_heads, k, head_dim); mask (batch, 1, q, k) or None
         prompts = _ACTIVE_PROMPTS.get()
-        prompt = prompts.take(module, query.shape[0]) if prompts is not None else None
+        prompt = prompts.take(module, key, value) if prompts is not None else None
         if prompt is not None:
             if attention_mask is None and getattr(module, "is_causal", False) and query.shape[2] > 1:
                 attention_mask = _causal_mask(query, key.shape[2], additive_mask)  # (1, 1, q, k)

@@ -11,14 +11,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import architectures
 from ..checkpoint import backbone_fingerprint
 from ..config import PromptConfig
 from ..errors import PtuningError
 from .attention import LayerPrompts, active_prompts
-from .methods import PromptMethod, layer_prompts, method_of, mixed_layer_prompts
+from .methods import PromptMethod, layer_prompts, method_of, mixed_layer_prompts, start_token_ids
 
 NEEDS_LM_HEAD = (
     "needs a model with its language-modelling head (AutoModelForCausalLM for a decoder, AutoModelForMaskedLM for an "
@@ -103,9 +103,17 @@ class PromptedBackbone(nn.Module):
 
     # prompts ------------------------------------------------------------------------------------
 
-    def add_prompt(self, name: str, config: PromptConfig, folded: bool = False, causal: bool = False) -> None:
+    def add_prompt(
+        self,
+        name: str,
+        config: PromptConfig,
+        folded: bool = False,
+        causal: bool = False,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
         """A prompt ``name`` (``folded``: in the flat form a checkpoint holds; ``causal``: it steers generation). Its
-        method prepares the backbone for it; a backbone that trains serves one prompt only."""
+        method prepares the backbone for it; a backbone that trains serves one prompt only. A new prompt starts as
+        ``config.init`` says (``tokenizer``: for an init text)."""
         method = method_of(config)
         if causal and not method.steers_generation:
             raise PtuningError(f"task 'causal-lm' supports method 'deep' (prefix-tuning), not {config.method!r}")
@@ -116,6 +124,9 @@ class PromptedBackbone(nn.Module):
             )
         method.install(self.backbone)
         encoder = method.build(config, self.transformer, folded)
+        if not folded and config.init != "random":
+            vocab_size = self.transformer.get_input_embeddings().weight.shape[0]
+            method.start(encoder, config, self.transformer, start_token_ids(config, vocab_size, tokenizer))
         self.prompt_configs[name] = config
         if encoder is not None:
             self.prompts[name] = encoder.to(self.transformer.device).train(self.training)

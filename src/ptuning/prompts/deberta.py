@@ -76,14 +76,18 @@ def _forward(
 ):
     """DisentangledSelfAttention.forward with this layer's prompt keys/values prepended, if any."""
     prompts = current_prompts()
-    prompt = prompts.take(self, hidden_states.shape[0]) if prompts is not None else None
-    if prompt is None:
+    if prompts is None:
         return type(self).forward(
             self, hidden_states, attention_mask, output_attentions, query_states, relative_pos, rel_embeddings
         )
     parts = _v1_parts if isinstance(self, v1.DisentangledSelfAttention) else _v2_parts
     # query, key, value (batch, heads, T, head_dim); bias (batch, heads, T, T) or None
     query, key, value, bias = parts(self, hidden_states, query_states, relative_pos, rel_embeddings)
+    prompt = prompts.take(self, key, value)
+    if prompt is None:
+        return type(self).forward(
+            self, hidden_states, attention_mask, output_attentions, query_states, relative_pos, rel_embeddings
+        )
     prompt_key, prompt_value = prompt.key.to(key.dtype), prompt.value.to(value.dtype)  # (batch, heads, P, head_dim)
     length = prompt_key.shape[2]
 

@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import architectures
 from ..config import PromptConfig
-from ..errors import UnsupportedModelError
+from ..errors import PtuningError, UnsupportedModelError
 from ..vocabulary import HeadType
 from . import deberta, mpnet
-from .attention import LayerPrompts, prompted_implementation
+from .attention import LayerPrompts, active_prompts, prompted_implementation
 from .encoder import PromptEncoder, gather_key_values, split_key_values
 
 # the attention adapters of backbones whose attention bypasses transformers' interface (architectures.py routes)
@@ -48,6 +48,13 @@ class PromptMethod:
     def build(self, config: PromptConfig, transformer: PreTrainedModel, folded: bool) -> PromptEncoder | None:
         """The prompt's trainable table for the backbone body ``transformer``, or None: this method has none."""
         return None
+
+    def start(
+        self, encoder: PromptEncoder, config: PromptConfig, transformer: PreTrainedModel, token_ids: torch.Tensor
+    ) -> None:
+        """Set the flat prompt table of ``encoder`` from real tokens ``token_ids`` (P,) (``prompt_init`` vocab or
+        text)."""
+        raise PtuningError(f"{type(self).__name__} has no prompt to start from tokens")
 
     def positions(self, config: PromptConfig) -> int:
         """Places of the position table the prompt takes from the text."""
@@ -102,6 +109,27 @@ class Deep(PromptMethod):
         width = len(prompted_layers(config, transformer.config)) * 2 * kv_heads * head_dim
         return PromptEncoder(config, width, kv_heads * head_dim, folded=folded, activation=nn.Tanh)
 
+    def start(
+        self, encoder: PromptEncoder, config: PromptConfig, transformer: PreTrainedModel, token_ids: torch.Tensor
+    ) -> None:
+        """Each layer's prompt keys/values become the ones the frozen body computes for ``token_ids`` run as a text
+        (its positions 0..P-1, so the start is exact with ``shift_positions``)."""
+        layers = prompted_layers(config, transformer.config)
+        recorder = LayerPrompts.recorder()
+        was_training = transformer.training
+        transformer.eval()  # the backbone's dropout must not reach the start
+        try:
+            with torch.no_grad(), active_prompts(recorder):
+                transformer(input_ids=token_ids.unsqueeze(0).to(transformer.device))  # (1, P)
+        finally:
+            transformer.train(was_training)
+        missing = [layer for layer in layers if layer not in recorder.recorded]
+        if missing:
+            raise UnsupportedModelError(f"layers {missing} did not pass their keys/values through the prompt route")
+        # each recorded key/value (1, kv_heads, P, head_dim) -> (P, kv_heads * head_dim), in the table's column order
+        columns = [tensor[0].transpose(0, 1).flatten(1) for layer in layers for tensor in recorder.recorded[layer]]
+        encoder.table.data.copy_(torch.cat(columns, dim=1))  # (P, layers * 2 * kv_heads * head_dim)
+
     def positions(self, config: PromptConfig) -> int:
         return config.length if config.shift_positions else 0
 
@@ -122,12 +150,17 @@ class InputLevel(PromptMethod):
     def build(self, config: PromptConfig, transformer: PreTrainedModel, folded: bool) -> PromptEncoder:
         embeddings = transformer.get_input_embeddings().weight  # (vocab, embedding)
         initial = None
-        if self.initialized_from_embeddings and config.init == "vocab":
-            initial = embeddings[torch.randint(embeddings.shape[0], (config.length,))].detach()  # (P, embedding)
-        elif self.initialized_from_embeddings:
+        if self.initialized_from_embeddings:
             initial = torch.randn(config.length, embeddings.shape[1]) * embeddings.detach().std()  # (P, embedding)
         width = embeddings.shape[1]
         return PromptEncoder(config, width, width, initial=initial, folded=folded, activation=nn.ReLU)
+
+    def start(
+        self, encoder: PromptEncoder, config: PromptConfig, transformer: PreTrainedModel, token_ids: torch.Tensor
+    ) -> None:
+        """The prompt vectors become the embeddings of ``token_ids`` (P,)."""
+        embeddings = transformer.get_input_embeddings().weight  # (vocab, embedding)
+        encoder.table.data.copy_(embeddings.detach()[token_ids.to(embeddings.device)])  # (P, embedding)
 
     def positions(self, config: PromptConfig) -> int:
         return config.length
@@ -158,6 +191,19 @@ class InputLevel(PromptMethod):
 
 def prompted_layers(config: PromptConfig, backbone_config: PretrainedConfig) -> list[int]:
     return config.prompted_layers(backbone_config.num_hidden_layers)
+
+
+def start_token_ids(config: PromptConfig, vocab_size: int, tokenizer: PreTrainedTokenizerBase | None) -> torch.Tensor:
+    """The real tokens a prompt starts from (P,): drawn from the vocabulary, or the init text's repeated to the
+    prompt length and cut there (as PEFT's text initialization of prompt tuning)."""
+    if config.init == "vocab":
+        return torch.randint(vocab_size, (config.length,))
+    if tokenizer is None:
+        raise PtuningError("prompt_init text needs the backbone's tokenizer")
+    ids = tokenizer(config.init_text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise PtuningError(f"prompt_init_text {config.init_text!r} has no tokens")
+    return torch.tensor((ids * (config.length // len(ids) + 1))[: config.length])
 
 
 def layer_prompts(

@@ -20,12 +20,14 @@ from .attention import current_prompts, extend_mask, open_mask
 def _forward(self, hidden_states, attention_mask=None, position_bias=None, output_attentions=False, **kwargs):
     """MPNetSelfAttention.forward with this layer's prompt keys/values prepended, if any."""
     prompts = current_prompts()
-    prompt = prompts.take(self, hidden_states.shape[0]) if prompts is not None else None
-    if prompt is None:
+    if prompts is None:
         return type(self).forward(self, hidden_states, attention_mask, position_bias, output_attentions, **kwargs)
     shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
     # query, key, value: (batch, heads, T, head_dim)
     query, key, value = (proj(hidden_states).view(shape).transpose(1, 2) for proj in (self.q, self.k, self.v))
+    prompt = prompts.take(self, key, value)
+    if prompt is None:
+        return type(self).forward(self, hidden_states, attention_mask, position_bias, output_attentions, **kwargs)
     length = prompt.key.shape[2]
 
     key = torch.cat([prompt.key.to(key.dtype), key], dim=2)  # (batch, heads, P + T, head_dim)
