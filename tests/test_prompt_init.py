@@ -93,7 +93,7 @@ def test_the_init_text_is_repeated_to_the_prompt_length_and_cut_there(minilm_tok
         == ids[:1]
     )
     drawn = start_token_ids(PromptConfig(init="vocab", length=50), VOCAB, None)
-    assert drawn.shape == (50,) and 0 <= drawn.min() and drawn.max() < VOCAB
+    assert drawn.shape == (50,) and drawn.min() >= 0 and drawn.max() < VOCAB
     with pytest.raises(PtuningError, match="tokenizer"):
         start_token_ids(config, VOCAB, None)
     with pytest.raises(PtuningError, match="no tokens"):

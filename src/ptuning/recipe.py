@@ -158,6 +158,13 @@ class Recipe:
         check=positive,
         default_help="1e-2 for prompts, 1e-3 for deep with --reparam mlp, 5e-3 linear-probe, 5e-5 finetune",
     )
+    head_lr: float | None = setting(
+        None,
+        "learning rate of the task heads, apart from the prompt's (a decoder's large final states want a smaller one "
+        "than its prompt)",
+        check=positive,
+        default_help="--lr",
+    )
     weight_decay: float = setting(0.0, "AdamW weight decay", check=non_negative)
     warmup_ratio: float | None = setting(
         None, "share of the steps spent warming up the learning rate", check=share, default_help="0; 0.1 deep-mlp"

@@ -164,11 +164,36 @@ class PromptTrainer(Trainer):
     resumable checkpoints hold what trains (prompts and heads: megabytes, not the frozen backbone), the best-so-far
     validation state and the training-loss window not yet logged."""
 
-    def __init__(self, *args: Any, task_batches: TaskBatches, **kwargs: Any):
+    def __init__(self, *args: Any, task_batches: TaskBatches, head_lr: float | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.task_batches = task_batches
+        self.head_lr = head_lr
         self.resumed_loss_window: dict[str, float] | None = None
         self.add_callback(ResumeExactly(self))
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """The Trainer's optimizer, with the task heads' parameters in groups of their own at ``head_lr``."""
+        if self.optimizer is not None or self.head_lr is None:
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        decayed = set(self.get_decay_parameter_names(model))
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}  # (a head's, decayed) -> parameters
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad:
+                groups.setdefault((name.startswith("heads."), name in decayed), []).append(parameter)
+        optimizer_class, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_class(
+            [
+                {
+                    "params": parameters,
+                    "weight_decay": self.args.weight_decay if decay else 0.0,
+                    **({"lr": self.head_lr} if head else {}),
+                }
+                for (head, decay), parameters in groups.items()
+            ],
+            **optimizer_kwargs,
+        )
+        return self.optimizer
 
     def get_train_dataloader(self) -> DataLoader:
         loader = DataLoader(self.train_dataset, batch_sampler=self.task_batches, collate_fn=self.data_collator)
@@ -296,4 +321,5 @@ def make_trainer(
         data_collator=TaskCollator([run.task.collator() for run in runs]),
         callbacks=[callback],
         task_batches=batches,
+        head_lr=recipe.head_lr,
     )
