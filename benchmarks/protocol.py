@@ -65,6 +65,8 @@ class Scale:
     tasks: tuple[str, ...] = TASKS
     # longer / data rerun tasks whose validation gap exceeds this; None (quick): every task, so the parts run
     rerun_margin: float | None = 1.0
+    # recipe fields a method takes on this backbone beyond METHODS (none on the encoders: their journals' keys stay)
+    method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 QUICK = Scale(
@@ -245,6 +247,7 @@ def settings_for(scale: Scale, task: str, method: str, point: Point, seed: int) 
         "batch_size": scale.batch_size,
         "eval_batch_size": 64,
         **METHODS[method],
+        **scale.method_settings.get(method, {}),
         "lr": point.lr,
         "seed": seed,
     }
