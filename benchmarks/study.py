@@ -363,8 +363,8 @@ def main() -> None:
         "--backbone",
         default=DEFAULT_BACKBONE,
         choices=sorted(SCALES),
-        help="the parity part on another backbone (mpnet-base: fine-tuning and deep on NER, chunking and sentiment, "
-        "rows added to parity.json; fetch it with make backbones)",
+        help="the parity part on another backbone (mpnet-base: fine-tuning and deep on NER, chunking and sentiment; "
+        "smollm2-135m: on sentiment; rows added to parity.json; fetch them with make backbones)",
     )
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once, the cores shared among them")
     parser.add_argument("--resume", action="store_true", help="reuse runs finished by an earlier invocation")
@@ -387,9 +387,11 @@ def main() -> None:
     setup = {
         "mode": "quick" if args.quick else "full",
         "scale": scale.__dict__,
-        "backbone": {"minilm-l6": "all-MiniLM-L6-v2 (packaged)", "mpnet-base": "all-mpnet-base-v2 (make backbones)"}[
-            scale.backbone
-        ],
+        "backbone": {
+            "minilm-l6": "all-MiniLM-L6-v2 (packaged)",
+            "mpnet-base": "all-mpnet-base-v2 (make backbones)",
+            "smollm2-135m": "SmolLM2-135M-Instruct (make backbones)",
+        }[scale.backbone],
         "date": time.strftime("%Y-%m-%d"),
         "jobs": args.jobs,
         "prompt_dropout": PROMPT_DROPOUT,

@@ -149,9 +149,17 @@ class Recipe:
     chat_template: bool = setting(
         False,
         "verbalizer head on an instruct model: the filled template is the user's message in the tokenizer's chat "
-        "template, the words scored as the assistant's reply",
+        "template, the words scored as the assistant's reply; generation: each input is the user's message, the "
+        "target the assistant's reply",
         per_task=True,
     )
+    parser: str | None = setting(
+        None,
+        'generation: read the generated text with this parser and add its scores (entities: "Peter Blackburn (PER); '
+        'Oslo (LOC)", scored by entity F1)',
+        per_task=True,
+    )
+    max_new_tokens: int = setting(64, "generation: tokens written at most per answer", check=at_least(1), per_task=True)
     lr: float | None = setting(
         None,
         "learning rate",
@@ -247,6 +255,17 @@ class Recipe:
     def verbalizer_spec(self) -> Verbalizer | None:
         """This (one-task) recipe's template and words when it scores with a verbalizer, checked: both given, a
         method that works with it, a task that is sequence classification."""
+        if self.data_spec().family() == Family.GENERATION:
+            given = [
+                flag for flag, value in (("--template", self.template), ("--verbalizer", self.verbalizer)) if value
+            ]
+            if given or self.head is not None or self.prompt.method in ("prompting", "linear-probe"):
+                raise PtuningError(
+                    "generation writes with the backbone's language-modelling head under a trained deep prompt "
+                    f"(or --method finetune): leave out {', '.join(given) or '--head'} and methods prompting and "
+                    "linear-probe"
+                )
+            return None
         head = self.head_type()
         if self.prompt.method == "prompting" and head != HeadType.VERBALIZER:
             raise PtuningError("method prompting scores with the verbalizer head: leave out --head linear")

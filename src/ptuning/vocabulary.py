@@ -50,6 +50,7 @@ class DataFormat(StrEnum):
     SUPERGLUE = "superglue"  # a SuperGLUE task's JSON lines as distributed
     SRL = "srl"  # WORD PREDICATE_FLAG TAG per line, a blank line between instances
     HUB = "hf"  # the named columns of a dataset through datasets.load_dataset (never a local file)
+    GENERATION = "generation"  # JSON lines: {"input", "target"} or {"messages": [{"role", "content"}, ...]}
 
 
 class Family(StrEnum):
@@ -60,6 +61,7 @@ class Family(StrEnum):
     QUESTION_ANSWERING = "question-answering"
     MULTIPLE_CHOICE = "multiple-choice"
     SRL = "srl"
+    GENERATION = "generation"  # a text to write from an input: the backbone's own language-modelling head
 
     @property
     def head_kind(self) -> HeadKind:
@@ -90,6 +92,7 @@ FAMILIES: dict[Family, FamilyEntry] = {
         HeadKind.MULTIPLE_CHOICE, DataFormat.SUPERGLUE, format_settings={"task": "copa"}
     ),
     Family.SRL: FamilyEntry(HeadKind.TOKEN_CLASSIFICATION, DataFormat.SRL),
+    Family.GENERATION: FamilyEntry(HeadKind.CAUSAL_LM, DataFormat.GENERATION),
 }
 
 

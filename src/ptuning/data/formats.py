@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from ..errors import DataError, PtuningError
 from ..vocabulary import DataFormat
+from .generation import read_generation
 from .readers import read_conll, read_labeled_texts
 from .squad import read_squad
 from .srl import read_srl
@@ -137,6 +138,17 @@ class SrlFormat(ExampleFormat):
 
 
 @dataclass(frozen=True)
+class GenerationFormat(ExampleFormat):
+    kind: ClassVar[DataFormat] = DataFormat.GENERATION
+
+    def describe(self) -> str:
+        return 'JSON lines: {"input": TEXT, "target": TEXT or [TEXT, ...]} or {"messages": [{"role", "content"}, ...]}'
+
+    def load(self, path: Path) -> list[Any]:
+        return read_generation(path)
+
+
+@dataclass(frozen=True)
 class HubFormat(ExampleFormat):
     """A hub dataset's columns (``hf:NAME[:CONFIG]``): text/pair/label, or tokens/tags. No local file has it."""
 
@@ -159,6 +171,7 @@ FORMATS: dict[DataFormat, type[ExampleFormat]] = {
     DataFormat.SUPERGLUE: SuperGlueFormat,
     DataFormat.SRL: SrlFormat,
     DataFormat.HUB: HubFormat,
+    DataFormat.GENERATION: GenerationFormat,
 }
 
 

@@ -65,7 +65,8 @@ def text_lines(path: str | Path) -> list[str]:
     return decode_lines(path.read_bytes(), str(path))
 
 
-def _open_lines(path: Path) -> list[str]:
+def open_lines(path: Path) -> list[str]:
+    """The lines of a data file that holds something (an empty one is refused)."""
     lines = text_lines(path)
     if not any(line.strip() for line in lines):
         raise DataError(f"{path}: the file is empty")
@@ -91,7 +92,7 @@ def read_conll(path: str | Path, tag_column: int = -1) -> list[TaggedSentence]:
         tags.clear()
         lines.clear()
 
-    for number, line in enumerate(_open_lines(path), start=1):
+    for number, line in enumerate(open_lines(path), start=1):
         fields = line.split()
         if not fields:
             close_sentence()
@@ -157,7 +158,7 @@ def json_object(line: str, source: str) -> dict[str, Any]:
 
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) for JSONL, CSV and TSV files, chosen by extension."""
-    lines = _open_lines(path)
+    lines = open_lines(path)
     if path.suffix.lower() in (".jsonl", ".json"):
         for number, line in enumerate(lines, start=1):
             if not line.strip():

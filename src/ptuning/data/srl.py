@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
-from .readers import _open_lines
+from .readers import open_lines
 
 PREDICATE_FLAG = "1"
 FLAGS = (PREDICATE_FLAG, "0", "-")
@@ -52,7 +52,7 @@ def read_srl(path: str | Path) -> list[SRLInstance]:
             instances.append(_instance(path, rows))
         rows.clear()
 
-    for number, line in enumerate(_open_lines(path), start=1):
+    for number, line in enumerate(open_lines(path), start=1):
         fields = line.split()
         if not fields:
             close_instance()

@@ -48,6 +48,12 @@ def _srl() -> type[Task]:
     return SRLTask
 
 
+def _generation() -> type[Task]:
+    from .generation import GenerationTask
+
+    return GenerationTask
+
+
 # each family's Task class, loaded on first use
 TASK_CLASSES: dict[Family, Callable[[], type[Task]]] = {
     Family.SEQUENCE_CLASSIFICATION: _sequence_classification,
@@ -55,6 +61,7 @@ TASK_CLASSES: dict[Family, Callable[[], type[Task]]] = {
     Family.QUESTION_ANSWERING: _question_answering,
     Family.MULTIPLE_CHOICE: _multiple_choice,
     Family.SRL: _srl,
+    Family.GENERATION: _generation,
 }
 
 

@@ -74,9 +74,17 @@ def read_task_run(name: str, recipe: Recipe) -> TaskRun:
         validation=_subsample(splits.validation, recipe.max_eval_samples, EVAL_SUBSAMPLE_SEED),
         test=_subsample(splits.test, recipe.max_eval_samples, EVAL_SUBSAMPLE_SEED),
         labels=labels,
-        options=dict(splits.options),
+        options={**splits.options, **_generation_options(recipe, splits.family)},
         verbalizer=verbalizer,
     )
+
+
+def _generation_options(recipe: Recipe, family: Family) -> dict[str, Any]:
+    """What a generation task keeps in its checkpoint to write and score as it trained: its parser, answer length
+    and whether its inputs go through the chat template."""
+    if family != Family.GENERATION:
+        return {}
+    return {"parser": recipe.parser, "max_new_tokens": recipe.max_new_tokens, "chat_template": recipe.chat_template}
 
 
 def _check_verbalizer(name: str, verbalizer: Verbalizer, family: Family, labels: list[str]) -> None:
