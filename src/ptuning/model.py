@@ -16,13 +16,12 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import ModelOutput
 
-from . import checkpoint, mixing
+from . import checkpoint, generation, mixing
 from .backbones import load_backbone, load_tokenizer
 from .checkpoint import CheckpointConfig, TaskRecord
 from .config import PromptConfig
 from .errors import PtuningError
 from .heads import HEAD_KINDS, LinearHead, VerbalizerHead, check_pooling, label_names, pool
-from .prompts.attention import active_prompts
 from .prompts.backbone import NEEDS_LM_HEAD, PromptedBackbone
 from .prompts.encoder import PromptEncoder
 from .task_heads import new_head
@@ -316,13 +315,16 @@ class PromptedModel(PromptedBackbone):
         features = pool(hidden, attention_mask, record.pooling, self.transformer) if pooled else hidden
         return self.heads[name](features)
 
-    @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        """``transformers`` generation with the prefix in every layer at every step (task ``causal-lm``)."""
-        if self.kind != HeadKind.CAUSAL_LM:
-            raise PtuningError("generate() needs task 'causal-lm'")
-        with active_prompts(self.layer_prompts(input_ids.shape[0])):
-            return self.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        task_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """``transformers`` generation, each left-padded row under the prefix of its causal-lm task (``task_ids``;
+        without it, the default task's) in every layer at every step: :func:`ptuning.generation.generate`."""
+        return generation.generate(self, input_ids, attention_mask, task_ids, **kwargs)
 
     # parameters ---------------------------------------------------------------------------------
 

@@ -1,0 +1,240 @@
+"""Generation under prefixes (Prefix-Tuning, Li and Liang): transformers' ``generate`` on the backbone, each row of a
+batch under the deep prompt of its own causal-lm task, in every layer, through prefill and every decoding step.
+
+The prompts of the batch's rows are gathered once (``PromptedBackbone.mixed_layer_prompts``: shorter prompts
+left-padded with masked columns) and stay active for the whole ``generate`` call; the attention prepends them to the
+layer's keys and values at every step, so the cache holds only the text's. Rows are left-padded (decoders continue
+from the last column). transformers 5 counts a row's position ids from its attention mask (its first real token at 0)
+and moves them on by one each step; we pass them ourselves, each row's moved on by its prompt's shift
+(``shift_positions``), so every row is positioned as it is alone, whatever the other rows' tasks.
+
+``model`` is a PromptedModel, typed as its base class: model.py delegates here, so this module cannot import it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+
+from . import architectures
+from .errors import PtuningError
+from .prompts.attention import LayerPrompts, active_prompts
+from .prompts.backbone import PromptedBackbone
+from .prompts.methods import method_of
+from .vocabulary import HeadKind
+
+
+def row_tasks(model: PromptedBackbone, task_ids: torch.Tensor | None, batch_size: int) -> list[str]:
+    """The causal-lm task of each row of a PromptedModel's batch (``task_ids`` (batch,) indexes ``task_names``;
+    without it, every row is the default task's)."""
+    if task_ids is None:
+        names = [model.default_task] * batch_size
+    else:
+        indices = task_ids.tolist()
+        if task_ids.dim() != 1 or len(indices) != batch_size:
+            raise PtuningError(f"task_ids must hold one task index per row ({batch_size}), got shape {task_ids.shape}")
+        if any(index < 0 or index >= len(model.task_names) for index in indices):
+            raise PtuningError(f"task_ids index the {len(model.task_names)} tasks {model.task_names}, got {indices}")
+        names = [model.task_names[index] for index in indices]
+    for name in dict.fromkeys(names):
+        record = model.tasks[name]
+        if record.kind != HeadKind.CAUSAL_LM:
+            raise PtuningError(f"generation needs causal-lm tasks; task {name!r} is {record.kind.value}")
+        config = model.prompt_configs[record.prompt]
+        if not method_of(config).per_layer:
+            raise PtuningError(f"task {name!r} has no prefix to generate under (prompt method {config.method!r})")
+    return names
+
+
+def check_left_padded(attention_mask: torch.Tensor) -> None:
+    """Refuse rows that are empty or not left-padded (their padding after a real token): decoders continue from
+    the last column."""
+    real = attention_mask.bool()  # (batch, T)
+    if not bool(real[:, -1].all()) or not bool((real.long().diff(dim=1) >= 0).all()):
+        raise PtuningError(
+            "generation needs left-padded rows with at least one token each (tokenizer.padding_side = 'left')"
+        )
+
+
+def new_token_budget(backbone: Any, kwargs: dict[str, Any], length: int) -> int:
+    """How many tokens ``generate`` may add to a batch of ``length`` columns under these keyword arguments."""
+    config = kwargs.get("generation_config") or backbone.generation_config
+    budget = kwargs.get("max_new_tokens", config.max_new_tokens)
+    return budget if budget is not None else kwargs.get("max_length", config.max_length) - length
+
+
+@torch.no_grad()
+def generate(
+    model: PromptedBackbone,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    task_ids: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> Any:
+    """transformers' ``generate`` on a PromptedModel's backbone (its ``kwargs``: ``max_new_tokens``, ``do_sample``,
+    ``generation_config``, ...), row ``i`` of the left-padded ``input_ids`` (batch, T) under the prefix of the
+    causal-lm task ``task_ids[i]`` (an index of ``model.task_names``; without ``task_ids``, the default task's). Each
+    row decodes as it would alone. Returns what ``generate`` returns: the sequences (batch, T + new)."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)  # (batch, T)
+    check_left_padded(attention_mask)
+    names = row_tasks(model, task_ids, input_ids.shape[0])
+    row_prompts = [model.tasks[name].prompt for name in names]
+    prompts = list(dict.fromkeys(row_prompts))
+    configs = [model.prompt_configs[prompt] for prompt in prompts]
+    shifts = [method_of(config).position_shift(config) for config in configs]
+    index = {prompt: position for position, prompt in enumerate(prompts)}
+    rows = torch.tensor([index[prompt] for prompt in row_prompts], device=input_ids.device)  # (batch,)
+    budget = new_token_budget(model.backbone, kwargs, input_ids.shape[1])
+    lengths = attention_mask.sum(1)  # (batch,)
+    for prompt, position in index.items():
+        longest = int(lengths[rows == position].max())
+        room = model.text_room(prompt)
+        if longest + budget > room:
+            raise PtuningError(
+                f"{longest} prompt tokens and {budget} new ones exceed the {room} positions this backbone allows under "
+                f"prompt {prompt!r}; shorten the input or ask for fewer new tokens"
+            )
+    # as transformers counts them from the mask (left padding: 0 on the first real token), moved on per prompt
+    shift = torch.tensor(shifts, device=input_ids.device)[rows]  # (batch,)
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0) + shift[:, None]  # (batch, T)
+    layer_prompts: LayerPrompts = (
+        model.layer_prompts(input_ids.shape[0], prompts[0])
+        if len(prompts) == 1
+        else model.mixed_layer_prompts(prompts, rows)
+    )
+    with active_prompts(layer_prompts):
+        output = model.backbone.generate(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+        )
+    layer_prompts.check_all_consumed(architectures.model_type_of(model.transformer.config))
+    return output
+
+
+class StopTexts(StoppingCriteria):
+    """Stops a row once the text it generated (never its prompt's) holds one of the ``stops``, decoded as the answer
+    is; ``ended[i]`` records how many tokens row ``i`` had generated then."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: list[str], prompt_length: int, batch_size: int):
+        self.tokenizer, self.stops, self.prompt_length = tokenizer, stops, prompt_length
+        self.ended: list[int | None] = [None] * batch_size
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor | None, **kwargs: Any) -> torch.Tensor:
+        generated = input_ids[:, self.prompt_length :]  # (batch, new so far)
+        texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        done = [any(stop in text for stop in self.stops) for text in texts]
+        for row, hit in enumerate(done):
+            if hit and self.ended[row] is None:
+                self.ended[row] = generated.shape[1]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # (batch,)
+
+
+def _answer(
+    tokenizer: PreTrainedTokenizerBase, new: list[int], ended: int | None, end_ids: set[int], stops: list[str]
+) -> tuple[str, str, int]:
+    """One row's text, finish reason and completion tokens, from its ``new`` token ids (finished rows are padded)
+    and where a stop string ``ended`` it: the text ends before the stop string or the end-of-text token, which
+    count as completion tokens."""
+    if ended is not None:
+        text = tokenizer.decode(new[:ended], skip_special_tokens=True)
+        return text[: min(text.find(stop) for stop in stops if stop in text)], "stop", ended
+    end = next((position for position, token in enumerate(new) if token in end_ids), None)
+    if end is not None:
+        return tokenizer.decode(new[:end], skip_special_tokens=True), "stop", end + 1
+    return tokenizer.decode(new, skip_special_tokens=True), "length", len(new)
+
+
+def _left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows of different lengths as a left-padded batch: ids and attention mask, each (batch, T)."""
+    length = max(len(row) for row in rows)
+    input_ids = torch.tensor([[pad_id] * (length - len(row)) + row for row in rows])  # (batch, T)
+    attention_mask = torch.tensor([[0] * (length - len(row)) + [1] * len(row) for row in rows])  # (batch, T)
+    return input_ids, attention_mask
+
+
+def _end_ids(model: PromptedBackbone, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The tokens that end a text: the tokenizer's end-of-text and those the backbone's generation config names."""
+    configured = model.backbone.generation_config.eos_token_id
+    configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+    own = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    return list(dict.fromkeys(own + configured))
+
+
+def generate_texts(
+    model: PromptedBackbone,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    tasks: list[str] | None = None,
+    max_new_tokens: int = 16,
+    stop: str | list[str] | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+) -> list[dict[str, Any]]:
+    """Continue each of ``prompts`` under the prefix of its task (``tasks[i]``, a causal-lm task of the PromptedModel
+    ``model``; without ``tasks``, the default task), all in one batch.
+
+    Greedy when ``temperature`` is 0, else sampled at that temperature from the ``top_p`` nucleus, reproducibly under
+    ``seed`` (the caller's random state is left as it was). A row ends at the end-of-text token, at the first of the
+    ``stop`` strings in its generated text (cut before it), or after ``max_new_tokens``. Returns per prompt
+    ``{"generated_text", "finish_reason": "stop" | "length", "prompt_tokens", "completion_tokens"}``, the counts as
+    OpenAI's usage (the token that ended the text counts as a completion token).
+    """
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if not prompts:
+        raise PtuningError("no prompts to generate from")
+    if tasks is not None and len(tasks) != len(prompts):
+        raise PtuningError(f"{len(tasks)} task names for {len(prompts)} prompts: give one task per prompt")
+    if max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1 or any(not text for text in stops):
+        raise PtuningError(
+            f"max_new_tokens must be at least 1, temperature at least 0, top_p in (0, 1] and stop strings non-empty; "
+            f"got {max_new_tokens}, {temperature}, {top_p}, {stops}"
+        )
+    task_ids = None
+    if tasks is not None:
+        unknown = sorted(set(tasks) - set(model.task_names))
+        if unknown:
+            raise PtuningError(f"no task named {', '.join(map(repr, unknown))}; loaded: {', '.join(model.task_names)}")
+        task_ids = torch.tensor([model.task_names.index(name) for name in tasks])  # (batch,)
+    token_rows = tokenizer(prompts)["input_ids"]
+    empty = [position for position, row in enumerate(token_rows) if not row]
+    if empty:
+        raise PtuningError(f"prompts {empty} have no tokens to continue from")
+    end_ids = _end_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (end_ids or [0])[0]
+    input_ids, attention_mask = _left_padded(token_rows, pad_id)  # each (batch, T)
+    device = model.transformer.device
+    sampled = temperature > 0
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=sampled,
+        temperature=temperature if sampled else None,
+        top_p=top_p if sampled else None,
+        top_k=0 if sampled else None,  # OpenAI's sampling has no top-k cut
+        eos_token_id=end_ids or None,
+        pad_token_id=pad_id,
+    )
+    criteria = StopTexts(tokenizer, stops, input_ids.shape[1], len(prompts)) if stops else None
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        sequences = generate(
+            model,
+            input_ids.to(device),
+            attention_mask.to(device),
+            None if task_ids is None else task_ids.to(device),
+            generation_config=config,
+            stopping_criteria=StoppingCriteriaList([criteria]) if criteria else None,
+        )  # (batch, T + new)
+    answers = []
+    for row, tokens in enumerate(token_rows):
+        new = sequences[row, input_ids.shape[1] :].tolist()
+        ended = criteria.ended[row] if criteria else None
+        text, reason, count = _answer(tokenizer, new, ended, set(end_ids), stops)
+        answers.append(
+            {"generated_text": text, "finish_reason": reason, "prompt_tokens": len(tokens), "completion_tokens": count}
+        )
+    return answers
