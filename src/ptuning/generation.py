@@ -23,6 +23,7 @@ from .errors import PtuningError
 from .prompts.attention import LayerPrompts, active_prompts
 from .prompts.backbone import PromptedBackbone
 from .prompts.methods import method_of
+from .templates import verbatim
 from .vocabulary import HeadKind
 
 
@@ -167,38 +168,56 @@ def generate_texts(
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
     tasks: list[str] | None = None,
-    max_new_tokens: int = 16,
+    **settings: Any,
+) -> list[dict[str, Any]]:
+    """Continue each of ``prompts`` (tokenized as written: no space put before them) under the prefix of its task
+    (``tasks[i]``, a causal-lm task of the PromptedModel ``model``; without ``tasks``, the default task), all in one
+    batch; ``settings`` as :func:`generate_from_ids`."""
+    if not prompts:
+        raise PtuningError("no prompts to generate from")
+    token_rows = verbatim(tokenizer)(prompts)["input_ids"]
+    return generate_from_ids(model, tokenizer, token_rows, tasks, **settings)
+
+
+def generate_from_ids(
+    model: PromptedBackbone,
+    tokenizer: PreTrainedTokenizerBase,
+    token_rows: list[list[int]],
+    tasks: list[str] | None = None,
+    max_new_tokens: int | list[int] = 16,
     stop: str | list[str] | None = None,
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Continue each of ``prompts`` under the prefix of its task (``tasks[i]``, a causal-lm task of the PromptedModel
-    ``model``; without ``tasks``, the default task), all in one batch.
+    """Continue each row of token ids under the prefix of its task, all in one batch.
 
     Greedy when ``temperature`` is 0, else sampled at that temperature from the ``top_p`` nucleus, reproducibly under
     ``seed`` (the caller's random state is left as it was). A row ends at the end-of-text token, at the first of the
-    ``stop`` strings in its generated text (cut before it), or after ``max_new_tokens``. Returns per prompt
-    ``{"generated_text", "finish_reason": "stop" | "length", "prompt_tokens", "completion_tokens"}``, the counts as
-    OpenAI's usage (the token that ended the text counts as a completion token).
+    ``stop`` strings in its generated text (cut before it), or after ``max_new_tokens`` (one for all, or one per row:
+    greedy rows are cut at their own, which is what each would write alone). Returns per row ``{"generated_text",
+    "finish_reason": "stop" | "length", "prompt_tokens", "completion_tokens"}``, the counts as OpenAI's usage (the
+    token that ended the text counts as a completion token).
     """
     stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if not prompts:
+    budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(token_rows)
+    if not token_rows:
         raise PtuningError("no prompts to generate from")
-    if tasks is not None and len(tasks) != len(prompts):
-        raise PtuningError(f"{len(tasks)} task names for {len(prompts)} prompts: give one task per prompt")
-    if max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1 or any(not text for text in stops):
+    if tasks is not None and len(tasks) != len(token_rows):
+        raise PtuningError(f"{len(tasks)} task names for {len(token_rows)} prompts: give one task per prompt")
+    if min(budgets) < 1 or temperature < 0 or not 0 < top_p <= 1 or any(not text for text in stops):
         raise PtuningError(
             f"max_new_tokens must be at least 1, temperature at least 0, top_p in (0, 1] and stop strings non-empty; "
             f"got {max_new_tokens}, {temperature}, {top_p}, {stops}"
         )
+    if len(set(budgets)) > 1 and temperature > 0:
+        raise PtuningError("sampled rows take one max_new_tokens for the batch (a longer row draws more)")
     task_ids = None
     if tasks is not None:
         unknown = sorted(set(tasks) - set(model.task_names))
         if unknown:
             raise PtuningError(f"no task named {', '.join(map(repr, unknown))}; loaded: {', '.join(model.task_names)}")
         task_ids = torch.tensor([model.task_names.index(name) for name in tasks])  # (batch,)
-    token_rows = tokenizer(prompts)["input_ids"]
     empty = [position for position, row in enumerate(token_rows) if not row]
     if empty:
         raise PtuningError(f"prompts {empty} have no tokens to continue from")
@@ -208,7 +227,7 @@ def generate_texts(
     device = model.transformer.device
     sampled = temperature > 0
     config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=max(budgets),
         do_sample=sampled,
         temperature=temperature if sampled else None,
         top_p=top_p if sampled else None,
@@ -216,7 +235,7 @@ def generate_texts(
         eos_token_id=end_ids or None,
         pad_token_id=pad_id,
     )
-    criteria = StopTexts(tokenizer, stops, input_ids.shape[1], len(prompts)) if stops else None
+    criteria = StopTexts(tokenizer, stops, input_ids.shape[1], len(token_rows)) if stops else None
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
         if seed is not None:
@@ -231,8 +250,9 @@ def generate_texts(
         )  # (batch, T + new)
     answers = []
     for row, tokens in enumerate(token_rows):
-        new = sequences[row, input_ids.shape[1] :].tolist()
+        new = sequences[row, input_ids.shape[1] : input_ids.shape[1] + budgets[row]].tolist()
         ended = criteria.ended[row] if criteria else None
+        ended = ended if ended is not None and ended <= budgets[row] else None
         text, reason, count = _answer(tokenizer, new, ended, set(end_ids), stops)
         answers.append(
             {"generated_text": text, "finish_reason": reason, "prompt_tokens": len(tokens), "completion_tokens": count}

@@ -151,7 +151,6 @@ def generation_metrics(
                 raise PtuningError(f"example {number}: a parsed output has one reference, not {targets!r}")
         scores = parsed_metrics(predictions, [targets[0] for targets in lists], parse)
         metrics.update({f"{parser}_{name}": value for name, value in scores.items()})
-    metrics["primary"] = metrics[primary_metric(parser)]
     return metrics
 
 

@@ -129,8 +129,11 @@ class Predictor:
         # batched apart by task and number of rows
         alone: dict[tuple[str, int], list[int]] = {}
         mixed: list[int] = []
+        written: list[int] = []  # generation: every task's inputs decoded together, each under its own prefix
         for position, request in enumerate(requests):
-            if self.tasks[request.task].choice_rows:
+            if self.tasks[request.task].generates:
+                written.append(position)
+            elif self.tasks[request.task].choice_rows:
                 choices = len(self.encode(request).inputs[0]["input_ids"])
                 alone.setdefault((request.task, choices), []).append(position)
             else:
@@ -139,6 +142,8 @@ class Predictor:
             self._answer(positions, requests, answers, self.tasks[name].collator())
         if mixed:
             self._answer(mixed, requests, answers, DataCollatorWithPadding(self.model.tokenizer))
+        if written:
+            self._write(written, requests, answers)
         truncated = sum("warning" in answer for answer in answers)
         if truncated:
             logger.warning("%d input(s) were longer than their task allows and were truncated", truncated)
@@ -169,6 +174,28 @@ class Predictor:
                 answers[position]["warning"] = (
                     f"the input is longer than {task.max_length} tokens and was truncated to fit"
                 )
+
+
+    def _write(self, positions: list[int], requests: list[Request], answers: list[dict]) -> None:
+        """Generate the answers of ``requests[positions]``, inputs of similar length batched together whatever
+        their tasks, each row under its task's prefix and cut at its task's answer length."""
+        from .generation import generate_from_ids
+
+        prompts = {position: self.encode(requests[position]).inputs[0]["input_ids"] for position in positions}
+        order = sorted(positions, key=lambda position: len(prompts[position]))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            names = [requests[position].task for position in chunk]
+            budgets = [self.tasks[name].max_new_tokens for name in names]
+            rows = [prompts[position] for position in chunk]
+            written = generate_from_ids(self.model, self.model.tokenizer, rows, names, max_new_tokens=budgets)
+            for position, result in zip(chunk, written, strict=True):
+                request, task = requests[position], self.tasks[requests[position].task]
+                answers[position] = task.format_prediction(request.example, result["generated_text"])
+                if request.encoded.truncated:
+                    answers[position]["warning"] = (
+                        f"the input is longer than {task.max_length - task.max_new_tokens} tokens and was truncated"
+                    )
 
 
 def parse_sources(values: list[str]) -> dict[str, str] | None:

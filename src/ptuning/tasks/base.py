@@ -67,6 +67,7 @@ class Task:
     per_token = False  # whether the model's logits are per token (kept per feature up to its length)
     choice_rows = False  # whether a feature is several rows (choices, tokens) scored together (batched apart)
     log_truncation = True  # a Predictor encodes one input at a time and says it per answer instead
+    generates = False  # answers are written token by token (generation), not decoded from one forward's logits
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, labels: list[str], max_length: int):
         self.tokenizer = tokenizer

@@ -21,6 +21,7 @@ IGNORED = -100  # a label the loss skips: the input's tokens and the padding
 class GenerationTask(Task):
     name = "generation"
     per_token = True
+    generates = True
 
     def __init__(
         self,
@@ -111,13 +112,29 @@ class GenerationTask(Task):
         batch_size: int = 64,
         max_tokens: int | None = None,
     ) -> list[str]:
-        """Greedy answers in input order, batches of inputs of similar length, left-padded."""
-        from ..generation import generate_ids
+        """Greedy answers in input order, from batches of inputs of similar length."""
+        return [answer["generated_text"] for answer in self.generate(model, examples, batch_size)]
 
-        encoded = self.encode(examples, with_labels=False)
-        prompts = [feature["input_ids"] for feature in encoded.inputs]
-        outputs = generate_ids(model, self.tokenizer, prompts, batch_size, max_new_tokens=self.max_new_tokens)
-        return [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in outputs]
+    def generate(
+        self, model: torch.nn.Module, examples: list[GenerationExample], batch_size: int = 64, **settings: Any
+    ) -> list[dict[str, Any]]:
+        """Each example's answer (``generation.generate_from_ids``'s record), batches of inputs of similar length
+        each generated at once; ``settings``: sampling, stop strings, another answer length."""
+        from ..generation import generate_from_ids
+
+        prompts = [feature["input_ids"] for feature in self.encode(examples, with_labels=False).inputs]
+        order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
+        answers: list[dict[str, Any]] = [{}] * len(prompts)
+        was_training = model.training
+        model.eval()
+        settings = {"max_new_tokens": self.max_new_tokens, **settings}
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = generate_from_ids(model, self.tokenizer, [prompts[index] for index in rows], **settings)
+            for index, answer in zip(rows, batch, strict=True):
+                answers[index] = answer
+        model.train(was_training)
+        return answers
 
     def score(self, examples: list[GenerationExample], predictions: list[str]) -> dict[str, float]:
         from ..generation_metrics import generation_metrics

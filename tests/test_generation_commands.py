@@ -1,0 +1,119 @@
+"""Generation tasks through the commands on tiny decoders: ``train --task generation`` (a deep prefix, the loss on
+the target), ``eval`` scoring written answers, ``predict`` of one task and of several tasks in one batch (each answer
+equal to that task's own), and a generation task predicted beside a classification task on one backbone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_decoder_commands import run_cli
+
+from ptuning.cli import main
+
+PAIRS = [
+    ("Peter Blackburn runs in Oslo", "Peter Blackburn (PER); Oslo (LOC)"),
+    ("Mary sings in Oslo today", "Mary (PER); Oslo (LOC)"),
+    ("a good film with fine acting", "none"),
+    ("the plot never drags", "none"),
+]
+FAST = ["--max-steps", "3", "--batch-size", "2", "--lr", "0.1", "--prompt-length", "3", "--max-new-tokens", "6"]
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def generation_runs(tiny_decoder_folders, tmp_path_factory) -> dict[str, Path]:
+    """On the tiny Llama: ``ner`` (entities, scored by the entities parser), ``copy`` (another prefix, shifted
+    positions, a longer answer) and ``sent`` (sequence classification), all on one backbone."""
+    folder = tmp_path_factory.mktemp("generation")
+    data = write_jsonl(folder / "ner.jsonl", [{"input": text, "target": target} for text, target in PAIRS])
+    copy = write_jsonl(folder / "copy.jsonl", [{"input": text, "target": text} for text, _ in PAIRS])
+    (folder / "sent.csv").write_text("text,label\ngood film,pos\nbad film,neg\n")
+    backbone = ["--model", str(tiny_decoder_folders["llama"])]
+    runs = {name: folder / name for name in ("ner", "copy", "sent")}
+    ner = ["--train", str(data), "--validation", str(data), "--task", "generation", "--parser", "entities"]
+    assert main(["train", *backbone, *ner, *FAST, "--output", str(runs["ner"])]) == 0
+    copying = ["--train", str(copy), "--task", "generation", "--shift-positions", "--seed", "3"]
+    assert main(["train", *backbone, *copying, *FAST, "--max-new-tokens", "9", "--output", str(runs["copy"])]) == 0
+    assert (
+        main(["train", *backbone, "--train", str(folder / "sent.csv"), *FAST[:6], "--output", str(runs["sent"])]) == 0
+    )
+    return runs
+
+
+def predict(argv: list[str], lines: list[str], capsys, monkeypatch) -> list[dict]:
+    text = "".join(line + "\n" for line in lines)
+    code, out, err = run_cli(capsys, "predict", *argv, stdin=text, monkeypatch=monkeypatch)
+    assert code == 0, err
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_a_generation_run_scores_its_written_answers(generation_runs):
+    metrics = json.loads((generation_runs["ner"] / "metrics.json").read_text())["tasks"]["default"]
+    assert metrics["task"] == "generation" and metrics["primary_metric"] == "entities_f1"
+    assert set(metrics["validation"]) == {
+        "exact_match", "f1", "rougeL", "entities_precision", "entities_recall", "entities_f1"
+    }  # fmt: skip
+    config = json.loads((generation_runs["ner"] / "checkpoint" / "ptuning_config.json").read_text())
+    task = config["tasks"]["default"]
+    assert task["kind"] == "causal-lm" and task["family"] == "generation"
+    assert task["options"] == {"parser": "entities", "max_new_tokens": 6, "chat_template": False}
+
+
+def test_eval_writes_the_answers_and_scores_them(generation_runs, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "test.jsonl", [{"input": text, "target": target} for text, target in PAIRS])
+    assert main(["eval", str(generation_runs["ner"]), "--test", str(data)]) == 0
+    printed = capsys.readouterr().out
+    assert "entities_f1" in printed and "rougeL" in printed
+
+
+def test_tasks_mixed_in_one_batch_answer_as_each_alone(generation_runs, capsys, monkeypatch):
+    texts = [text for text, _ in PAIRS] + ["Oslo", "Peter Blackburn runs in Oslo and Mary sings"]
+    alone = {
+        name: predict(
+            [str(generation_runs[name])], [json.dumps({"input": text}) for text in texts], capsys, monkeypatch
+        )
+        for name in ("ner", "copy")
+    }
+    assert all(len(answer["generated_text"]) > 0 for answers in alone.values() for answer in answers)
+    assert alone["ner"] != alone["copy"], "two prefixes write differently"
+    lines, expected = [], []
+    for index, text in enumerate(texts):  # interleaved: each batch mixes the two tasks
+        for name in ("ner", "copy") if index % 2 else ("copy", "ner"):
+            lines.append(json.dumps({"task": name, "input": text}))
+            expected.append(alone[name][index])
+    sources = [f"{name}={generation_runs[name]}" for name in ("ner", "copy")]
+    assert predict(sources, lines, capsys, monkeypatch) == expected
+
+
+def test_a_generation_task_is_predicted_beside_a_classification_task(generation_runs, capsys, monkeypatch):
+    sent_alone = predict([str(generation_runs["sent"])], ["good film"], capsys, monkeypatch)
+    ner_alone = predict([str(generation_runs["ner"])], ["Mary sings"], capsys, monkeypatch)
+    lines = [json.dumps({"task": "sent", "text": "good film"}), json.dumps({"task": "ner", "input": "Mary sings"})]
+    sources = [f"{name}={generation_runs[name]}" for name in ("sent", "ner")]
+    mixed = predict(sources, lines, capsys, monkeypatch)
+    assert mixed[1] == ner_alone[0]
+    assert mixed[0]["label"] == sent_alone[0]["label"]
+    assert abs(mixed[0]["probability"] - sent_alone[0]["probability"]) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--method", "prompting"], "leave out --head and methods prompting and linear-probe"),
+        (["--head", "verbalizer"], "leave out --head"),
+        (["--method", "shallow"], "task 'causal-lm' supports method 'deep'"),
+        (["--max-new-tokens", "500"], "max_new_tokens 500 leaves no room for the input"),
+        (["--parser", "tables"], "unknown output parser 'tables'"),
+    ],
+)
+def test_what_generation_does_not_take_is_refused(tiny_decoder_folders, tmp_path, capsys, flags, message):
+    data = write_jsonl(tmp_path / "ner.jsonl", [{"input": text, "target": target} for text, target in PAIRS])
+    argv = ["train", "--model", str(tiny_decoder_folders["llama"]), "--train", str(data), "--task", "generation"]
+    assert main([*argv, "--max-steps", "1", "--output", str(tmp_path / "run"), *flags]) == 2
+    assert message in capsys.readouterr().err
