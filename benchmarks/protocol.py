@@ -143,6 +143,7 @@ SMOLLM2 = dataclasses.replace(
     tasks=("rotten-tomatoes",),
     learning_rates={"finetune": (5e-5,), "deep": (1e-2,)},
     prompt_lengths=(16,),
+    backbone_dropout={"finetune": (False,)},  # SmolLM2 has no dropout: on or off is the same run
     method_settings={
         "deep": {
             "prompt_init": "text",

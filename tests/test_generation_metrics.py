@@ -179,8 +179,8 @@ def test_conll2003_is_iob2_and_its_formatted_gold_parses_back_to_seqeval_entitie
 
 def test_generation_metrics_without_a_parser_is_judged_on_rouge_l():
     scores = generation_metrics(["the cat sat on the mat"], ["the cat lay on a mat"], None)
-    assert set(scores) == {"exact_match", "f1", "rougeL", "primary"}
-    assert primary_metric(None) == "rougeL" and scores["primary"] == scores["rougeL"] == pytest.approx(100 * 2 / 3)
+    assert set(scores) == {"exact_match", "f1", "rougeL"}
+    assert primary_metric(None) == "rougeL" and scores["rougeL"] == pytest.approx(100 * 2 / 3)
 
 
 def test_generation_metrics_with_the_entities_parser():
@@ -193,9 +193,8 @@ def test_generation_metrics_with_the_entities_parser():
         "entities_precision",
         "entities_recall",
         "entities_f1",
-        "primary",
     }
-    assert scores["primary"] == scores["entities_f1"] == pytest.approx(40.0)
+    assert scores["entities_f1"] == pytest.approx(40.0)
     assert scores["exact_match"] == 0.0
 
 

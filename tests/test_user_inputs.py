@@ -107,7 +107,7 @@ def test_each_task_of_a_recipe_sets_its_data_keys_and_they_make_its_data_spec():
     assert Recipe.per_task_keys() == (
         "name", "dataset", "train", "validation", "test", "task", "labels", "tag_column", "text_column",
         "pair_column", "label_column", "tokens_column", "tags_column", "head", "template", "verbalizer",
-        "chat_template",
+        "chat_template", "parser", "max_new_tokens",
     )  # fmt: skip
     spec = Recipe(train="a.csv", validation="b.csv", task="boolq", text_column="sentence").data_spec()
     assert (spec.train, spec.validation, spec.task, spec.text_column) == ("a.csv", "b.csv", "boolq", "sentence")

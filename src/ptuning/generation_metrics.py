@@ -1,27 +1,32 @@
 """Scores of generated texts against their targets, in percent, for the generation task family.
 
-Names (stable; the task reports them and picks its best epoch on ``primary``):
+Names (stable; the task reports them and keeps its best epoch by the one :func:`primary_metric` names):
 
 - always: ``exact_match`` and ``f1`` (the official SQuAD definitions of :mod:`ptuning.metrics`) and ``rougeL``
   (Google's ``rouge-score``, F-measure, no stemming), each the best over an example's references, averaged;
   rouge-score keeps only ASCII letters and digits as tokens, so two empty or wholly non-Latin texts score 0 there;
 - with a parser (``PARSERS``): ``{parser}_precision``, ``{parser}_recall``, ``{parser}_f1``, micro over the parsed items
   of all examples, e.g. ``entities_f1`` for generative NER;
-- ``primary``: the value of the main metric, which :func:`primary_metric` names (``{parser}_f1``, else ``rougeL``).
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 
+from absl import logging as absl_logging
 from rouge_score import rouge_scorer
 from seqeval.metrics.sequence_labeling import get_entities
 
 from .errors import PtuningError
 from .metrics import exact_match, token_f1
+
+# rouge-score imports absl, whose (unused) log handler holds the sys.stderr of the moment and closes it whenever
+# logging is reconfigured (uvicorn's start does) unless it is the process's own: a redirected stderr would be closed
+absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 NO_ENTITIES = "none"  # the target of a sentence without entities: a model must say so rather than stop at once
 ENTITY_SEPARATOR = ";"
