@@ -175,7 +175,6 @@ class Predictor:
                     f"the input is longer than {task.max_length} tokens and was truncated to fit"
                 )
 
-
     def _write(self, positions: list[int], requests: list[Request], answers: list[dict]) -> None:
         """Generate the answers of ``requests[positions]``, inputs of similar length batched together whatever
         their tasks, each row under its task's prefix and cut at its task's answer length."""
