@@ -8,9 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from test_decoder_commands import run_cli
+from transformers import AutoModelForCausalLM
 
+from ptuning.backbones import load_tokenizer
 from ptuning.cli import main
+from ptuning.templates import verbatim
 
 PAIRS = [
     ("Peter Blackburn runs in Oslo", "Peter Blackburn (PER); Oslo (LOC)"),
@@ -62,7 +66,7 @@ def test_a_generation_run_scores_its_written_answers(generation_runs):
     config = json.loads((generation_runs["ner"] / "checkpoint" / "ptuning_config.json").read_text())
     task = config["tasks"]["default"]
     assert task["kind"] == "causal-lm" and task["family"] == "generation"
-    assert task["options"] == {"parser": "entities", "max_new_tokens": 6, "chat_template": False}
+    assert task["options"] == {"parser": "entities", "max_new_tokens": 6, "chat_template": False, "template": None}
 
 
 def test_eval_writes_the_answers_and_scores_them(generation_runs, tmp_path, capsys):
@@ -102,12 +106,48 @@ def test_a_generation_task_is_predicted_beside_a_classification_task(generation_
     assert abs(mixed[0]["probability"] - sent_alone[0]["probability"]) < 1e-5
 
 
+def test_prompting_and_finetune_write_too_and_prompting_mixes_with_prefixes(
+    generation_runs, tiny_decoder_folders, tmp_path, capsys, monkeypatch
+):
+    """The baselines: a template read by the frozen backbone (trains nothing), and a fine-tuned backbone. A prompting
+    task shares a batch with prefixed tasks, its rows under no prefix: each answer as its task's alone; and the
+    prompting answer is the frozen backbone's own greedy continuation of the filled template."""
+    data = write_jsonl(tmp_path / "ner.jsonl", [{"input": text, "target": target} for text, target in PAIRS])
+    backbone = str(tiny_decoder_folders["llama"])
+    template = "Entities in: {text}\nAnswer:"
+    common = ["train", "--model", backbone, "--train", str(data), "--task", "generation", *FAST]
+    for method in ("prompting", "finetune"):
+        output = tmp_path / method
+        assert main([*common, "--method", method, "--template", template, "--output", str(output)]) == 0
+        metrics = json.loads((output / "metrics.json").read_text())
+        assert metrics["trainable_parameters"] == (0 if method == "prompting" else metrics["total_parameters"])
+    texts = ["Peter runs", "Mary sings in Oslo"]
+    alone = predict([str(tmp_path / "prompting")], [json.dumps({"input": text}) for text in texts], capsys, monkeypatch)
+    tokenizer = load_tokenizer(backbone)
+    model = AutoModelForCausalLM.from_pretrained(backbone).eval()
+    for text, answer in zip(texts, alone, strict=True):
+        ids = verbatim(tokenizer)(template.replace("{text}", text), return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            written = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        expected = tokenizer.decode(written[0, ids.shape[1] :], skip_special_tokens=True)
+        assert answer["generated_text"] == expected
+    ner_alone = predict(
+        [str(generation_runs["ner"])], [json.dumps({"input": text}) for text in texts], capsys, monkeypatch
+    )
+    lines = [json.dumps({"task": name, "input": text}) for text in texts for name in ("p", "ner")]
+    sources = [f"p={tmp_path / 'prompting'}", f"ner={generation_runs['ner']}"]
+    mixed = predict(sources, lines, capsys, monkeypatch)
+    assert mixed == [answer for pair in zip(alone, ner_alone, strict=True) for answer in pair]
+    tuned = predict([str(tmp_path / "finetune")], ["Peter runs"], capsys, monkeypatch)
+    assert tuned[0]["input"] == "Peter runs" and "generated_text" in tuned[0]
+
+
 @pytest.mark.parametrize(
     "flags,message",
     [
-        (["--method", "prompting"], "leave out --head and methods prompting and linear-probe"),
-        (["--head", "verbalizer"], "leave out --head"),
-        (["--method", "shallow"], "task 'causal-lm' supports method 'deep'"),
+        (["--method", "linear-probe"], "leave out --verbalizer, --head and method linear-probe"),
+        (["--head", "verbalizer"], "leave out --verbalizer, --head"),
+        (["--method", "shallow"], "task 'causal-lm' supports methods deep (prefix-tuning), finetune and prompting"),
         (["--max-new-tokens", "500"], "max_new_tokens 500 leaves no room for the input"),
         (["--parser", "tables"], "unknown output parser 'tables'"),
     ],

@@ -44,8 +44,8 @@ def row_tasks(model: PromptedBackbone, task_ids: torch.Tensor | None, batch_size
         if record.kind != HeadKind.CAUSAL_LM:
             raise PtuningError(f"generation needs causal-lm tasks; task {name!r} is {record.kind.value}")
         config = model.prompt_configs[record.prompt]
-        if not method_of(config).per_layer:
-            raise PtuningError(f"task {name!r} has no prefix to generate under (prompt method {config.method!r})")
+        if method_of(config).input_level:
+            raise PtuningError(f"task {name!r}: generation under an input-level prompt ({config.method}) is not built")
     return names
 
 
@@ -83,15 +83,16 @@ def generate(
     check_left_padded(attention_mask)
     names = row_tasks(model, task_ids, input_ids.shape[0])
     row_prompts = [model.tasks[name].prompt for name in names]
-    prompts = list(dict.fromkeys(row_prompts))
-    configs = [model.prompt_configs[prompt] for prompt in prompts]
-    shifts = [method_of(config).position_shift(config) for config in configs]
+    # the prefixes of the batch; a row of a task without one (finetune, prompting) reads index len(prompts): none
+    prompts = [prompt for prompt in dict.fromkeys(row_prompts) if prompt in model.prompts]
     index = {prompt: position for position, prompt in enumerate(prompts)}
-    rows = torch.tensor([index[prompt] for prompt in row_prompts], device=input_ids.device)  # (batch,)
+    rows = torch.tensor([index.get(prompt, len(prompts)) for prompt in row_prompts], device=input_ids.device)
+    configs = [model.prompt_configs[prompt] for prompt in prompts]
+    shifts = [method_of(config).position_shift(config) for config in configs] + [0]
     budget = new_token_budget(model.backbone, kwargs, input_ids.shape[1])
     lengths = attention_mask.sum(1)  # (batch,)
-    for prompt, position in index.items():
-        longest = int(lengths[rows == position].max())
+    for prompt in dict.fromkeys(row_prompts):
+        longest = int(lengths[rows == index.get(prompt, len(prompts))].max())
         room = model.text_room(prompt)
         if longest + budget > room:
             raise PtuningError(
@@ -101,15 +102,16 @@ def generate(
     # as transformers counts them from the mask (left padding: 0 on the first real token), moved on per prompt
     shift = torch.tensor(shifts, device=input_ids.device)[rows]  # (batch,)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0) + shift[:, None]  # (batch, T)
+    arguments = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+    if not prompts:  # no row has a prefix: the backbone writes as it is
+        return model.backbone.generate(**arguments)
     layer_prompts: LayerPrompts = (
         model.layer_prompts(input_ids.shape[0], prompts[0])
-        if len(prompts) == 1
+        if len(set(row_prompts)) == 1
         else model.mixed_layer_prompts(prompts, rows)
     )
     with active_prompts(layer_prompts):
-        output = model.backbone.generate(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
-        )
+        output = model.backbone.generate(**arguments)
     layer_prompts.check_all_consumed(architectures.model_type_of(model.transformer.config))
     return output
 

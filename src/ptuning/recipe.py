@@ -135,7 +135,7 @@ class Recipe:
     template: str | None = setting(
         None,
         "verbalizer head: the text written into this template, verbatim ({text}, {text_pair}; a masked LM's "
-        "{mask} where the word goes, a causal LM's word follows it)",
+        "{mask} where the word goes, a causal LM's word follows it); generation: the input written into it ({text})",
         check=template_problem,
         per_task=True,
     )
@@ -256,14 +256,10 @@ class Recipe:
         """This (one-task) recipe's template and words when it scores with a verbalizer, checked: both given, a
         method that works with it, a task that is sequence classification."""
         if self.data_spec().family() == Family.GENERATION:
-            given = [
-                flag for flag, value in (("--template", self.template), ("--verbalizer", self.verbalizer)) if value
-            ]
-            if given or self.head is not None or self.prompt.method in ("prompting", "linear-probe"):
+            if self.verbalizer or self.head is not None or self.prompt.method == "linear-probe":
                 raise PtuningError(
-                    "generation writes with the backbone's language-modelling head under a trained deep prompt "
-                    f"(or --method finetune): leave out {', '.join(given) or '--head'} and methods prompting and "
-                    "linear-probe"
+                    "generation writes with the backbone's own language-modelling head: leave out --verbalizer, --head "
+                    "and method linear-probe (a --template may wrap the input)"
                 )
             return None
         head = self.head_type()

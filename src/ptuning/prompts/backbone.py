@@ -116,7 +116,9 @@ class PromptedBackbone(nn.Module):
         ``config.init`` says (``tokenizer``: for an init text)."""
         method = method_of(config)
         if causal and not method.steers_generation:
-            raise PtuningError(f"task 'causal-lm' supports method 'deep' (prefix-tuning), not {config.method!r}")
+            raise PtuningError(
+                f"task 'causal-lm' supports methods deep (prefix-tuning), finetune and prompting, not {config.method!r}"
+            )
         if self.prompt_configs and (method.trains_backbone or self.trains_backbone):
             raise PtuningError(
                 "a fine-tuned backbone serves its own task only: fine-tuning changes the weights every other task "

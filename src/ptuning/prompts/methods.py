@@ -79,6 +79,7 @@ class Finetune(PromptMethod):
     """No prompt: every backbone weight trains, so the backbone is part of the result."""
 
     trains_backbone = True
+    steers_generation = True  # the tuned backbone writes by itself
     head_types = (HeadType.LINEAR, HeadType.VERBALIZER)
 
     def install(self, backbone: PreTrainedModel) -> None:
@@ -233,6 +234,7 @@ class Prompting(PromptMethod):
     """Discrete prompting: no prompt table and nothing trains; the task's template and label words, scored by the
     backbone's language-modelling head, are the whole method."""
 
+    steers_generation = True  # generation: the frozen backbone writes after the task's template
     head_types = (HeadType.VERBALIZER,)
 
 

@@ -12,7 +12,7 @@ from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 from ..data.generation import GenerationExample, generation_example
 from ..errors import DataError, PtuningError
-from ..templates import verbatim
+from ..templates import PLACEHOLDERS, verbatim
 from .base import Encoded, Task
 
 IGNORED = -100  # a label the loss skips: the input's tokens and the padding
@@ -31,6 +31,7 @@ class GenerationTask(Task):
         parser: str | None = None,
         max_new_tokens: int = 64,
         chat_template: bool = False,
+        template: str | None = None,
     ):
         from .. import generation_metrics
 
@@ -45,6 +46,7 @@ class GenerationTask(Task):
         self.parser = parser
         self.max_new_tokens = max_new_tokens
         self.chat_template = chat_template
+        self.template = template
         self.primary_metric = generation_metrics.primary_metric(parser)
         self.plain = verbatim(tokenizer)  # inputs and targets as written, no space put before them
         with_specials, without = self.plain("a")["input_ids"], self.plain("a", add_special_tokens=False)["input_ids"]
@@ -52,17 +54,25 @@ class GenerationTask(Task):
             with_specials[: len(with_specials) - len(without)] if with_specials[-len(without) :] == without else []
         )
 
+    def _text(self, example: GenerationExample) -> str:
+        """The input written into the template, if the task has one (``{text}``, in one pass)."""
+        if self.template is None:
+            return example.text
+        return PLACEHOLDERS.sub(
+            lambda match: example.text if match.group(1) == "text" else match.group(0), self.template
+        )
+
     def _chat(self, example: GenerationExample) -> list[dict[str, str]] | None:
         if example.messages is not None:
             return example.messages
-        return [{"role": "user", "content": example.text}] if self.chat_template else None
+        return [{"role": "user", "content": self._text(example)}] if self.chat_template else None
 
     def prompt_ids(self, example: GenerationExample) -> list[int]:
-        """The tokens the model continues: the text after the tokenizer's leading specials (a BOS), or the chat
-        rendered up to the assistant's turn."""
+        """The tokens the model continues: the input (in its template) after the tokenizer's leading specials (a
+        BOS), or the chat rendered up to the assistant's turn."""
         messages = self._chat(example)
         if messages is None:
-            return self.leading + self.plain(example.text, add_special_tokens=False)["input_ids"]
+            return self.leading + self.plain(self._text(example), add_special_tokens=False)["input_ids"]
         if not getattr(self.tokenizer, "chat_template", None):
             raise DataError(f"{example.source}: chat messages need a tokenizer with a chat template")
         rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

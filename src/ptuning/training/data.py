@@ -80,11 +80,16 @@ def read_task_run(name: str, recipe: Recipe) -> TaskRun:
 
 
 def _generation_options(recipe: Recipe, family: Family) -> dict[str, Any]:
-    """What a generation task keeps in its checkpoint to write and score as it trained: its parser, answer length
-    and whether its inputs go through the chat template."""
+    """What a generation task keeps in its checkpoint to write and score as it trained: its parser, answer length,
+    and how an input becomes the text the model continues (a template, the chat template)."""
     if family != Family.GENERATION:
         return {}
-    return {"parser": recipe.parser, "max_new_tokens": recipe.max_new_tokens, "chat_template": recipe.chat_template}
+    return {
+        "parser": recipe.parser,
+        "max_new_tokens": recipe.max_new_tokens,
+        "chat_template": recipe.chat_template,
+        "template": recipe.template,
+    }
 
 
 def _check_verbalizer(name: str, verbalizer: Verbalizer, family: Family, labels: list[str]) -> None:

@@ -82,7 +82,7 @@ def run_summary(metrics: dict[str, Any], method: str) -> str:
         f"({100 * metrics['trainable_share']:.3f}%), trained in {metrics['train_seconds'] / 60:.1f} min, "
         f"{metrics['steps']} steps"
         if metrics["trainable_parameters"]
-        else f"trained nothing (method {method}: the template and label words as given), 0 steps"
+        else f"trained nothing (method {method}: the backbone as it is, reading the template), 0 steps"
     )
     return (
         "\n".join(lines) + "\n" + trained + "\n"
