@@ -111,8 +111,10 @@ def test_sequence_classification_pools_the_last_real_token(arch, side):
     assert torch.allclose(logits, expected, atol=1e-6)
 
 
-def test_causal_lm_needs_a_language_model_head_and_deep_prompts():
+def test_causal_lm_needs_a_language_model_head_and_a_method_that_writes():
     with pytest.raises(PtuningError, match="needs a model with its language-modelling head"):
         PromptedModel.from_backbone(tiny_backbone("gpt2"), "causal-lm")
-    with pytest.raises(PtuningError, match="supports method 'deep'"):
+    with pytest.raises(
+        PtuningError, match="supports methods deep \\(prefix-tuning\\), finetune and prompting, not 'shallow'"
+    ):
         PromptedModel.from_backbone(tiny_lm("gpt2"), "causal-lm", prompt=PromptConfig(method="shallow"))

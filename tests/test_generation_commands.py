@@ -157,3 +157,23 @@ def test_what_generation_does_not_take_is_refused(tiny_decoder_folders, tmp_path
     argv = ["train", "--model", str(tiny_decoder_folders["llama"]), "--train", str(data), "--task", "generation"]
     assert main([*argv, "--max-steps", "1", "--output", str(tmp_path / "run"), *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_predict_samples_with_a_seed_stops_at_a_string_and_writes_fewer_tokens(generation_runs, capsys, monkeypatch):
+    run = [str(generation_runs["copy"])]
+    lines = [json.dumps({"input": text}) for text, _ in PAIRS]
+    greedy = predict(run, lines, capsys, monkeypatch)
+    sampled = [
+        predict([*run, "--temperature", "1.5", "--seed", str(seed)], lines, capsys, monkeypatch) for seed in (1, 1, 2)
+    ]
+    assert sampled[0] == sampled[1] and sampled[0] != sampled[2] and sampled[0] != greedy
+    short = predict([*run, "--max-new-tokens", "2"], lines, capsys, monkeypatch)
+    for long, cut in zip(greedy, short, strict=True):
+        assert long["generated_text"].startswith(cut["generated_text"]) and len(cut["generated_text"]) < len(
+            long["generated_text"]
+        )
+    stop = greedy[0]["generated_text"][3:5]
+    stopped = predict([*run, "--stop", stop], lines[:1], capsys, monkeypatch)
+    assert stopped[0]["generated_text"] == greedy[0]["generated_text"][: greedy[0]["generated_text"].index(stop)]
+    code, _, err = run_cli(capsys, "predict", *run, "--top-p", "0", stdin="a\n", monkeypatch=monkeypatch)
+    assert code == 2 and "top_p (--top-p) must be in (0, 1], got 0.0" in err

@@ -284,13 +284,19 @@ def _read_input_records(path: str | None) -> list[tuple[str, Any, str]]:
 def command_predict(args: argparse.Namespace) -> None:
     from .devices import inference_device, place
     from .predictor import Predictor, parse_sources
+    from .writing import Writing
 
+    writing = Writing(
+        **{item.name: getattr(args, item.name) for item in dataclasses.fields(Writing) if item.name in args}
+    )
     sources = parse_sources(args.checkpoints)
     if sources is not None:  # several tasks on one backbone: each input names its task
         if args.task:
             raise PtuningError("--task picks a task of one checkpoint; with NAME=DIR each input names its task")
         where = inference_device(args.device, args.precision)
-        predictor = Predictor.from_checkpoints(sources, batch_size=args.batch_size, max_tokens=args.forward_tokens)
+        predictor = Predictor.from_checkpoints(
+            sources, batch_size=args.batch_size, max_tokens=args.forward_tokens, writing=writing
+        )
         place(predictor.model, where, args.precision)
         requests = [predictor.parse(record, source) for _, record, source in _read_input_records(args.input)]
         answers = predictor.predict(requests)
@@ -298,7 +304,7 @@ def command_predict(args: argparse.Namespace) -> None:
         from .predictor import Request
 
         model, task = _load_for_inference(args.checkpoints[0], args.task, args.device, args.precision)
-        predictor = Predictor(model, args.batch_size, max_tokens=args.forward_tokens)
+        predictor = Predictor(model, args.batch_size, max_tokens=args.forward_tokens, writing=writing)
         name = model.default_task
         requests = [Request(name, task.parse_input(*item)) for item in _read_input_records(args.input)]
         answers = predictor.predict(requests)
@@ -420,6 +426,9 @@ def parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("--input", help="input file, - for standard input (default: standard input)")
     _add_forward_flags(predict_parser)
     _add_device_flags(predict_parser)
+    from .writing import Writing
+
+    add_setting_arguments(predict_parser, [(Writing, item) for item in dataclasses.fields(Writing)])
     predict_parser.set_defaults(handler=command_predict)
 
     serve_parser = commands.add_parser(

@@ -197,9 +197,9 @@ def generate_from_ids(
     Greedy when ``temperature`` is 0, else sampled at that temperature from the ``top_p`` nucleus, reproducibly under
     ``seed`` (the caller's random state is left as it was). A row ends at the end-of-text token, at the first of the
     ``stop`` strings in its generated text (cut before it), or after ``max_new_tokens`` (one for all, or one per row:
-    greedy rows are cut at their own, which is what each would write alone). Returns per row ``{"generated_text",
-    "finish_reason": "stop" | "length", "prompt_tokens", "completion_tokens"}``, the counts as OpenAI's usage (the
-    token that ended the text counts as a completion token).
+    each row is cut at its own, which is what it would have written with that budget). Returns per row
+    ``{"generated_text", "finish_reason": "stop" | "length", "prompt_tokens", "completion_tokens"}``, the counts as
+    OpenAI's usage (the token that ended the text counts as a completion token).
     """
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(token_rows)
@@ -212,8 +212,6 @@ def generate_from_ids(
             f"max_new_tokens must be at least 1, temperature at least 0, top_p in (0, 1] and stop strings non-empty; "
             f"got {max_new_tokens}, {temperature}, {top_p}, {stops}"
         )
-    if len(set(budgets)) > 1 and temperature > 0:
-        raise PtuningError("sampled rows take one max_new_tokens for the batch (a longer row draws more)")
     task_ids = None
     if tasks is not None:
         unknown = sorted(set(tasks) - set(model.task_names))

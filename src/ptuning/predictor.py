@@ -21,6 +21,7 @@ from .model import PromptedModel
 from .tasks import make_task
 from .tasks.base import Encoded, Task, run_model, token_count
 from .vocabulary import TaskName
+from .writing import Writing
 
 logger = logging.getLogger("ptuning")
 
@@ -56,9 +57,15 @@ class Predictor:
     tasks, and (with ``max_tokens``) at most that many padded tokens; ``progress`` shows a bar on long inputs."""
 
     def __init__(
-        self, model: PromptedModel, batch_size: int = 64, max_tokens: int | None = None, progress: bool = True
+        self,
+        model: PromptedModel,
+        batch_size: int = 64,
+        max_tokens: int | None = None,
+        progress: bool = True,
+        writing: Writing | None = None,
     ):
         self.model = model.eval()
+        self.writing = writing or Writing()  # how generation tasks write
         self.batch_size = batch_size
         self.max_tokens = max_tokens
         self.progress = progress
@@ -185,9 +192,10 @@ class Predictor:
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             names = [requests[position].task for position in chunk]
-            budgets = [self.tasks[name].max_new_tokens for name in names]
+            settings = {"max_new_tokens": [self.tasks[name].max_new_tokens for name in names]}
+            settings.update(self.writing.generation_kwargs())
             rows = [prompts[position] for position in chunk]
-            written = generate_from_ids(self.model, self.model.tokenizer, rows, names, max_new_tokens=budgets)
+            written = generate_from_ids(self.model, self.model.tokenizer, rows, names, **settings)
             for position, result in zip(chunk, written, strict=True):
                 request, task = requests[position], self.tasks[requests[position].task]
                 answers[position] = task.format_prediction(request.example, result["generated_text"])
