@@ -175,6 +175,30 @@ def scale_section(parity: dict[str, Any], results: Path) -> list[str]:
     ]
 
 
+def generation_section(generation: dict[str, Any]) -> list[str]:
+    """Prefix-Tuning for generation on SmolLM2 against fine-tuning and zero-shot prompting (generation.py)."""
+    budget = generation["budget"]
+    lines = [
+        "## Generation on a decoder: prefix against fine-tuning and prompting\n",
+        f"`{generation['command']}` on SmolLM2-135M-Instruct: training sets subsampled to {budget['train_examples']} "
+        f"examples, validation and test to {budget['eval_examples']}, {budget['epochs']:g} epoch(s), batch "
+        f"{budget['batch_size']}, prefix length {budget['prompt_length']}, seeds {budget['seeds']} (prompting: one "
+        f"run, it draws nothing); {generation['shrunk']}. Answers written greedily. Each input is the user's message "
+        "in the chat template, under the task's instruction, for every method.\n",
+        "| task | method | runs | test (mean ± std) | validation (mean) | test ROUGE-L | trainable | checkpoint |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in generation["summary"]:
+        size = "" if row["checkpoint_bytes"] is None else f"{row['checkpoint_bytes'] / 1e6:.2f} MB"
+        lines.append(
+            f"| {row['task']} ({row['metric']}) | {row['method']} | {row['runs']} | {row['test_mean']:.1f} ± "
+            f"{row['test_std']:.1f} | {row['validation_mean']:.1f} | {row['test_rougeL_mean']:.1f} | "
+            f"{100 * row['trainable_share']:.3f}% | {size} |"
+        )
+    instructions = "; ".join(f"{task['name']}: `{task['instruction']!r}`" for task in generation["tasks"])
+    return [*lines, "", f"Instructions: {instructions}.\n"]
+
+
 REFERENCES = {"peft": "PEFT", "transformers": "transformers"}
 
 
@@ -673,6 +697,9 @@ def write(results: Path = RESULTS) -> Path:
         if decoder:
             cost_of_decoder = _load(results, "cost-smollm2-135m.json") if name == "decoder.json" else None
             sections += decoder_section(decoder, cost_of_decoder, title)
+    generation = _load(results, "generation.json")
+    if generation:
+        sections += generation_section(generation)
     notes = results / "READING.md"
     if notes.is_file():
         sections += ["## Reading\n", notes.read_text()]
