@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -74,7 +74,7 @@ class Call:
         self.server.metrics.inputs.labels(self.model, "200").inc(len(found))
         return found
 
-    async def stream(self, head: dict[str, Any], chunks) -> AsyncIterator[str]:
+    async def stream(self, head: dict[str, Any], chunks: Callable[[Piece], list[dict[str, Any]]]) -> AsyncIterator[str]:
         """The events of a streamed answer: ``chunks(piece)`` gives each piece's chunks' choices; then usage (if
         asked) and ``[DONE]``."""
         found: list[dict[str, Any]] = []

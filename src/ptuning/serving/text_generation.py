@@ -5,6 +5,7 @@ root; here the path names the task, as ptuning's own ``/v1/tasks/NAME/predict`` 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,8 @@ from .generating import Piece, Row, Sampling, answers, generation_task, pieces, 
 from .openai_api import error_event, event, streaming
 from .schemas import TextGenerationBody, TextGenerationParameters, json_body, validated
 from .server import Server
+
+Queued = tuple[TextGenerationBody, Sampling, list[Row], asyncio.Queue[Piece]]  # a request, its rows, their pieces
 
 
 def sampling_of(parameters: TextGenerationParameters) -> Sampling:
@@ -42,7 +45,7 @@ def text_generation_routes(server: Server) -> APIRouter:
     """The text-generation routes of ``server``."""
     router = APIRouter()
 
-    async def queued(name: str, request: Request) -> tuple[TextGenerationBody, Sampling, list[Row], Any]:
+    async def queued(name: str, request: Request) -> Queued:
         body = validated(TextGenerationBody, await json_body(request, server.config.max_body_bytes))
         task = generation_task(server.ready(), name)
         parameters = body.parameters or TextGenerationParameters()
@@ -59,7 +62,9 @@ def text_generation_routes(server: Server) -> APIRouter:
     def full(body: TextGenerationBody, text: str) -> str:
         return body.inputs + text if body.parameters and body.parameters.return_full_text else text
 
-    async def stream(body: TextGenerationBody, sampling: Sampling, rows: list[Row], events) -> AsyncIterator[str]:
+    async def stream(
+        body: TextGenerationBody, sampling: Sampling, rows: list[Row], events: asyncio.Queue[Piece]
+    ) -> AsyncIterator[str]:
         """One event per generated token; the last holds the whole text (and the details, if asked)."""
         step = 0
         try:
