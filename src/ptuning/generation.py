@@ -191,6 +191,7 @@ def generate_from_ids(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int | None = None,
+    watchers: list[StoppingCriteria] | None = None,
 ) -> list[dict[str, Any]]:
     """Continue each row of token ids under the prefix of its task, all in one batch.
 
@@ -199,7 +200,9 @@ def generate_from_ids(
     ``stop`` strings in its generated text (cut before it), or after ``max_new_tokens`` (one for all, or one per row:
     each row is cut at its own, which is what it would have written with that budget). Returns per row
     ``{"generated_text", "finish_reason": "stop" | "length", "prompt_tokens", "completion_tokens"}``, the counts as
-    OpenAI's usage (the token that ended the text counts as a completion token).
+    OpenAI's usage (the token that ended the text counts as a completion token). ``watchers``: more stopping
+    criteria, called after every step with the ids so far (a server streams each row's new text from one and ends
+    each row at its own end).
     """
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(token_rows)
@@ -236,6 +239,7 @@ def generate_from_ids(
         pad_token_id=pad_id,
     )
     criteria = StopTexts(tokenizer, stops, input_ids.shape[1], len(token_rows)) if stops else None
+    stopping = ([criteria] if criteria else []) + (watchers or [])
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
         if seed is not None:
@@ -246,7 +250,7 @@ def generate_from_ids(
             attention_mask.to(device),
             None if task_ids is None else task_ids.to(device),
             generation_config=config,
-            stopping_criteria=StoppingCriteriaList([criteria]) if criteria else None,
+            stopping_criteria=StoppingCriteriaList(stopping) if stopping else None,
         )  # (batch, T + new)
     answers = []
     for row, tokens in enumerate(token_rows):

@@ -12,8 +12,12 @@ The modules, from the process down:
 - ``app``: the FastAPI application: background model load, error bodies, request metrics, health and metrics routes,
   and the API's routes included from their modules;
 - ``native``: ptuning's own ``/v1`` routes (list, predict, runtime load and unload);
+- ``openai_api``: OpenAI's completions and chat completions over the generation tasks (``model`` names the task),
+  streamed as server-sent events if asked; ``text_generation``: Hugging Face's text-generation shape, one task a path;
 - ``server``: what every route shares (the predictor, the batcher, readiness, the task listing);
-- ``batching``: the queue and the token-budget batcher; ``schemas``: the request bodies and their 422s;
+- ``batching``: the queue and the token-budget batcher; ``generating``: the generation prompts' batcher (greedy
+  prompts of any tasks in one ``generate`` call, each row's text streamed after every step);
+  ``schemas``: the request bodies and their 422s;
   ``errors``: the ``{"error", "error_type"}`` body; ``metrics``: the Prometheus metrics;
 - ``config``: ``ServeConfig``, the settings (this package's import loads no web framework, so ``--help`` stays fast).
 """

@@ -20,8 +20,11 @@ from ..predictor import Predictor
 from .batching import Batcher
 from .config import ServeConfig
 from .errors import answer_errors_as_json
+from .generating import GenerationBatcher
 from .native import native_routes
+from .openai_api import openai_routes
 from .server import Server
+from .text_generation import text_generation_routes
 
 logger = logging.getLogger("ptuning")
 
@@ -41,10 +44,9 @@ def create_app(sources: dict[str, str] | str, config: ServeConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
-        batching: asyncio.Task | None = None
+        batching: list[asyncio.Task] = []
 
         async def load() -> None:
-            nonlocal batching
             started = time.perf_counter()
             try:
                 predictor = await loop.run_in_executor(
@@ -59,16 +61,18 @@ def create_app(sources: dict[str, str] | str, config: ServeConfig) -> FastAPI:
                 server.stop()
                 return
             freeze_loaded_objects()
-            server.batcher = Batcher(predictor, config, server.metrics)
-            server.predictor = predictor
-            batching = asyncio.create_task(server.batcher.run())
+            batcher = Batcher(predictor, config, server.metrics)
+            # one inference thread and one queue limit for both: the model runs one batch at a time
+            server.generator = GenerationBatcher(predictor, config, server.metrics, batcher.worker, batcher.admission)
+            server.batcher, server.predictor = batcher, predictor
+            batching.extend(asyncio.create_task(runner.run()) for runner in (batcher, server.generator))
             logger.info("ready: %s (%.1f s)", ", ".join(predictor.tasks), time.perf_counter() - started)
 
         loading = asyncio.create_task(load())
         yield
         loading.cancel()
-        if batching is not None:
-            batching.cancel()
+        for task in batching:
+            task.cancel()
         if server.batcher is not None:
             server.batcher.worker.shutdown(wait=True)
 
@@ -100,4 +104,6 @@ def create_app(sources: dict[str, str] | str, config: ServeConfig) -> FastAPI:
         return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(native_routes(server))
+    app.include_router(openai_routes(server))
+    app.include_router(text_generation_routes(server))
     return app

@@ -32,6 +32,30 @@ def glibc_malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
+class Admission:
+    """The inputs waiting in every queue (predict inputs and generation prompts alike): past ``limit`` a request is
+    refused with 429."""
+
+    def __init__(self, limit: int, metrics: Metrics):
+        self.limit, self.metrics = limit, metrics
+        self.waiting = 0
+
+    def admit(self, count: int) -> None:
+        if self.waiting + count > self.limit:
+            raise ApiError(
+                429,
+                "overloaded",
+                f"{self.waiting} inputs are waiting already; retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        self.waiting += count
+        self.metrics.queue_depth.set(self.waiting)
+
+    def leave(self, count: int) -> None:
+        self.waiting -= count
+        self.metrics.queue_depth.set(self.waiting)
+
+
 @dataclass
 class Pending:
     """One input in the queue and where its answer goes."""
@@ -48,7 +72,7 @@ class Batcher:
         self.predictor, self.config, self.metrics = predictor, config, metrics
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self.carried: Pending | None = None  # the input that would have overflowed the last batch
-        self.waiting = 0
+        self.admission = Admission(config.max_queue, metrics)
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="ptuning-inference")
         self.malloc_trim = glibc_malloc_trim()
         self.trimmed_at = time.monotonic()
@@ -66,17 +90,13 @@ class Batcher:
 
     async def answer(self, inputs: list[TaskInput]) -> list[dict[str, Any]]:
         """Queue the inputs and wait for their answers, in order."""
-        if self.waiting + len(inputs) > self.config.max_queue:
-            raise ApiError(
-                429,
-                "overloaded",
-                f"{self.waiting} inputs are waiting already; retry shortly",
-                headers={"Retry-After": "1"},
-            )
+        self.admission.admit(len(inputs))
         loop = asyncio.get_running_loop()
-        pending = [Pending(item, self.predictor.tokens(item), loop.create_future()) for item in inputs]
-        self.waiting += len(pending)
-        self.metrics.queue_depth.set(self.waiting)
+        try:
+            pending = [Pending(item, self.predictor.tokens(item), loop.create_future()) for item in inputs]
+        except BaseException:  # inputs that never joined the queue do not wait in it
+            self.admission.leave(len(inputs))
+            raise
         for item in pending:
             self.queue.put_nowait(item)
         return list(await asyncio.gather(*(item.answer for item in pending)))
@@ -110,8 +130,7 @@ class Batcher:
                     break
                 batch.append(item)
                 tokens += item.tokens
-            self.waiting -= len(batch)
-            self.metrics.queue_depth.set(self.waiting)
+            self.admission.leave(len(batch))
             self.metrics.batch_inputs.observe(len(batch))
             self.metrics.batch_tokens.observe(tokens)
             try:

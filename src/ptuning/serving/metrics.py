@@ -1,4 +1,5 @@
-"""The server's Prometheus metrics (``GET /metrics``): inputs by task, requests by endpoint, batches, the queue."""
+"""The server's Prometheus metrics (``GET /metrics``): inputs by task, requests by endpoint, batches, the queue,
+generated tokens and time to first token."""
 
 from __future__ import annotations
 
@@ -34,4 +35,22 @@ class Metrics:
         self.queue_depth = Gauge("ptuning_queue_depth", "Inputs waiting", registry=self.registry)
         self.batch_seconds = Histogram(
             "ptuning_batch_seconds", "Inference time of a batch, features to formatted answers", registry=self.registry
+        )
+        self.generated_tokens = Counter(
+            "ptuning_generated_tokens", "Tokens generated, by task", ["task"], registry=self.registry
+        )
+        self.time_to_first_token = Histogram(
+            "ptuning_time_to_first_token_seconds",
+            "From a generation prompt's arrival to its first generated token",
+            registry=self.registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.generation_batch_rows = Histogram(
+            "ptuning_generation_batch_rows", "Prompts per generation batch", buckets=buckets, registry=self.registry
+        )
+        self.generation_batch_seconds = Histogram(
+            "ptuning_generation_batch_seconds",
+            "Time of a generation batch, prefill to its last row's end",
+            registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )

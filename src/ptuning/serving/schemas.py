@@ -1,13 +1,15 @@
-"""The request bodies of ptuning's own routes: each field of one JSON type, checked strictly; a body that does not
-fit is a 422 naming each wrong field."""
+"""The request bodies of ptuning's own routes and of the generation APIs (OpenAI's completions, Hugging Face's text
+generation): each field of one JSON type, checked strictly; a body that does not fit is a 422 naming each wrong field.
+The generation bodies take the fields their APIs define: those we do not support are refused unless they hold the
+value that changes nothing (``n: 1``, ``logprobs: null``), and a field no API defines is refused (a typo is told)."""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Request
-from pydantic import AfterValidator, BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 from pydantic_core import PydanticCustomError
 
 from ..data.readers import LONE_SURROGATE, lone_surrogate_at
@@ -70,9 +72,168 @@ class LoadBody(BaseModel):
     path: Text
 
 
+def only(*harmless: Any) -> AfterValidator:
+    """A field taken only at the values that change nothing (a bool is not a number here: ``true`` is not 1)."""
+
+    def check(value: Any) -> Any:
+        if not any(isinstance(value, bool) == isinstance(allowed, bool) and value == allowed for allowed in harmless):
+            said = " or ".join(json.dumps(allowed) for allowed in harmless)
+            raise PydanticCustomError("unsupported", "not supported here (only {said})", {"said": said})
+        return value
+
+    return AfterValidator(check)
+
+
+def texts(value: Any) -> list[str]:
+    """A prompt: a string, or a non-empty list of strings (prompts as token ids are not taken)."""
+    if isinstance(value, str):
+        return [unicode_text(value)]
+    if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+        return [unicode_text(item) for item in value]
+    raise PydanticCustomError("texts", "expected a string or a non-empty list of strings")
+
+
+def stop_strings(value: Any) -> list[str]:
+    """Stop strings: a non-empty string or a list of them (null: none)."""
+    if value is None:
+        return []
+    found = [value] if isinstance(value, str) else value
+    if isinstance(found, list) and all(isinstance(item, str) and item for item in found):
+        return [unicode_text(item) for item in found]
+    raise PydanticCustomError("stop", "expected a non-empty string or a list of non-empty strings")
+
+
+def message_text(value: Any) -> str:
+    """A message's content: a string, or a list of text parts ``{"type": "text", "text": ...}`` (joined)."""
+    if isinstance(value, str):
+        return unicode_text(value)
+    if isinstance(value, list) and all(
+        isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str) for part in value
+    ):
+        return unicode_text("".join(part["text"] for part in value))
+    raise PydanticCustomError("content", 'expected a string or a list of {"type": "text", "text": ...} parts')
+
+
+NewTokens = Annotated[StrictInt, Field(ge=1)]
+Seed = Annotated[StrictInt, Field(ge=-(2**63), lt=2**64)]
+TopP = Annotated[float, Field(gt=0, le=1)]
+
+
+class Message(BaseModel):
+    """One chat message (``developer`` is read as ``system``; a ``name`` is ignored)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Annotated[Any, AfterValidator(message_text)]
+    name: Text | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    include_usage: StrictBool = False
+
+
+class OpenAIBody(BaseModel):
+    """What OpenAI's completions and chat completions share; ``model`` names a generation task."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    model: Text
+    max_tokens: NewTokens | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: TopP | None = None
+    stop: Annotated[Any, AfterValidator(stop_strings)] = None
+    seed: Seed | None = None
+    stream: StrictBool | None = None
+    stream_options: StreamOptions | None = None
+    user: Text | None = None
+    metadata: dict[str, Any] | None = None
+    service_tier: Text | None = None
+    n: Annotated[Any, only(None, 1)] = None
+    presence_penalty: Annotated[Any, only(None, 0)] = None
+    frequency_penalty: Annotated[Any, only(None, 0)] = None
+    logit_bias: Annotated[Any, only(None, {})] = None
+    store: Annotated[Any, only(None, False)] = None
+
+
+class CompletionBody(OpenAIBody):
+    """``POST /v1/completions``."""
+
+    prompt: Annotated[Any, AfterValidator(texts)]
+    logprobs: Annotated[Any, only(None)] = None
+    echo: Annotated[Any, only(None, False)] = None
+    best_of: Annotated[Any, only(None, 1)] = None
+    suffix: Annotated[Any, only(None)] = None
+
+
+class ChatBody(OpenAIBody):
+    """``POST /v1/chat/completions``."""
+
+    messages: Annotated[list[Message], Field(min_length=1)]
+    max_completion_tokens: NewTokens | None = None
+    parallel_tool_calls: StrictBool | None = None
+    logprobs: Annotated[Any, only(None, False)] = None
+    top_logprobs: Annotated[Any, only(None)] = None
+    tools: Annotated[Any, only(None, [])] = None
+    tool_choice: Annotated[Any, only(None, "none")] = None
+    functions: Annotated[Any, only(None, [])] = None
+    function_call: Annotated[Any, only(None, "none")] = None
+    response_format: Annotated[Any, only(None, {"type": "text"})] = None
+    modalities: Annotated[Any, only(None, ["text"])] = None
+    reasoning_effort: Annotated[Any, only(None)] = None
+    audio: Annotated[Any, only(None)] = None
+    prediction: Annotated[Any, only(None)] = None
+
+
+class TextGenerationParameters(BaseModel):
+    """The ``parameters`` of Hugging Face's text generation (TGI)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    max_new_tokens: NewTokens | None = None
+    do_sample: StrictBool | None = None
+    temperature: Annotated[float, Field(gt=0)] | None = None
+    top_p: TopP | None = None
+    stop: Annotated[Any, AfterValidator(stop_strings)] = None
+    seed: Seed | None = None
+    details: StrictBool | None = None
+    return_full_text: StrictBool | None = None
+    decoder_input_details: Annotated[Any, only(None, False)] = None
+    best_of: Annotated[Any, only(None, 1)] = None
+    repetition_penalty: Annotated[Any, only(None, 1)] = None
+    frequency_penalty: Annotated[Any, only(None, 0)] = None
+    top_k: Annotated[Any, only(None)] = None
+    top_n_tokens: Annotated[Any, only(None, 0)] = None
+    truncate: Annotated[Any, only(None)] = None
+    typical_p: Annotated[Any, only(None, 1)] = None
+    watermark: Annotated[Any, only(None, False)] = None
+    grammar: Annotated[Any, only(None)] = None
+    adapter_id: Annotated[Any, only(None)] = None
+
+
+class TextGenerationBody(BaseModel):
+    """``POST /v1/tasks/NAME/generate`` (and ``generate_stream``)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    inputs: Text
+    parameters: TextGenerationParameters | None = None
+    stream: StrictBool | None = None
+
+
 # pydantic's error types in JSON's words: what a field was missing, or what it expected
 SAID = {"missing": "missing", "extra_forbidden": "unknown field"}
-EXPECTED = {"model_type": "a JSON object", "string_type": "a string", "int_type": "an integer", "list_type": "a list"}
+EXPECTED = {
+    "model_type": "a JSON object",
+    "string_type": "a string",
+    "int_type": "an integer",
+    "list_type": "a list",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "dict_type": "a JSON object",
+}
 
 
 Body = TypeVar("Body", bound=BaseModel)

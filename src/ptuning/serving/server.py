@@ -1,4 +1,4 @@
-"""What every route shares: the predictor once loaded, the batcher, the metrics; readiness, the request's inputs
+"""What every route shares: the predictor once loaded, the batchers, the metrics; readiness, the request's inputs
 parsed by their tasks, and the listing of the loaded tasks."""
 
 from __future__ import annotations
@@ -13,19 +13,22 @@ from ..predictor import Request as TaskInput
 from .batching import Batcher
 from .config import ServeConfig
 from .errors import ApiError
+from .generating import GenerationBatcher
 from .metrics import Metrics
 from .schemas import PredictBody, validated
 
 
 @dataclass
 class Server:
-    """What the endpoints share: the predictor once loaded, the batcher, the metrics."""
+    """What the endpoints share: the predictor once loaded, the batchers (inputs to predict, prompts to continue),
+    the metrics."""
 
     sources: dict[str, str] | str
     config: ServeConfig
     metrics: Metrics = field(default_factory=Metrics)
     predictor: Predictor | None = None
     batcher: Batcher | None = None
+    generator: GenerationBatcher | None = None
     failure: Exception | None = None  # why the model did not load
     # what ends the process when the model cannot load (serve() sets uvicorn's exit flag)
     stop: Callable[[], None] = field(default=lambda: None)
@@ -33,7 +36,7 @@ class Server:
     def ready(self) -> Predictor:
         if self.failure is not None:
             raise ApiError(503, "load_failed", f"the model failed to load: {self.failure}")
-        if self.predictor is None or self.batcher is None:
+        if self.predictor is None or self.batcher is None or self.generator is None:
             raise ApiError(503, "not_ready", "the model is still loading")
         return self.predictor
 
