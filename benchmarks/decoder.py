@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", help="only these, comma-separated: prompting, deep-linear, deep-verbalizer, ...")
     parser.add_argument("--tasks", help=f"only these, comma-separated (default {SENTIMENT},{NER})")
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once, the cores shared among them")
-    parser.add_argument("--output", default=str(RESULTS / "decoder.json"))
+    parser.add_argument("--output", help="default: benchmarks/results/decoder.json (--quick: results/quick/)")
     args = parser.parse_args(argv)
     budget = QUICK if args.quick else FULL
     changes: dict[str, Any] = {}
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     runner = Runner(jobs=args.jobs, resume=args.resume, journal=journal)
     started = time.perf_counter()
     rows = study(budget, runner)
-    output = Path(args.output)
+    output = Path(args.output or RESULTS / ("quick" if args.quick else "") / "decoder.json")
     write_json(
         output.parent,
         output.name,

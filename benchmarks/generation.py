@@ -42,6 +42,7 @@ class GenerationTask:
     instruction: str  # the template: the input goes at {text}
     parser: str | None
     max_new_tokens: int
+    metric: str  # what the table reports: the parser's F1, or exact match for a one-word answer
 
 
 TASKS = (
@@ -51,12 +52,14 @@ TASKS = (
         '"Peter Blackburn (PER); Brussels (LOC)", or "none".\n\nSentence: {text}',
         "entities",
         48,
+        "entities_f1",
     ),
     GenerationTask(
         "sentiment-generation",
         "Is this movie review positive or negative? Answer with one word.\n\n{text}",
         None,
         4,
+        "exact_match",
     ),
 )
 START_TEXT = "Follow the instruction."  # where the prefix starts: the model's own keys/values of these tokens
@@ -142,15 +145,14 @@ def settings_for(budget: Budget, task: GenerationTask, files: dict[str, Path], m
     return settings
 
 
-def row(task: str, method: str, seed: int | None, metrics: dict[str, Any]) -> dict[str, Any]:
+def row(task: GenerationTask, method: str, seed: int | None, metrics: dict[str, Any]) -> dict[str, Any]:
     result = single_task_metrics(metrics)
-    primary = result["primary_metric"]
     return {
         "backbone": BACKBONE,
-        "task": task,
+        "task": task.name,
         "method": method,
         "seed": seed,
-        "primary_metric": primary,
+        "metric": task.metric,
         "validation": result["validation"],
         "test": result["test"],
         "trainable_share": metrics["trainable_share"],
@@ -166,7 +168,7 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault((entry["task"], entry["method"]), []).append(entry)
     result = []
     for (task, method), group in groups.items():
-        primary = group[0]["primary_metric"]
+        primary = group[0]["metric"]
         tests = [entry["test"][primary] for entry in group]
         result.append(
             {
@@ -208,7 +210,7 @@ def study(budget: Budget, runner: Runner, tasks: tuple[str, ...], methods: tuple
         for method in methods:
             for seed in [None] if method == "prompting" else budget.seeds:  # prompting draws nothing
                 settings = settings_for(budget, task, files[task.name], method, seed)
-                planned.append((task.name, method, seed, (f"{task.name}-{method}-{seed}", settings)))
+                planned.append((task, method, seed, (f"{task.name}-{method}-{seed}", settings)))
     results = runner.many([named for *_, named in planned])
     return [row(task, method, seed, metrics) for (task, method, seed, _), metrics in zip(planned, results, strict=True)]
 
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", default=",".join(task.name for task in TASKS))
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once, the cores shared among them")
-    parser.add_argument("--output", default=str(RESULTS / "generation.json"))
+    parser.add_argument("--output", help="default: benchmarks/results/generation.json (--quick: results/quick/)")
     args = parser.parse_args(argv)
     budget = QUICK if args.quick else FULL
     changes: dict[str, Any] = {}
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     started = time.perf_counter()
     rows = study(budget, runner, tuple(args.tasks.split(",")), tuple(args.methods.split(",")))
-    output = Path(args.output)
+    output = Path(args.output or RESULTS / ("quick" if args.quick else "") / "generation.json")
     write_json(
         output.parent,
         output.name,
