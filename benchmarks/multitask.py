@@ -126,6 +126,26 @@ def multitask(scale: Scale, runner: Runner, tasks: tuple[str, ...], checkpoints:
         # the second stage keeps the joint prompt's length; its lr is the task's single-setting one
         point = Point(chosen[task].lr, multi_point.prompt_length)
         rows.append(_row(task, "multi-then-single", runs, point, scale.seeds))
+
+    # the control: is multi-then-single's gain the other tasks' data, or only more updates? Each task alone again,
+    # from a fresh prompt of the joint prompt's length at its single lr, for as many steps as its prompt had in the
+    # joint run and its second stage together (the best epoch on validation kept, as everywhere)
+    print("multitask: each task alone for as many steps (the control)", flush=True)
+    control = []
+    for (task, seed, _), metrics in zip(second, results, strict=True):
+        steps = multi_runs[scale.seeds.index(seed)]["steps"] + metrics["steps"]
+        point = Point(chosen[task].lr, multi_point.prompt_length)
+        control.append((task, seed, point, {**settings_for(scale, task, "deep", point, seed), "max_steps": steps}))
+    controlled = runner.many(
+        [
+            (_name(f"single-{settings['max_steps']}-steps", task, point, seed), settings)
+            for task, seed, point, settings in control
+        ]
+    )
+    for task in tasks:
+        runs = [metrics for (t, *_), metrics in zip(control, controlled, strict=True) if t == task]
+        point = Point(chosen[task].lr, multi_point.prompt_length)
+        rows.append({**_row(task, "single-as-many-steps", runs, point, scale.seeds), "steps": runs[0]["steps"]})
     return {
         "tasks": list(tasks),
         "searched": [point._asdict() for point in points],

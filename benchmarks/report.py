@@ -252,7 +252,7 @@ def faithfulness_section(faithfulness: dict[str, Any], plot: str = "faithfulness
     return [*lines, "", f"![training loss]({plot})\n"]
 
 
-MULTITASK_SETTINGS = ("single", "multi", "multi-then-single")
+MULTITASK_SETTINGS = ("single", "multi", "multi-then-single", "single-as-many-steps")
 
 
 def plot_multitask(multitask: dict[str, Any], path: Path) -> None:
@@ -640,7 +640,10 @@ def write(results: Path = RESULTS) -> Path:
             "prompt length searched on the first seed's validation; `multi`: one prompt for all the tasks with a head "
             f"each, every batch from one task drawn {multitask['sampling']}ly to size, searched on the mean "
             f"validation score (chosen: lr {joint['lr']:g}, length {joint['prompt_length']}); `multi-then-single`: "
-            "each task trained alone again from the joint prompt and its head, at its single-setting lr.\n",
+            "each task trained alone again from the joint prompt and its head, at its single-setting lr; "
+            "`single-as-many-steps` (the control, where run): each task alone from a fresh prompt of the joint "
+            "prompt's length, at its single-setting lr, for as many steps as its prompt had in the joint run and "
+            "the second stage together.\n",
             multitask_table(multitask),
             "",
             "Training time (seconds, mean over seeds): the joint run "
