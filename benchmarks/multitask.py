@@ -28,7 +28,7 @@ from ptuning.training.run_metrics import task_result_of
 
 TASKS = ("conll2003-ner", "conll2003-pos", "conll2003-chunk", "conll2003-qa")
 DEFAULT_TASKS = TASKS[:3]
-SETTINGS = ("single", "multi", "multi-then-single")
+SETTINGS = ("single", "multi", "multi-then-single", "single-as-many-steps")
 
 
 def _name(kind: str, task: str, point: Point, seed: int) -> str:

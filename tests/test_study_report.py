@@ -290,9 +290,9 @@ class MultiTaskRunner:
             result = {"primary_metric": "f1", "test": {"f1": 70 + bonus}, "validation": {"f1": 60 + bonus}}
             if "," in settings["dataset"]:
                 tasks = settings["dataset"].split(",")
-                answers.append({"tasks": {task: result for task in tasks}, "train_seconds": 30.0})
+                answers.append({"tasks": {task: result for task in tasks}, "train_seconds": 30.0, "steps": 180})
             else:
-                answers.append({**result, "train_seconds": 10.0})
+                answers.append({**result, "train_seconds": 10.0, "steps": settings.get("max_steps", 60)})
         return answers
 
 
@@ -304,7 +304,15 @@ def test_multitask_part_runs_single_joint_and_second_stage(tmp_path) -> None:
     result = multitask.multitask(protocol.FULL, runner, tasks, tmp_path)
     kinds = Counter(name.split("-conll")[0].split("-joint")[0] for name, _ in runner.asked)
     # a 4-point search on seed 0 and 2 more seeds: per task alone, and jointly; then 2 tasks x 3 seeds
-    assert kinds == {"multitask-single": 12, "multitask-multi": 6, "multitask-multi-then-single": 6}
+    assert kinds == {
+        "multitask-single": 12,
+        "multitask-multi": 6,
+        "multitask-multi-then-single": 6,
+        "multitask-single-240-steps": 6,  # the control: the joint run's 180 steps and the second stage's 60
+    }
+    control = [settings for name, settings in runner.asked if "-240-steps" in name]
+    assert all(settings["max_steps"] == 240 and settings["prompt_length"] == 64 for settings in control)
+    assert all("init_from" not in settings and settings["lr"] == 0.06 for settings in control)
     joint = [settings for name, settings in runner.asked if name.startswith("multitask-multi-joint")]
     assert all(settings["dataset"] == "conll2003-ner,conll2003-pos" and "output" in settings for settings in joint)
     second = [settings for name, settings in runner.asked if "then-single" in name]
