@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol import RESULTS, Runner, write_json  # benchmarks/ is the script's folder, on sys.path
+from report import prompt_start
 
 from ptuning.training.run_metrics import single_task_metrics
 
@@ -178,7 +179,7 @@ def markdown(summary_rows: list[dict[str, Any]], budget: Budget) -> str:
     for entry in summary_rows:
         metric = "accuracy" if entry["task"] == SENTIMENT else "f1"
         lines.append(
-            f"| {entry['task']} ({metric}) | {entry['method']} | {entry['head']} | {entry.get('start') or ''} | "
+            f"| {entry['task']} ({metric}) | {entry['method']} | {entry['head']} | {prompt_start(entry)} | "
             f"{entry['runs']} | "
             f"{entry['test_mean']:.1f} ± {entry['test_std']:.1f} | {entry['validation_mean']:.1f} | "
             f"{100 * entry['trainable_share']:.3f}% |"

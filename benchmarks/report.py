@@ -115,7 +115,7 @@ def plot_scale(pairs: list[dict[str, Any]], path: Path) -> None:
     """Deep minus fine-tuning against backbone size, one line per task measured on several backbones: the gap of the
     seeds' medians (one collapsed run of three moves a mean by tens of points, a median not), bars from the gap of
     the worst to that of the best seeds."""
-    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    figure, axis = plt.subplots(figsize=(6, 4.8))
     size = {}  # millions of parameters per backbone (the heads' few differ per task)
     for pair in pairs:
         size.setdefault(pair["backbone"], pair["parameters"] / 1e6)
@@ -134,7 +134,10 @@ def plot_scale(pairs: list[dict[str, Any]], path: Path) -> None:
         )
     axis.axhline(0, color="#888", linewidth=0.8)
     axis.set_xscale("log")
-    axis.set_xticks(list(size.values()), [f"{name}\n{millions:.0f}M" for name, millions in size.items()])
+    # backbones of close sizes (110M, 135M) would print their names over each other: slanted
+    axis.set_xticks(
+        list(size.values()), [f"{name} {millions:.0f}M" for name, millions in size.items()], rotation=25, ha="right"
+    )
     axis.minorticks_off()
     axis.set_ylim(max(axis.get_ylim()[0], -25), min(axis.get_ylim()[1], 25))
     finish(figure, axis, "backbone", "deep - finetune, median of seeds (test points)", path)
@@ -464,6 +467,12 @@ def rerun_section(result: dict[str, Any], title: str, change: str) -> list[str]:
     ]
 
 
+def prompt_start(row: dict[str, Any]) -> str:
+    """Where a row's prompt started: rows from before the start was an option started at random; methods without a
+    trained prompt (prompting, finetune) have none."""
+    return "" if row["method"] in ("prompting", "finetune") else row.get("start") or "random"
+
+
 def decoder_section(decoder: dict[str, Any], cost: dict[str, Any] | None, title: str) -> list[str]:
     """P-Tuning v2 on the decoder SmolLM2-135M against discrete prompting, a verbalizer head, fine-tuning and
     shallow prompts (benchmarks/decoder.py), and its training cost (benchmarks/cost.py --backbone)."""
@@ -483,7 +492,7 @@ def decoder_section(decoder: dict[str, Any], cost: dict[str, Any] | None, title:
         "| task | method | head | prompt start | runs | test (mean ± std) | validation (mean) | trainable |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
         *[
-            f"| {row['task']} | {row['method']} | {row['head']} | {row.get('start') or ''} | {row['runs']} | "
+            f"| {row['task']} | {row['method']} | {row['head']} | {prompt_start(row)} | {row['runs']} | "
             f"{row['test_mean']:.1f} ± "
             f"{row['test_std']:.1f} | {row['validation_mean']:.1f} | {100 * row['trainable_share']:.3f}% |"
             for row in decoder["summary"]
