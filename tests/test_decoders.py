@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, PAD, VOCAB, random_batch, tiny_backbone
+from conftest import ARCHITECTURES, PAD, VOCAB, assert_close, random_batch, tiny_backbone
 from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
 from ptuning import PromptConfig, PromptedModel
@@ -57,6 +57,24 @@ def test_causal_lm_loss_trains_only_the_prefix():
     loss.backward()
     assert model.prompt_encoder.table.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.backbone.parameters())  # the body and the language-modelling head
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_the_loss_on_the_target_tokens_equals_the_language_models_own(arch):
+    """Logits only where a label is (the target), the loss as transformers' own causal-LM loss on the same labels:
+    under the prefix, with padding, within 1e-5."""
+    model = prefix_lm(arch)
+    input_ids = torch.randint(4, VOCAB, (3, 9))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[2, 7:] = 0  # a padded row
+    labels = input_ids.masked_fill(torch.arange(9) < 5, -100).masked_fill(attention_mask == 0, -100)  # (3, 9)
+    with torch.no_grad():
+        ours = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        full = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (3, 9, vocab), under the prefix
+    reference = torch.nn.functional.cross_entropy(full[:, :-1].reshape(-1, full.shape[-1]), labels[:, 1:].reshape(-1))
+    assert ours.logits.shape == (int((labels[:, 1:] != -100).sum()), full.shape[-1])
+    assert_close(ours.loss, reference)
 
 
 @pytest.mark.numerics

@@ -28,6 +28,18 @@ def label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
 
+def target_token_loss(
+    hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A causal LM's loss on the labelled tokens only (label -100 elsewhere): the state at t predicts token t + 1.
+    The vocabulary logits are computed for those positions alone: a generation target is a few tokens after a long
+    input, and the whole (batch, T, vocab) logits would cost most of the step. Returns the loss and those logits."""
+    targets = labels[:, 1:]  # (batch, T - 1)
+    kept = targets != -100  # (batch, T - 1)
+    logits = lm_head(hidden[:, :-1][kept])  # (targets, vocab)
+    return nn.functional.cross_entropy(logits.float(), targets[kept]), logits
+
+
 def span_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Extractive QA: logits (batch, tokens, 2) score start and end; labels (batch, 2) hold the answer's start and
     end token (0, the first token, when there is none)."""

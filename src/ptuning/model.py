@@ -14,14 +14,14 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_outputs import CausalLMOutput, ModelOutput
 
 from . import checkpoint, generation, mixing
 from .backbones import load_backbone, load_tokenizer
 from .checkpoint import CheckpointConfig, TaskRecord
 from .config import PromptConfig
 from .errors import PtuningError
-from .heads import HEAD_KINDS, LinearHead, VerbalizerHead, check_pooling, label_names, pool
+from .heads import HEAD_KINDS, LinearHead, VerbalizerHead, check_pooling, label_names, pool, target_token_loss
 from .prompts.backbone import NEEDS_LM_HEAD, PromptedBackbone
 from .prompts.encoder import PromptEncoder
 from .task_heads import new_head
@@ -283,8 +283,12 @@ class PromptedModel(PromptedBackbone):
             name = self.task_names[present[0]]
         record = self.tasks[name]
         rows = [record.prompt] * input_ids.shape[0]
-        if record.kind == HeadKind.CAUSAL_LM:  # the backbone's own head, its loss on ``labels``
-            return self.run_backbone(input_ids, attention_mask, token_type_ids, rows, labels=labels, use_cache=False)
+        if record.kind == HeadKind.CAUSAL_LM and labels is None:  # the backbone's own head: logits everywhere
+            return self.run_backbone(input_ids, attention_mask, token_type_ids, rows, use_cache=False)
+        if record.kind == HeadKind.CAUSAL_LM:  # its loss on the labelled tokens, their logits only
+            hidden = self.encode_prompted(input_ids, attention_mask, token_type_ids, rows)  # (batch, T, hidden)
+            loss, logits = target_token_loss(hidden, labels, self.lm_head())  # logits (targets, vocab)
+            return CausalLMOutput(loss=loss, logits=logits)
         kind = HEAD_KINDS[record.kind]
         shape = input_ids.shape  # (batch, [choices,] T)
         # several rows an example, scored together: multiple choice's choices, a verbalizer's row per label word
