@@ -157,7 +157,7 @@ def _left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
     return input_ids, attention_mask
 
 
-def _end_ids(model: PromptedBackbone, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+def end_ids_of(model: PromptedBackbone, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The tokens that end a text: the tokenizer's end-of-text and those the backbone's generation config names."""
     configured = model.backbone.generation_config.eos_token_id
     configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
@@ -224,7 +224,7 @@ def generate_from_ids(
     empty = [position for position, row in enumerate(token_rows) if not row]
     if empty:
         raise PtuningError(f"prompts {empty} have no tokens to continue from")
-    end_ids = _end_ids(model, tokenizer)
+    end_ids = end_ids_of(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (end_ids or [0])[0]
     input_ids, attention_mask = _left_padded(token_rows, pad_id)  # each (batch, T)
     device = model.transformer.device

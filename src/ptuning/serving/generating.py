@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerBase, StoppingCriteria
 
 from ..data.generation import GenerationExample
 from ..errors import DataError
-from ..generation import _end_ids, generate_from_ids
+from ..generation import end_ids_of, generate_from_ids
 from ..predictor import Predictor
 from ..tasks.base import Task
 from .batching import Admission
@@ -267,7 +267,7 @@ class GenerationBatcher:
         if not rows:
             return
         model, sampling = self.predictor.model, rows[0].sampling
-        watcher = Watcher(model.tokenizer, rows, _end_ids(model, model.tokenizer), loop, self.metrics)
+        watcher = Watcher(model.tokenizer, rows, end_ids_of(model, model.tokenizer), loop, self.metrics)
         with self.metrics.generation_batch_seconds.time():
             generate_from_ids(
                 model,
