@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from protocol import RESULTS, Runner, write_json  # benchmarks/ is the script's folder, on sys.path
+from protocol import (
+    Runner,
+    add_budget_flags,
+    budget_changes,
+    write_study,
+)  # benchmarks/ is the script's folder, on sys.path
 from report import prompt_start
 
 from ptuning.training.run_metrics import single_task_metrics
@@ -226,28 +229,13 @@ def study(budget: Budget, runner: Runner) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 32 training, 16 evaluation examples")
-    parser.add_argument("--resume", action="store_true", help="reuse runs finished by an earlier invocation")
-    parser.add_argument("--train-examples", type=int, help="training subsample (default 1000)")
-    parser.add_argument("--eval-examples", type=int, help="validation and test subsample (default 200)")
-    parser.add_argument("--seeds", help="comma-separated seeds (default 0,1,2)")
-    parser.add_argument("--epochs", type=float, help="training epochs (default 1)")
+    add_budget_flags(parser, "decoder")
     parser.add_argument("--prompt-lr", type=float, help="deep and shallow prompts' learning rate (default: 1e-2, 3e-2)")
     parser.add_argument("--methods", help="only these, comma-separated: prompting, deep-linear, deep-verbalizer, ...")
     parser.add_argument("--tasks", help=f"only these, comma-separated (default {SENTIMENT},{NER})")
-    parser.add_argument("--jobs", type=int, default=2, help="trainings at once, the cores shared among them")
-    parser.add_argument("--output", help="default: benchmarks/results/decoder.json (--quick: results/quick/)")
     args = parser.parse_args(argv)
     budget = QUICK if args.quick else FULL
-    changes: dict[str, Any] = {}
-    if args.train_examples:
-        changes["train_examples"] = args.train_examples
-    if args.eval_examples:
-        changes["eval_examples"] = args.eval_examples
-    if args.seeds:
-        changes["seeds"] = tuple(int(seed) for seed in args.seeds.split(","))
-    if args.epochs:
-        changes["epochs"] = args.epochs
+    changes = budget_changes(args)
     if args.prompt_lr:
         changes["prompt_lr"] = args.prompt_lr
     if args.methods:
@@ -259,15 +247,14 @@ def main(argv: list[str] | None = None) -> None:
     runner = Runner(jobs=args.jobs, resume=args.resume, journal=journal)
     started = time.perf_counter()
     rows = study(budget, runner)
-    output = Path(args.output or RESULTS / ("quick" if args.quick else "") / "decoder.json")
-    write_json(
-        output.parent,
-        output.name,
+    output = write_study(
+        "decoder",
+        args,
+        argv,
         {
             "backbone": BACKBONE,
             "budget": asdict(budget),
             "shrunk": "training and evaluation subsampled, no learning-rate search (one rate per method)",
-            "command": "python benchmarks/decoder.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "templates": [asdict(template) for template in TEMPLATES],
             "summary": summary(rows),
             "rows": rows,

@@ -20,13 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from protocol import RESULTS, Runner, write_json  # benchmarks/ is the script's folder, on sys.path
+from protocol import (
+    RESULTS,
+    Runner,
+    add_budget_flags,
+    budget_changes,
+    write_study,
+)  # benchmarks/ is the script's folder, on sys.path
 
 from ptuning.data.packaged import load_packaged
 from ptuning.generation_metrics import entities_from_tags, format_entities
@@ -217,39 +222,26 @@ def study(budget: Budget, runner: Runner, tasks: tuple[str, ...], methods: tuple
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 32 training, 16 evaluation examples")
-    parser.add_argument("--resume", action="store_true", help="reuse runs finished by an earlier invocation")
-    parser.add_argument("--train-examples", type=int, help="training subsample (default 1000)")
-    parser.add_argument("--eval-examples", type=int, help="validation and test subsample (default 200)")
-    parser.add_argument("--epochs", type=float, help="training epochs (default 1)")
-    parser.add_argument("--seeds", help="comma-separated seeds (default 0,1,2)")
+    add_budget_flags(parser, "generation")
     parser.add_argument("--tasks", default=",".join(task.name for task in TASKS))
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--jobs", type=int, default=2, help="trainings at once, the cores shared among them")
-    parser.add_argument("--output", help="default: benchmarks/results/generation.json (--quick: results/quick/)")
     args = parser.parse_args(argv)
     budget = QUICK if args.quick else FULL
-    changes: dict[str, Any] = {}
-    for name in ("train_examples", "eval_examples", "epochs"):
-        if getattr(args, name):
-            changes[name] = getattr(args, name)
-    if args.seeds:
-        changes["seeds"] = tuple(int(seed) for seed in args.seeds.split(","))
+    changes = budget_changes(args)
     budget = Budget(**{**asdict(budget), **changes})
     runner = Runner(
         jobs=args.jobs, resume=args.resume, journal="generation-quick.jsonl" if args.quick else "generation.jsonl"
     )
     started = time.perf_counter()
     rows = study(budget, runner, tuple(args.tasks.split(",")), tuple(args.methods.split(",")))
-    output = Path(args.output or RESULTS / ("quick" if args.quick else "") / "generation.json")
-    write_json(
-        output.parent,
-        output.name,
+    output = write_study(
+        "generation",
+        args,
+        argv,
         {
             "backbone": BACKBONE,
             "budget": asdict(budget),
             "shrunk": "training and evaluation subsampled, no learning-rate search (one rate per method)",
-            "command": "python benchmarks/generation.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "tasks": [asdict(task) for task in TASKS],
             "methods": METHODS,
             "summary": summary(rows),

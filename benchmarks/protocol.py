@@ -7,6 +7,7 @@ had when older journal lines were written.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import multiprocessing
@@ -310,3 +311,34 @@ def seed_summary(scores: list[float]) -> dict[str, Any]:
 
 def write_json(results: Path, name: str, content: dict[str, Any]) -> None:
     (results / name).write_text(json.dumps(content, indent=2) + "\n")
+
+
+def add_budget_flags(parser: argparse.ArgumentParser, study: str) -> None:
+    """The flags every subsampled study of the decoder takes (``study``: its results' name)."""
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 32 training, 16 evaluation examples")
+    parser.add_argument("--resume", action="store_true", help="reuse runs finished by an earlier invocation")
+    parser.add_argument("--train-examples", type=int, help="training subsample (default 1000)")
+    parser.add_argument("--eval-examples", type=int, help="validation and test subsample (default 200)")
+    parser.add_argument("--epochs", type=float, help="training epochs (default 1)")
+    parser.add_argument("--seeds", help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--jobs", type=int, default=2, help="trainings at once, the cores shared among them")
+    parser.add_argument("--output", help=f"default: benchmarks/results/{study}.json (--quick: results/quick/)")
+
+
+def budget_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The budget fields the flags of :func:`add_budget_flags` change."""
+    changes: dict[str, Any] = {
+        name: getattr(args, name) for name in ("train_examples", "eval_examples", "epochs") if getattr(args, name)
+    }
+    if args.seeds:
+        changes["seeds"] = tuple(int(seed) for seed in args.seeds.split(","))
+    return changes
+
+
+def write_study(study: str, args: argparse.Namespace, argv: list[str] | None, content: dict[str, Any]) -> Path:
+    """The study's JSON (its command recorded), under results/quick/ for a quick run (never over the full one)."""
+    output = Path(args.output or RESULTS / ("quick" if args.quick else "") / f"{study}.json")
+    command = f"python benchmarks/{study}.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_json(output.parent, output.name, {**content, "command": command})
+    return output

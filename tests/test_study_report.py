@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -492,3 +493,16 @@ def test_a_journal_of_flat_single_task_runs_still_resumes_and_reads_like_new_run
     # the multitask part reads a task of a joint run, or a single-task run's one task, in either shape
     assert task_result_of(flat, "conll2003-ner").items() >= task_result_of(nested, "conll2003-ner").items()
     assert task_result_of({"tasks": {"a": result, "b": {}}}, "a") is result
+
+
+def test_a_quick_study_writes_apart_from_the_full_results(tmp_path, monkeypatch) -> None:
+    """A smoke run (--quick) never overwrites the full results, even where results/quick/ does not exist yet; the
+    budget flags change only what was given."""
+    monkeypatch.setattr(protocol, "RESULTS", tmp_path)
+    flags = argparse.Namespace(output=None, quick=True, train_examples=5, eval_examples=None, epochs=None, seeds="0,2")
+    assert protocol.budget_changes(flags) == {"train_examples": 5, "seeds": (0, 2)}
+    written = protocol.write_study("decoder", flags, ["--quick"], {"rows": []})
+    assert written == tmp_path / "quick" / "decoder.json"
+    assert json.loads(written.read_text()) == {"rows": [], "command": "python benchmarks/decoder.py --quick"}
+    flags.quick = False
+    assert protocol.write_study("decoder", flags, [], {}) == tmp_path / "decoder.json"
