@@ -177,3 +177,13 @@ def test_predict_samples_with_a_seed_stops_at_a_string_and_writes_fewer_tokens(g
     assert stopped[0]["generated_text"] == greedy[0]["generated_text"][: greedy[0]["generated_text"].index(stop)]
     code, _, err = run_cli(capsys, "predict", *run, "--top-p", "0", stdin="a\n", monkeypatch=monkeypatch)
     assert code == 2 and "top_p (--top-p) must be in (0, 1], got 0.0" in err
+
+
+def test_generation_settings_on_another_task_are_refused(tmp_path, capsys):
+    (tmp_path / "sent.csv").write_text("text,label\ngood film,pos\nbad film,neg\n")
+    argv = ["train", "--train", str(tmp_path / "sent.csv"), "--output", str(tmp_path / "run")]
+    for flags in (["--parser", "entities"], ["--max-new-tokens", "8"]):
+        assert main([*argv, *flags]) == 2
+        assert "--parser and --max-new-tokens set how a generation task writes: give --task generation" in (
+            capsys.readouterr().err
+        )

@@ -22,6 +22,7 @@ from .vocabulary import DEFAULT_TASK, TASK_CHOICES, Family, HeadType
 
 # by learning-rate family (see lr_family): a deep prompt through the MLP collapses at the flat table's rate (the
 # pilot is in benchmarks/results/READING.md)
+MAX_NEW_TOKENS = 64  # a generation answer's default length, in tokens
 DEFAULT_LEARNING_RATES = {"finetune": 5e-5, "linear-probe": 5e-3, "deep-mlp": 1e-3}
 PROMPT_LEARNING_RATE = 1e-2
 DATA_DEFAULTS = DataSpec()  # the column settings' defaults are the data layer's
@@ -159,7 +160,9 @@ class Recipe:
         'Oslo (LOC)", scored by entity F1)',
         per_task=True,
     )
-    max_new_tokens: int = setting(64, "generation: tokens written at most per answer", check=at_least(1), per_task=True)
+    max_new_tokens: int = setting(
+        MAX_NEW_TOKENS, "generation: tokens written at most per answer", check=at_least(1), per_task=True
+    )
     lr: float | None = setting(
         None,
         "learning rate",
@@ -262,6 +265,8 @@ class Recipe:
                     "and method linear-probe (a --template may wrap the input)"
                 )
             return None
+        if self.parser is not None or self.max_new_tokens != MAX_NEW_TOKENS:
+            raise PtuningError("--parser and --max-new-tokens set how a generation task writes: give --task generation")
         head = self.head_type()
         if self.prompt.method == "prompting" and head != HeadType.VERBALIZER:
             raise PtuningError("method prompting scores with the verbalizer head: leave out --head linear")
