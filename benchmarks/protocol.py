@@ -15,6 +15,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -212,12 +213,26 @@ class Runner:
                 self.done[entry["settings"]] = entry["metrics"]
         elif self.journal.is_file():
             self.journal.unlink()
+        self.producers: dict[str, tuple[str, dict[str, Any]]] = {}  # a kept checkpoint -> the run that writes it
+        self.producing = threading.RLock()
+
+    def _checkpoint_for(self, start: str | None) -> None:
+        """A journaled run's checkpoint is made again (same settings) only when a run that is not journaled starts
+        from it and it is gone (another machine, a cleaned disk): a journaled result is never retrained for itself."""
+        with self.producing:  # two runs that start from one missing checkpoint train it once
+            if start is None or Path(start).is_dir() or start not in self.producers:
+                return
+            name, settings = self.producers[start]
+            self.done.pop(json.dumps(settings, sort_keys=True), None)
+            self.one(settings, name)
 
     def one(self, settings: dict[str, Any], name: str) -> dict[str, Any]:
         key = json.dumps(settings, sort_keys=True)
-        kept = settings.get("output")
-        if key in self.done and (kept is None or Path(kept).is_dir()):  # a kept checkpoint must still be there
+        if "output" in settings:
+            self.producers[str(settings["output"])] = (name, settings)
+        if key in self.done:
             return self.done[key]
+        self._checkpoint_for(settings.get("init_from"))
         logs = self.journal.parent
         context = multiprocessing.get_context("fork")
         queue = context.Queue()

@@ -506,3 +506,37 @@ def test_a_quick_study_writes_apart_from_the_full_results(tmp_path, monkeypatch)
     assert json.loads(written.read_text()) == {"rows": [], "command": "python benchmarks/decoder.py --quick"}
     flags.quick = False
     assert protocol.write_study("decoder", flags, [], {}) == tmp_path / "decoder.json"
+
+
+def test_a_journaled_run_is_retrained_only_when_a_new_run_starts_from_its_missing_checkpoint(tmp_path) -> None:
+    """On a machine without the checkpoints, --resume answers journaled runs from the journal (a joint run is not
+    trained again for itself); a run not journaled that starts from a missing checkpoint has it made again first,
+    once however many such runs start from it."""
+    joint = {"task": "a,b", "seed": 0, "output": str(tmp_path / "joint")}
+    stage = {"task": "a", "seed": 0, "init_from": joint["output"]}
+    logs, trained = tmp_path / "logs", tmp_path / "trained"
+    logs.mkdir()
+    trained.mkdir()
+    lines = [{"settings": json.dumps(s, sort_keys=True), "metrics": {"journaled": s["task"]}} for s in (joint, stage)]
+    (logs / "runs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    def train(settings: dict) -> dict:  # runs in the forked child: what it trained is left on disk
+        if "init_from" in settings:
+            assert Path(settings["init_from"]).is_dir(), "started before its checkpoint was made"
+        else:
+            Path(settings["output"]).mkdir()
+        (trained / settings["task"]).write_text(json.dumps(settings))
+        return {"task": settings["task"], "primary_metric": "accuracy", "validation": {}, "test": {}}
+
+    runner = protocol.Runner(2, resume=True, results=tmp_path, run=train)
+    assert runner.one(joint, "joint") == {"journaled": "a,b"}
+    assert runner.one(stage, "stage") == {"journaled": "a"}
+    assert list(trained.iterdir()) == []
+    fresh = [{**stage, "task": task} for task in ("b", "c")]
+    assert [m["task"] for m in runner.many([(s["task"], s) for s in fresh])] == ["b", "c"]
+    assert sorted(path.name for path in trained.iterdir()) == ["a,b", "b", "c"]
+    assert json.loads((trained / "a,b").read_text()) == joint  # the same settings, trained once
+    again = protocol.Runner(1, resume=True, results=tmp_path, run=train)
+    again.one(joint, "joint")
+    assert again.one(fresh[0], "b")["task"] == "b"  # journaled now
+    assert sorted(path.name for path in trained.iterdir()) == ["a,b", "b", "c"]
