@@ -90,22 +90,35 @@ class PromptedInputs(NamedTuple):
     layer_prompts: LayerPrompts | None  # the rows' deep prompts, to keep active through every step
 
 
+def _rows_of(
+    model: PromptedBackbone, row_prompts: list[str], kind: str, device: torch.device
+) -> tuple[list[str], torch.Tensor]:
+    """The rows' prompts whose method has ``kind`` (``per_layer`` or ``input_level``), and each row's index into them
+    (batch,): a row without one reads the index past them, none."""
+    group = [prompt for prompt in dict.fromkeys(row_prompts) if getattr(method_of(model.prompt_configs[prompt]), kind)]
+    return group, torch.tensor([group.index(p) if p in group else len(group) for p in row_prompts], device=device)
+
+
+def row_layer_prompts(model: PromptedBackbone, names: list[str], device: torch.device) -> LayerPrompts | None:
+    """The deep prompts of rows of the causal-lm tasks ``names``, gathered per row (None: no row has one)."""
+    row_prompts = [model.tasks[name].prompt for name in names]
+    deep, rows = _rows_of(model, row_prompts, "per_layer", device)
+    if not deep:
+        return None
+    if len(set(row_prompts)) == 1:
+        return model.layer_prompts(len(names), deep[0])
+    return model.mixed_layer_prompts(deep, rows)
+
+
 def prompted_inputs(
     model: PromptedBackbone, input_ids: torch.Tensor, attention_mask: torch.Tensor, names: list[str]
 ) -> PromptedInputs:
     """Row ``i`` of the left-padded ``input_ids`` (batch, T) under the prompt of causal-lm task ``names[i]``."""
     check_left_padded(attention_mask)
     row_prompts = [model.tasks[name].prompt for name in names]
-    prompts = list(dict.fromkeys(row_prompts))
-    methods = {prompt: method_of(model.prompt_configs[prompt]) for prompt in prompts}
-    deep = [prompt for prompt in prompts if methods[prompt].per_layer]
-    shallow = [prompt for prompt in prompts if methods[prompt].input_level]
     device = input_ids.device
-    # each row's index into its method's prompts; a row without one reads the index past them: none
-    deep_rows, shallow_rows = (
-        torch.tensor([group.index(p) if p in group else len(group) for p in row_prompts], device=device)  # (batch,)
-        for group in (deep, shallow)
-    )
+    deep, deep_rows = _rows_of(model, row_prompts, "per_layer", device)
+    shallow, shallow_rows = _rows_of(model, row_prompts, "input_level", device)
     text = model.transformer.get_input_embeddings()(input_ids)  # (batch, T, embedding)
     vectors, visible = model.mixed_prompt_vectors(shallow, shallow_rows)  # (batch, P, embedding), (batch, P)
     embeds = torch.cat([vectors.to(text.dtype), text], dim=1)  # (batch, P + T, embedding)
@@ -116,23 +129,16 @@ def prompted_inputs(
     order = order[:, order.shape[1] - width :]  # (batch, L)
     embeds = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))  # (batch, L, embedding)
     mask = mask.gather(1, order)  # (batch, L)
-    shifts = [methods[prompt].position_shift(model.prompt_configs[prompt]) for prompt in deep] + [0]
-    shift = torch.tensor(shifts, device=device)[deep_rows]  # (batch,)
+    configs = [model.prompt_configs[prompt] for prompt in deep]
+    shift = torch.tensor([method_of(config).position_shift(config) for config in configs] + [0], device=device)
     # as transformers counts them from the mask (left padding: 0 on the first real column), moved on per prompt
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0) + shift[:, None]  # (batch, L)
-    layer_prompts = None
-    if deep:
-        layer_prompts = (
-            model.layer_prompts(input_ids.shape[0], deep[0])
-            if len(prompts) == 1
-            else model.mixed_layer_prompts(deep, deep_rows)
-        )
-    return PromptedInputs(embeds, mask, position_ids, layer_prompts)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0) + shift[deep_rows][:, None]  # (batch, L)
+    return PromptedInputs(embeds, mask, position_ids, row_layer_prompts(model, names, device))
 
 
-def prompts_active(inputs: PromptedInputs):
+def prompts_active(layer_prompts: LayerPrompts | None):
     """The context in which the backbone reads the rows' deep prompts (none to set when no row has one)."""
-    return nullcontext() if inputs.layer_prompts is None else active_prompts(inputs.layer_prompts)
+    return nullcontext() if layer_prompts is None else active_prompts(layer_prompts)
 
 
 @torch.no_grad()
@@ -158,7 +164,7 @@ def generate(
     inputs = prompted_inputs(model, input_ids, attention_mask, names)
     # counted over the new tokens: a row's length includes its shallow prompt, which the caller's max_length does not
     settings = {key: value for key, value in kwargs.items() if key != "max_length"} | {"max_new_tokens": budget}
-    with prompts_active(inputs):
+    with prompts_active(inputs.layer_prompts):
         output = model.backbone.generate(
             inputs_embeds=inputs.inputs_embeds,
             attention_mask=inputs.attention_mask,
@@ -208,7 +214,7 @@ def _answer(
     return tokenizer.decode(new, skip_special_tokens=True), "length", len(new)
 
 
-def _left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token id rows of different lengths as a left-padded batch: ids and attention mask, each (batch, T)."""
     length = max(len(row) for row in rows)
     input_ids = torch.tensor([[pad_id] * (length - len(row)) + row for row in rows])  # (batch, T)
@@ -222,6 +228,11 @@ def end_ids_of(model: PromptedBackbone, tokenizer: PreTrainedTokenizerBase) -> l
     configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
     own = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
     return list(dict.fromkeys(own + configured))
+
+
+def pad_id_of(model: PromptedBackbone, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token that pads rows (masked, never read): the tokenizer's padding token, else the end of text."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (end_ids_of(model, tokenizer) or [0])[0]
 
 
 def generate_texts(
@@ -284,8 +295,8 @@ def generate_from_ids(
     if empty:
         raise PtuningError(f"prompts {empty} have no tokens to continue from")
     end_ids = end_ids_of(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (end_ids or [0])[0]
-    input_ids, attention_mask = _left_padded(token_rows, pad_id)  # each (batch, T)
+    pad_id = pad_id_of(model, tokenizer)
+    input_ids, attention_mask = left_padded(token_rows, pad_id)  # each (batch, T)
     device = model.transformer.device
     sampled = temperature > 0
     config = GenerationConfig(
