@@ -200,3 +200,13 @@ def test_the_client_learns_a_call_of_another_kind_and_an_unknown_task(server):
     assert status == 422 and "function_to_apply" in body["error"]
     status, body = refusal(lambda: client_of(server, "qa").question_answering("Who?", CONTEXT, doc_stride=8))
     assert status == 422 and "doc_stride: not supported here (only null)" in body["error"]
+
+
+def test_the_published_schema_declares_each_kind_s_body_and_both_answers(server):
+    operation = server.call("GET", "/openapi.json")[2]["paths"]["/models/{name}"]["post"]
+    bodies = operation["requestBody"]["content"]["application/json"]["schema"]["anyOf"]
+    assert [sorted(body["properties"]) for body in bodies] == [["inputs", "parameters"]] * 3 + [
+        ["inputs", "parameters", "stream"]
+    ]
+    assert "$ref" not in json.dumps(bodies)  # it stands alone: nothing points into a $defs it lacks
+    assert {"application/json", "text/event-stream"} <= set(operation["responses"]["200"]["content"])

@@ -38,9 +38,10 @@ PAIR = {
     "required": ["text"],
     "additionalProperties": False,
 }
+WORDS = {"type": "string", "pattern": "\\S"}  # not blank: a question or a context of spaces is refused
 QUESTION = {
     "type": "object",
-    "properties": {"question": {"type": "string"}, "context": {"type": "string"}},
+    "properties": {"question": WORDS, "context": WORDS},
     "required": ["question", "context"],
     "additionalProperties": False,
 }
