@@ -178,8 +178,8 @@ def closed_loop(port: int, requests: list[dict[str, Any]], concurrency: int) -> 
         list(pool.map(client, range(min(concurrency, len(requests)))))
     elapsed = time.perf_counter() - started
     rows_after = histogram(port, "ptuning_generation_batch_rows")
-    batches = rows_after[1] - rows_before[1]
-    return {"seconds": elapsed, "answers": answers, "batches": batches, "rows": rows_after[0] - rows_before[0]}
+    steps = rows_after[1] - rows_before[1]
+    return {"seconds": elapsed, "answers": answers, "steps": steps, "rows": rows_after[0] - rows_before[0]}
 
 
 def percentile(values: list[float], share: float) -> float | None:
@@ -193,7 +193,7 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     tokens, seconds = sum(answer["tokens"] for answer in answers), sum(run["seconds"] for run in runs)
     ttft = [1000 * answer["ttft"] for answer in answers if answer["ttft"] is not None]
     latency = [1000 * answer["latency"] for answer in answers]
-    batches = sum(run["batches"] for run in runs)
+    steps = sum(run["steps"] for run in runs)
     return {
         "requests": len(answers),
         "generated_tokens": tokens,
@@ -206,8 +206,8 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "prompt_tokens_mean": statistics.fmean(answer["prompt_tokens"] for answer in answers),
         "without_text": len(answers) - len(ttft),
         "text_chunks_per_answer": statistics.fmean(answer["chunks"] for answer in answers),
-        "generation_batches": batches,
-        "rows_per_batch": sum(run["rows"] for run in runs) / batches if batches else None,
+        "decoding_steps": steps,
+        "rows_per_step": sum(run["rows"] for run in runs) / steps if steps else None,
         "finish_reasons": {
             reason: sum(answer["finish_reason"] == reason for answer in answers)
             for reason in sorted({answer["finish_reason"] for answer in answers})
@@ -304,7 +304,7 @@ def table(result: dict[str, Any]) -> str:
     """One line per concurrency: medians over repeats."""
     lines = [
         "| clients | mixed tok/s | single tok/s | mixed/single | TTFT p50 / p99 ms (mixed) "
-        "| TTFT p50 / p99 ms (single) | latency p50 / p99 ms (mixed) | rows/batch mixed, single |",
+        "| TTFT p50 / p99 ms (single) | latency p50 / p99 ms (mixed) | rows/step mixed, single |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
 
@@ -320,7 +320,7 @@ def table(result: dict[str, Any]) -> str:
             f"{median(runs, 'mixed', 'ttft_p50_ms'):.0f} / {median(runs, 'mixed', 'ttft_p99_ms'):.0f} | "
             f"{median(runs, 'single', 'ttft_p50_ms'):.0f} / {median(runs, 'single', 'ttft_p99_ms'):.0f} | "
             f"{median(runs, 'mixed', 'latency_p50_ms'):.0f} / {median(runs, 'mixed', 'latency_p99_ms'):.0f} | "
-            f"{median(runs, 'mixed', 'rows_per_batch'):.1f}, {median(runs, 'single', 'rows_per_batch'):.1f} |"
+            f"{median(runs, 'mixed', 'rows_per_step'):.1f}, {median(runs, 'single', 'rows_per_step'):.1f} |"
         )
     return "\n".join(lines)
 

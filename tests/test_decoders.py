@@ -133,6 +133,8 @@ def test_causal_lm_needs_a_language_model_head_and_a_method_that_writes():
     with pytest.raises(PtuningError, match="needs a model with its language-modelling head"):
         PromptedModel.from_backbone(tiny_backbone("gpt2"), "causal-lm")
     with pytest.raises(
-        PtuningError, match="supports methods deep \\(prefix-tuning\\), finetune and prompting, not 'shallow'"
+        PtuningError,
+        match="supports methods deep \\(prefix-tuning\\), shallow \\(prompt tuning\\), finetune and prompting, "
+        "not 'ptuning-v1'",
     ):
-        PromptedModel.from_backbone(tiny_lm("gpt2"), "causal-lm", prompt=PromptConfig(method="shallow"))
+        PromptedModel.from_backbone(tiny_lm("gpt2"), "causal-lm", prompt=PromptConfig(method="ptuning-v1"))

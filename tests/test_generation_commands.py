@@ -142,12 +142,36 @@ def test_prompting_and_finetune_write_too_and_prompting_mixes_with_prefixes(
     assert tuned[0]["input"] == "Peter runs" and "generated_text" in tuned[0]
 
 
+def test_a_shallow_prompt_trains_predicts_and_mixes_with_a_prefix(
+    generation_runs, tiny_decoder_folders, tmp_path, capsys, monkeypatch
+):
+    """Prompt tuning for generation: a shallow prompt of 4 vectors trains (only it), its run predicts, and its inputs
+    share one batch with a deep prefix's, each answer as its task's alone."""
+    data = write_jsonl(tmp_path / "ner.jsonl", [{"input": text, "target": target} for text, target in PAIRS])
+    argv = ["train", "--model", str(tiny_decoder_folders["llama"]), "--train", str(data), "--validation", str(data)]
+    run = tmp_path / "shallow"
+    shallow = ["--task", "generation", "--method", "shallow", *FAST[:6], "--prompt-length", "4"]
+    assert main([*argv, *shallow, "--max-new-tokens", "6", "--output", str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    hidden = AutoModelForCausalLM.from_pretrained(tiny_decoder_folders["llama"]).config.hidden_size
+    assert metrics["trainable_parameters"] == 4 * hidden
+    assert "rougeL" in metrics["tasks"]["default"]["validation"]
+    texts = [text for text, _ in PAIRS] + ["Oslo"]
+    alone = predict([str(run)], [json.dumps({"input": text}) for text in texts], capsys, monkeypatch)
+    ner_alone = predict([str(generation_runs["ner"])], [json.dumps({"input": t}) for t in texts], capsys, monkeypatch)
+    assert alone != ner_alone
+    lines = [json.dumps({"task": name, "input": text}) for text in texts for name in ("soft", "ner")]
+    mixed = predict([f"soft={run}", f"ner={generation_runs['ner']}"], lines, capsys, monkeypatch)
+    assert mixed == [answer for pair in zip(alone, ner_alone, strict=True) for answer in pair]
+
+
 @pytest.mark.parametrize(
     "flags,message",
     [
         (["--method", "linear-probe"], "leave out --verbalizer, --head and method linear-probe"),
         (["--head", "verbalizer"], "leave out --verbalizer, --head"),
-        (["--method", "shallow"], "task 'causal-lm' supports methods deep (prefix-tuning), finetune and prompting"),
+        (["--method", "ptuning-v1"], "supports methods deep (prefix-tuning), shallow (prompt tuning), finetune and"),
+        (["--method", "shallow", "--reparam", "mlp"], "reparam 'mlp' does not apply to method 'shallow'"),
         (["--max-new-tokens", "500"], "max_new_tokens 500 leaves no room for the input"),
         (["--parser", "tables"], "unknown output parser 'tables'"),
     ],

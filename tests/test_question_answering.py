@@ -203,9 +203,12 @@ def test_version_2_predicts_no_answer_by_the_lowest_null_score_and_threshold(min
         "start": -1,
         "end": -1,
         "score": pytest.approx(5.0),
+        "probability": pytest.approx(prediction["probability"]),
         "null_score": pytest.approx(8.0),
+        "null_probability": pytest.approx(prediction["null_probability"]),
         "span_text": "Oslo",
     }
+    assert prediction["null_probability"] > 0.5 > prediction["probability"]
     task.null_threshold = 3.5  # the null score must beat the span by more than 3.5
     assert task.decode(logits, encoded, [example])[0]["text"] == "Oslo"
     assert QuestionAnsweringTask(minilm_tokenizer, [], 64).decode(logits, encoded, [example])[0]["text"] == "Oslo"
@@ -219,6 +222,27 @@ def test_version_2_predicts_no_answer_by_the_lowest_null_score_and_threshold(min
     windows[1][17, 0] = windows[1][21, 1] = 2.0
     (prediction,) = long_task.decode(windows, long_encoded, [long_example])
     assert prediction["null_score"] == pytest.approx(2.0) and prediction["text"] == ANSWER
+
+
+def test_probabilities_are_those_of_the_transformers_pipeline(minilm_tokenizer):
+    from transformers.pipelines.document_question_answering import select_starts_ends
+
+    example = QAExample("s", "Where did Peter go?", SHORT, [("Oslo", 14)])
+    task = QuestionAnsweringTask(minilm_tokenizer, [], 64)
+    logits, encoded = crafted(task, example, {"Oslo": (2.0, 3.0), "Peter": (1.5, -1.0)}, question=(9, 9), cls=(1, 2))
+    (prediction,) = task.decode(logits, encoded, [example])
+    (window,) = encoded.meta
+    p_mask = np.array([[span is None for span in window.offsets]], dtype=int)  # (1, tokens)
+    p_mask[0, 0] = 0  # the first token (no answer) takes part in the softmax, as the pipeline's [CLS] does
+    starts, ends, scores, null = select_starts_ends(
+        logits[0][None, :, 0], logits[0][None, :, 1], p_mask, np.ones_like(p_mask), handle_impossible_answer=True
+    )
+    assert (window.offsets[starts[0]][0], window.offsets[ends[0]][1]) == (prediction["start"], prediction["end"])
+    assert prediction["probability"] == pytest.approx(float(scores[0]), rel=1e-5)
+    assert prediction["null_probability"] == pytest.approx(null, rel=1e-5)
+    assert task.format_prediction(example, prediction)["probability"] == prediction["probability"]
+    nothing = {**prediction, "text": "", "start": -1, "end": -1}
+    assert task.format_prediction(example, nothing)["probability"] == prediction["null_probability"]
 
 
 def test_prediction_lines_in_and_out(minilm_tokenizer):
@@ -237,12 +261,14 @@ def test_prediction_lines_in_and_out(minilm_tokenizer):
     with pytest.raises(DataError, match=r"in.jsonl:7: expected .* non-empty question and context"):
         task.parse_input("", {"question": "Where?"}, "in.jsonl:7")
     prediction = {"text": "Oslo", "start": 14, "end": 18, "score": 2.0, "null_score": 0.0, "span_text": "Oslo"}
+    prediction |= {"probability": 0.75, "null_probability": 0.1}
     assert task.format_prediction(example, prediction) == {
         "id": "in.jsonl:4",
         "prediction_text": "Oslo",
         "start": 14,
         "end": 18,
         "score": 2.0,
+        "probability": 0.75,
     }
 
 

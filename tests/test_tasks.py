@@ -108,6 +108,17 @@ def test_prediction_format_lists_entities(minilm_tokenizer):
         task.parse_input('{"tokens": 1}', {"tokens": 1}, "<stdin>:2")
 
 
+def test_tags_of_no_span_scheme_are_grouped_in_runs_as_transformers_groups_them(minilm_tokenizer):
+    task = make_task("token-classification", minilm_tokenizer, ["ADJ", "NOUN", "O", "VERB"], 64)
+    sentence = task.parse_input("big red dogs bark loudly", None, "<stdin>:1")
+    tags = WordTags(["ADJ", "ADJ", "NOUN", "VERB", "O"], [0.5, 0.7, 0.9, 0.8, 0.99])
+    entities = task.format_prediction(sentence, tags)["entities"]
+    found = [(entity["entity_group"], entity["word"], entity["start"], entity["end"]) for entity in entities]
+    # transformers' "simple" grouping: a tag without B-/I- continues a run of itself; "O" is ignored
+    assert found == [("ADJ", "big red", 0, 7), ("NOUN", "dogs", 8, 12), ("VERB", "bark", 13, 17)]
+    assert entities[0]["score"] == pytest.approx(0.6)
+
+
 def test_a_text_encodes_the_same_whatever_its_batch_mates(minilm_tokenizer):
     """A single text next to a text pair is still encoded as a single text (no empty second segment)."""
     task = make_task("sequence-classification", minilm_tokenizer, ["neg", "pos"], 64)

@@ -1,19 +1,23 @@
-"""Generation under prefixes (Prefix-Tuning, Li and Liang): transformers' ``generate`` on the backbone, each row of a
-batch under the deep prompt of its own causal-lm task, in every layer, through prefill and every decoding step.
+"""Generation under prompts (Prefix-Tuning, Li and Liang; prompt tuning, Lester et al.): transformers' ``generate``
+on the backbone, each row of a batch under the prompt of its own causal-lm task through prefill and every decoding
+step.
 
-The prompts of the batch's rows are gathered once (``PromptedBackbone.mixed_layer_prompts``: shorter prompts
-left-padded with masked columns) and stay active for the whole ``generate`` call; the attention prepends them to the
-layer's keys and values at every step, so the cache holds only the text's. Rows are left-padded (decoders continue
-from the last column). transformers 5 counts a row's position ids from its attention mask (its first real token at 0)
-and moves them on by one each step; we pass them ourselves, each row's moved on by its prompt's shift
-(``shift_positions``), so every row is positioned as it is alone, whatever the other rows' tasks.
+:func:`prompted_inputs` puts each row's prompt in, as its method says, in one batch: a shallow prompt's vectors go
+before the row's text embeddings (the row's padding moved in front of them: rows stay left-padded), a deep prompt is
+gathered per layer (``PromptedBackbone.mixed_layer_prompts``: shorter prompts left-padded with masked columns) and
+stays active for the whole ``generate`` call; the attention prepends it to the layer's keys and values at every step,
+so the cache holds only the text's. A row of a task without a prompt (finetune, prompting) reads none of either. Rows
+are left-padded (decoders continue from the last column); each row's position ids count its real columns (a shallow
+prompt's first vector at 0), moved on by its deep prompt's shift (``shift_positions``), so every row is positioned as
+it is alone, whatever the other rows' tasks. transformers moves them on by one each step.
 
 ``model`` is a PromptedModel, typed as its base class: model.py delegates here, so this module cannot import it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, NamedTuple
 
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
@@ -43,9 +47,6 @@ def row_tasks(model: PromptedBackbone, task_ids: torch.Tensor | None, batch_size
         record = model.tasks[name]
         if record.kind != HeadKind.CAUSAL_LM:
             raise PtuningError(f"generation needs causal-lm tasks; task {name!r} is {record.kind.value}")
-        config = model.prompt_configs[record.prompt]
-        if method_of(config).input_level:
-            raise PtuningError(f"task {name!r}: generation under an input-level prompt ({config.method}) is not built")
     return names
 
 
@@ -66,6 +67,80 @@ def new_token_budget(backbone: Any, kwargs: dict[str, Any], length: int) -> int:
     return budget if budget is not None else kwargs.get("max_length", config.max_length) - length
 
 
+def check_room(model: PromptedBackbone, row_prompts: list[str], lengths: list[int], budget: int) -> None:
+    """Refuse rows whose text and ``budget`` new tokens exceed the positions their prompt leaves."""
+    longest: dict[str, int] = {}
+    for prompt, length in zip(row_prompts, lengths, strict=True):
+        longest[prompt] = max(longest.get(prompt, 0), length)
+    for prompt, length in longest.items():
+        room = model.text_room(prompt)
+        if length + budget > room:
+            raise PtuningError(
+                f"{length} prompt tokens and {budget} new ones exceed the {room} positions this backbone allows under "
+                f"prompt {prompt!r}; shorten the input or ask for fewer new tokens"
+            )
+
+
+class PromptedInputs(NamedTuple):
+    """A left-padded batch as the backbone's forward takes it, each row under its own task's prompt."""
+
+    inputs_embeds: torch.Tensor  # (batch, L, embedding): [padding; shallow prompt; text]
+    attention_mask: torch.Tensor  # (batch, L)
+    position_ids: torch.Tensor  # (batch, L)
+    layer_prompts: LayerPrompts | None  # the rows' deep prompts, to keep active through every step
+
+
+def _rows_of(
+    model: PromptedBackbone, row_prompts: list[str], kind: str, device: torch.device
+) -> tuple[list[str], torch.Tensor]:
+    """The rows' prompts whose method has ``kind`` (``per_layer`` or ``input_level``), and each row's index into them
+    (batch,): a row without one reads the index past them, none."""
+    group = [prompt for prompt in dict.fromkeys(row_prompts) if getattr(method_of(model.prompt_configs[prompt]), kind)]
+    return group, torch.tensor([group.index(p) if p in group else len(group) for p in row_prompts], device=device)
+
+
+def row_layer_prompts(model: PromptedBackbone, names: list[str], device: torch.device) -> LayerPrompts | None:
+    """The deep prompts of rows of the causal-lm tasks ``names``, gathered per row (None: no row has one)."""
+    row_prompts = [model.tasks[name].prompt for name in names]
+    deep, rows = _rows_of(model, row_prompts, "per_layer", device)
+    if not deep:
+        return None
+    if len(set(row_prompts)) == 1:
+        return model.layer_prompts(len(names), deep[0])
+    return model.mixed_layer_prompts(deep, rows)
+
+
+def prompted_inputs(
+    model: PromptedBackbone, input_ids: torch.Tensor, attention_mask: torch.Tensor, names: list[str]
+) -> PromptedInputs:
+    """Row ``i`` of the left-padded ``input_ids`` (batch, T) under the prompt of causal-lm task ``names[i]``."""
+    check_left_padded(attention_mask)
+    row_prompts = [model.tasks[name].prompt for name in names]
+    device = input_ids.device
+    deep, deep_rows = _rows_of(model, row_prompts, "per_layer", device)
+    shallow, shallow_rows = _rows_of(model, row_prompts, "input_level", device)
+    text = model.transformer.get_input_embeddings()(input_ids)  # (batch, T, embedding)
+    vectors, visible = model.mixed_prompt_vectors(shallow, shallow_rows)  # (batch, P, embedding), (batch, P)
+    embeds = torch.cat([vectors.to(text.dtype), text], dim=1)  # (batch, P + T, embedding)
+    mask = torch.cat([visible.long(), attention_mask.long()], dim=1)  # (batch, P + T)
+    # a stable sort moves each row's masked columns in front, its prompt and text keeping their order
+    order = mask.sort(dim=1, stable=True).indices  # (batch, P + T)
+    width = int(mask.sum(1).max())  # the longest row; columns before it are padding in every row
+    order = order[:, order.shape[1] - width :]  # (batch, L)
+    embeds = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))  # (batch, L, embedding)
+    mask = mask.gather(1, order)  # (batch, L)
+    configs = [model.prompt_configs[prompt] for prompt in deep]
+    shift = torch.tensor([method_of(config).position_shift(config) for config in configs] + [0], device=device)
+    # as transformers counts them from the mask (left padding: 0 on the first real column), moved on per prompt
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0) + shift[deep_rows][:, None]  # (batch, L)
+    return PromptedInputs(embeds, mask, position_ids, row_layer_prompts(model, names, device))
+
+
+def prompts_active(layer_prompts: LayerPrompts | None):
+    """The context in which the backbone reads the rows' deep prompts (none to set when no row has one)."""
+    return nullcontext() if layer_prompts is None else active_prompts(layer_prompts)
+
+
 @torch.no_grad()
 def generate(
     model: PromptedBackbone,
@@ -75,63 +150,53 @@ def generate(
     **kwargs: Any,
 ) -> Any:
     """transformers' ``generate`` on a PromptedModel's backbone (its ``kwargs``: ``max_new_tokens``, ``do_sample``,
-    ``generation_config``, ...), row ``i`` of the left-padded ``input_ids`` (batch, T) under the prefix of the
+    ``generation_config``, ...), row ``i`` of the left-padded ``input_ids`` (batch, T) under the prompt of the
     causal-lm task ``task_ids[i]`` (an index of ``model.task_names``; without ``task_ids``, the default task's). Each
-    row decodes as it would alone. Returns what ``generate`` returns: the sequences (batch, T + new)."""
+    row decodes as it would alone. The backbone reads the rows as embeddings (a shallow prompt's vectors before the
+    text's), so stopping criteria see the generated tokens only. Returns what ``generate`` returns, its sequences
+    those of ``input_ids`` with the new tokens after them (batch, T + new)."""
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)  # (batch, T)
     check_left_padded(attention_mask)
     names = row_tasks(model, task_ids, input_ids.shape[0])
-    row_prompts = [model.tasks[name].prompt for name in names]
-    # the prefixes of the batch; a row of a task without one (finetune, prompting) reads index len(prompts): none
-    prompts = [prompt for prompt in dict.fromkeys(row_prompts) if prompt in model.prompts]
-    index = {prompt: position for position, prompt in enumerate(prompts)}
-    rows = torch.tensor([index.get(prompt, len(prompts)) for prompt in row_prompts], device=input_ids.device)
-    configs = [model.prompt_configs[prompt] for prompt in prompts]
-    shifts = [method_of(config).position_shift(config) for config in configs] + [0]
     budget = new_token_budget(model.backbone, kwargs, input_ids.shape[1])
-    lengths = attention_mask.sum(1)  # (batch,)
-    for prompt in dict.fromkeys(row_prompts):
-        longest = int(lengths[rows == index.get(prompt, len(prompts))].max())
-        room = model.text_room(prompt)
-        if longest + budget > room:
-            raise PtuningError(
-                f"{longest} prompt tokens and {budget} new ones exceed the {room} positions this backbone allows under "
-                f"prompt {prompt!r}; shorten the input or ask for fewer new tokens"
-            )
-    # as transformers counts them from the mask (left padding: 0 on the first real token), moved on per prompt
-    shift = torch.tensor(shifts, device=input_ids.device)[rows]  # (batch,)
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0) + shift[:, None]  # (batch, T)
-    arguments = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
-    if not prompts:  # no row has a prefix: the backbone writes as it is
-        return model.backbone.generate(**arguments)
-    layer_prompts: LayerPrompts = (
-        model.layer_prompts(input_ids.shape[0], prompts[0])
-        if len(set(row_prompts)) == 1
-        else model.mixed_layer_prompts(prompts, rows)
-    )
-    with active_prompts(layer_prompts):
-        output = model.backbone.generate(**arguments)
-    layer_prompts.check_all_consumed(architectures.model_type_of(model.transformer.config))
+    check_room(model, [model.tasks[name].prompt for name in names], attention_mask.sum(1).tolist(), budget)
+    inputs = prompted_inputs(model, input_ids, attention_mask, names)
+    # counted over the new tokens: a row's length includes its shallow prompt, which the caller's max_length does not
+    settings = {key: value for key, value in kwargs.items() if key != "max_length"} | {"max_new_tokens": budget}
+    with prompts_active(inputs.layer_prompts):
+        output = model.backbone.generate(
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
+            **settings,
+        )
+    if inputs.layer_prompts is not None:
+        inputs.layer_prompts.check_all_consumed(architectures.model_type_of(model.transformer.config))
+    new = output if isinstance(output, torch.Tensor) else output.sequences  # (batch * returned, new)
+    sequences = torch.cat([input_ids.repeat_interleave(new.shape[0] // input_ids.shape[0], 0), new], dim=1)
+    if isinstance(output, torch.Tensor):
+        return sequences  # (batch * returned, T + new)
+    output.sequences = sequences
     return output
 
 
 class StopTexts(StoppingCriteria):
-    """Stops a row once the text it generated (never its prompt's) holds one of the ``stops``, decoded as the answer
-    is; ``ended[i]`` records how many tokens row ``i`` had generated then."""
+    """Stops a row once the text it generated (:func:`generate` hands criteria the generated tokens only) holds one
+    of the ``stops``, decoded as the answer is; ``ended[i]`` records how many tokens row ``i`` had generated then."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: list[str], prompt_length: int, batch_size: int):
-        self.tokenizer, self.stops, self.prompt_length = tokenizer, stops, prompt_length
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: list[str], batch_size: int):
+        self.tokenizer, self.stops = tokenizer, stops
         self.ended: list[int | None] = [None] * batch_size
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor | None, **kwargs: Any) -> torch.Tensor:
-        generated = input_ids[:, self.prompt_length :]  # (batch, new so far)
+    def __call__(self, generated: torch.Tensor, scores: torch.Tensor | None, **kwargs: Any) -> torch.Tensor:
+        # generated: (batch, new so far)
         texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
         done = [any(stop in text for stop in self.stops) for text in texts]
         for row, hit in enumerate(done):
             if hit and self.ended[row] is None:
                 self.ended[row] = generated.shape[1]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # (batch,)
+        return torch.tensor(done, dtype=torch.bool, device=generated.device)  # (batch,)
 
 
 def _answer(
@@ -149,7 +214,7 @@ def _answer(
     return tokenizer.decode(new, skip_special_tokens=True), "length", len(new)
 
 
-def _left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token id rows of different lengths as a left-padded batch: ids and attention mask, each (batch, T)."""
     length = max(len(row) for row in rows)
     input_ids = torch.tensor([[pad_id] * (length - len(row)) + row for row in rows])  # (batch, T)
@@ -163,6 +228,11 @@ def end_ids_of(model: PromptedBackbone, tokenizer: PreTrainedTokenizerBase) -> l
     configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
     own = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
     return list(dict.fromkeys(own + configured))
+
+
+def pad_id_of(model: PromptedBackbone, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token that pads rows (masked, never read): the tokenizer's padding token, else the end of text."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (end_ids_of(model, tokenizer) or [0])[0]
 
 
 def generate_texts(
@@ -225,8 +295,8 @@ def generate_from_ids(
     if empty:
         raise PtuningError(f"prompts {empty} have no tokens to continue from")
     end_ids = end_ids_of(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (end_ids or [0])[0]
-    input_ids, attention_mask = _left_padded(token_rows, pad_id)  # each (batch, T)
+    pad_id = pad_id_of(model, tokenizer)
+    input_ids, attention_mask = left_padded(token_rows, pad_id)  # each (batch, T)
     device = model.transformer.device
     sampled = temperature > 0
     config = GenerationConfig(
@@ -238,7 +308,7 @@ def generate_from_ids(
         eos_token_id=end_ids or None,
         pad_token_id=pad_id,
     )
-    criteria = StopTexts(tokenizer, stops, input_ids.shape[1], len(token_rows)) if stops else None
+    criteria = StopTexts(tokenizer, stops, len(token_rows)) if stops else None
     stopping = ([criteria] if criteria else []) + (watchers or [])
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):

@@ -24,6 +24,7 @@ from .errors import PtuningError
 from .heads import HEAD_KINDS, LinearHead, VerbalizerHead, check_pooling, label_names, pool, target_token_loss
 from .prompts.backbone import NEEDS_LM_HEAD, PromptedBackbone
 from .prompts.encoder import PromptEncoder
+from .prompts.methods import method_of
 from .task_heads import new_head
 from .templates import Verbalizer
 from .vocabulary import DEFAULT_TASK, HeadKind, HeadType, TaskName, head_kind
@@ -283,8 +284,11 @@ class PromptedModel(PromptedBackbone):
             name = self.task_names[present[0]]
         record = self.tasks[name]
         rows = [record.prompt] * input_ids.shape[0]
-        if record.kind == HeadKind.CAUSAL_LM and labels is None:  # the backbone's own head: logits everywhere
-            return self.run_backbone(input_ids, attention_mask, token_type_ids, rows, use_cache=False)
+        if record.kind == HeadKind.CAUSAL_LM and labels is None:  # the backbone's own head: the text's logits
+            output = self.run_backbone(input_ids, attention_mask, token_type_ids, rows, use_cache=False)
+            config = self.prompt_configs[record.prompt]
+            output.logits = method_of(config).text_states(output.logits, config)  # (batch, T, vocab)
+            return output
         if record.kind == HeadKind.CAUSAL_LM:  # its loss on the labelled tokens, their logits only
             hidden = self.encode_prompted(input_ids, attention_mask, token_type_ids, rows)  # (batch, T, hidden)
             loss, logits = target_token_loss(hidden, labels, self.lm_head())  # logits (targets, vocab)

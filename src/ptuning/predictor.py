@@ -94,7 +94,7 @@ class Predictor:
         return task
 
     def parse(self, record: Any, source: str) -> Request:
-        """A JSON object naming its task (``{"task": "ner", "text": ...}``) and that task's input fields."""
+        """A JSON object naming its task (``{"task": "ner", "text": ...}``) and that task's input fields, encoded."""
         if not isinstance(record, dict):
             raise DataError(f'{source}: expected a JSON object naming its task, like {{"task": "...", "text": "..."}}')
         name = record.get("task")
@@ -102,7 +102,10 @@ class Predictor:
             loaded = ", ".join(self.tasks)
             raise DataError(f"{source}: unknown task {name!r}; loaded tasks: {loaded}")
         fields = {key: value for key, value in record.items() if key != "task"}
-        return Request(name, self.tasks[name].parse_input("", fields, source))
+        request = Request(name, self.tasks[name].parse_input("", fields, source))
+        if not self.tokens(request):  # a tokenizer that adds no special tokens: nothing for the model to read
+            raise DataError(f"{source}: the input has no tokens (an empty text?)")
+        return request
 
     def encode(self, request: Request) -> Encoded:
         """The request's features, tokenized once (a server counts them on arrival, the batch reuses them)."""

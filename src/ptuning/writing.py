@@ -15,7 +15,8 @@ def probability_mass(value: float) -> str | None:
 
 @dataclass
 class Writing:
-    """Generation settings of one call (each a flag of ``ptuning predict``)."""
+    """Generation settings of one call (each a flag of ``ptuning predict``), or of one served request's prompts (whose
+    stop strings, a list, the server keeps beside them); ``decoding.choose`` picks tokens as they say."""
 
     max_new_tokens: int | None = setting(
         None, "generation: tokens written at most per answer", check=at_least(1), default_help="each task's own"

@@ -117,7 +117,8 @@ class PromptedBackbone(nn.Module):
         method = method_of(config)
         if causal and not method.steers_generation:
             raise PtuningError(
-                f"task 'causal-lm' supports methods deep (prefix-tuning), finetune and prompting, not {config.method!r}"
+                "task 'causal-lm' supports methods deep (prefix-tuning), shallow (prompt tuning), finetune and "
+                f"prompting, not {config.method!r}"
             )
         if self.prompt_configs and (method.trains_backbone or self.trains_backbone):
             raise PtuningError(
@@ -172,6 +173,21 @@ class PromptedBackbone(nn.Module):
             self._check_per_layer(prompt)
         tables = [(self.prompts[prompt], self.prompt_configs[prompt]) for prompt in prompts]
         return mixed_layer_prompts(tables, rows, self.transformer.config)
+
+    def mixed_prompt_vectors(self, prompts: list[str], rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input-level prompts of a batch whose example ``i`` reads ``prompts[rows[i]]`` (none when ``rows[i]`` is
+        ``len(prompts)``; ``rows``: (batch,)): their vectors (batch, longest, embedding), shorter ones left-padded
+        with zeros, and which columns are real (batch, longest)."""
+        width = self.transformer.get_input_embeddings().weight.shape[1]
+        tables = [self.prompts[prompt]() for prompt in prompts]  # each (P_i, embedding)
+        longest = max((table.shape[0] for table in tables), default=0)
+        none = self.transformer.get_input_embeddings().weight.new_zeros(longest, width)  # (longest, embedding)
+        padded = [nn.functional.pad(table, (0, 0, longest - table.shape[0], 0)) for table in tables]
+        bank = torch.stack([*padded, none])  # (n + 1, longest, embedding)
+        lengths = torch.tensor([table.shape[0] for table in tables] + [0], device=bank.device)  # (n + 1,)
+        visible = torch.arange(longest, device=bank.device) >= longest - lengths[:, None]  # (n + 1, longest)
+        # (batch, longest, embedding), (batch, longest)
+        return bank.index_select(0, rows), visible.index_select(0, rows)
 
     # forward ------------------------------------------------------------------------------------
 

@@ -145,8 +145,9 @@ class InputLevel(PromptMethod):
     input_level = True
     head_types = (HeadType.LINEAR, HeadType.VERBALIZER)
 
-    def __init__(self, initialized_from_embeddings: bool):
+    def __init__(self, initialized_from_embeddings: bool, steers_generation: bool):
         self.initialized_from_embeddings = initialized_from_embeddings
+        self.steers_generation = steers_generation
 
     def build(self, config: PromptConfig, transformer: PreTrainedModel, folded: bool) -> PromptEncoder:
         embeddings = transformer.get_input_embeddings().weight  # (vocab, embedding)
@@ -241,8 +242,9 @@ class Prompting(PromptMethod):
 # every value of PromptConfig.method
 PROMPT_METHODS: dict[str, PromptMethod] = {
     "deep": Deep(),
-    "shallow": InputLevel(initialized_from_embeddings=True),
-    "ptuning-v1": InputLevel(initialized_from_embeddings=False),
+    # generation reads a shallow prompt's vectors before the text's; P-tuning v1 is not offered (nor tested) there
+    "shallow": InputLevel(initialized_from_embeddings=True, steers_generation=True),
+    "ptuning-v1": InputLevel(initialized_from_embeddings=False, steers_generation=False),
     "finetune": Finetune(),
     "linear-probe": PromptMethod(),
     "prompting": Prompting(),

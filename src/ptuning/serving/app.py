@@ -21,6 +21,7 @@ from .batching import Batcher
 from .config import ServeConfig
 from .errors import answer_errors_as_json
 from .generating import GenerationBatcher
+from .hf_inference import hf_inference_routes
 from .native import native_routes
 from .openai_api import openai_routes
 from .server import Server
@@ -106,4 +107,5 @@ def create_app(sources: dict[str, str] | str, config: ServeConfig) -> FastAPI:
     app.include_router(native_routes(server))
     app.include_router(openai_routes(server))
     app.include_router(text_generation_routes(server))
+    app.include_router(hf_inference_routes(server))
     return app

@@ -46,11 +46,12 @@ class Metrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.generation_batch_rows = Histogram(
-            "ptuning_generation_batch_rows", "Prompts per generation batch", buckets=buckets, registry=self.registry
+            "ptuning_generation_batch_rows", "Rows decoded per generation step", buckets=buckets, registry=self.registry
         )
         self.generation_batch_seconds = Histogram(
             "ptuning_generation_batch_seconds",
-            "Time of a generation batch, prefill to its last row's end",
+            "Time of a generation call: one step of the running batch (with the prefill of rows joining it), or a "
+            "batch decoded apart to its end",
             registry=self.registry,
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )

@@ -32,15 +32,7 @@ def native_routes(server: Server) -> APIRouter:
                 404, "unknown_task", f"unknown task {task!r}; loaded tasks: {', '.join(server.ready().tasks)}"
             )
         inputs = server.inputs(await json_body(request, config.max_body_bytes), task)
-        try:
-            outputs = await server.batcher.answer(inputs)
-        except ApiError as error:
-            for item in inputs:
-                server.metrics.inputs.labels(item.task, str(error.status)).inc()
-            raise
-        for item in inputs:
-            server.metrics.inputs.labels(item.task, "200").inc()
-        return {"outputs": outputs}
+        return {"outputs": await server.answer(inputs)}
 
     @router.post("/v1/predict")
     async def predict_any(request: Request) -> dict[str, Any]:

@@ -5,6 +5,7 @@ length defaults to the task's own (``max_new_tokens`` of its training)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -15,8 +16,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ..data.generation import GenerationExample
+from ..writing import Writing
 from .errors import ApiError
-from .generating import Piece, Sampling, answers, generation_task, pieces, prompt_tokens
+from .generating import Piece, answers, generation_task, pieces, prompt_tokens
 from .schemas import ChatBody, CompletionBody, OpenAIBody, json_body, validated
 from .server import Server
 
@@ -53,13 +55,12 @@ class Call:
             )
         tokens = [prompt_tokens(task, example) for example in examples]
         temperature = 1.0 if body.temperature is None else body.temperature
-        sampled = temperature > 0
-        sampling = Sampling(temperature, body.top_p or 1.0, body.seed) if sampled else Sampling()
+        writing = Writing(max_new_tokens=max_tokens or task.max_new_tokens)
+        if temperature > 0:
+            writing = dataclasses.replace(writing, temperature=temperature, top_p=body.top_p or 1.0, seed=body.seed)
         self.server, self.model = server, body.model
         try:
-            self.rows, self.events = server.generator.submit(
-                body.model, tokens, max_tokens or task.max_new_tokens, body.stop or [], sampling
-            )
+            self.rows, self.events = server.generator.submit(body.model, tokens, writing, body.stop or [])
         except ApiError as error:
             server.metrics.inputs.labels(body.model, str(error.status)).inc(len(examples))
             raise

@@ -60,6 +60,18 @@ class Server:
                 raise ApiError(422, "unknown_task" if unknown else "validation", str(error)) from error
         return parsed
 
+    async def answer(self, inputs: list[TaskInput]) -> list[dict[str, Any]]:
+        """The inputs' answers from the batcher, in order, each counted by its task and the status."""
+        try:
+            outputs = await self.batcher.answer(inputs)
+        except ApiError as error:
+            for item in inputs:
+                self.metrics.inputs.labels(item.task, str(error.status)).inc()
+            raise
+        for item in inputs:
+            self.metrics.inputs.labels(item.task, "200").inc()
+        return outputs
+
     def backbone(self) -> dict[str, str]:
         """The shared backbone: its reference, where it runs and the type its weights are held in."""
         model = self.ready().model

@@ -5,7 +5,6 @@ root; here the path names the task, as ptuning's own ``/v1/tasks/NAME/predict`` 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,94 +12,103 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ..data.generation import GenerationExample
+from ..writing import Writing
 from .errors import ApiError
-from .generating import Piece, Row, Sampling, answers, generation_task, pieces, prompt_tokens
+from .generating import Piece, answers, generation_task, pieces, prompt_tokens
 from .openai_api import error_event, event, streaming
 from .schemas import TextGenerationBody, TextGenerationParameters, json_body, validated
 from .server import Server
 
-Queued = tuple[TextGenerationBody, Sampling, list[Row], asyncio.Queue[Piece]]  # a request, its rows, their pieces
 
-
-def sampling_of(parameters: TextGenerationParameters) -> Sampling:
+def writing_of(parameters: TextGenerationParameters, max_new_tokens: int) -> Writing:
     sampled = (
         parameters.do_sample
         or parameters.temperature not in (None, 1)
         or (parameters.top_p is not None and parameters.top_p < 1)
     )
     if not sampled:
-        return Sampling()
-    return Sampling(parameters.temperature or 1.0, parameters.top_p or 1.0, parameters.seed)
+        return Writing(max_new_tokens=max_new_tokens)
+    temperature, top_p = parameters.temperature or 1.0, parameters.top_p or 1.0
+    return Writing(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=parameters.seed)
 
 
-def details(answer: dict[str, Any], sampling: Sampling) -> dict[str, Any]:
+def details(answer: dict[str, Any], writing: Writing) -> dict[str, Any]:
     return {
         "finish_reason": answer["finish_reason"],
         "generated_tokens": answer["completion_tokens"],
-        "seed": sampling.seed,
+        "seed": writing.seed,
     }
+
+
+class TextGeneration:
+    """One request of the text-generation shape: its prompt queued under task ``name``, answered whole or streamed
+    (one event per token, the last holding the whole text and, if asked, the details)."""
+
+    def __init__(self, server: Server, name: str, body: TextGenerationBody):
+        task = generation_task(server.ready(), name)
+        self.server, self.name, self.body = server, name, body
+        self.parameters = body.parameters or TextGenerationParameters()
+        tokens = prompt_tokens(task, GenerationExample(body.inputs, source="inputs"))
+        self.writing = writing_of(self.parameters, self.parameters.max_new_tokens or task.max_new_tokens)
+        try:
+            self.rows, self.events = server.generator.submit(name, [tokens], self.writing, self.parameters.stop or [])
+        except ApiError as error:
+            server.metrics.inputs.labels(name, str(error.status)).inc()
+            raise
+
+    def full(self, text: str) -> str:
+        return self.body.inputs + text if self.parameters.return_full_text else text
+
+    async def answer(self) -> dict[str, Any]:
+        """``{"generated_text"}`` (and ``details`` if asked)."""
+        (answer,) = await answers(self.rows, self.events)
+        self.server.metrics.inputs.labels(self.name, "200").inc()
+        result = {"generated_text": self.full(answer["generated_text"])}
+        if self.parameters.details:
+            result["details"] = details(answer, self.writing)
+        return result
+
+    def streamed(self) -> StreamingResponse:
+        return streaming(self.stream())
+
+    async def stream(self) -> AsyncIterator[str]:
+        step = 0
+        try:
+            async for piece in pieces(self.rows, self.events):
+                step += 1
+                yield event(self.token_event(piece, step))
+        except Exception as error:  # noqa: BLE001 - the client learns it in the stream, the log has it
+            self.server.metrics.inputs.labels(self.name, "500").inc()
+            yield error_event(error)
+            return
+        self.server.metrics.inputs.labels(self.name, "200").inc()
+
+    def token_event(self, piece: Piece, step: int) -> dict[str, Any]:
+        token = {"id": piece.token, "text": piece.text, "logprob": None, "special": piece.special}
+        answer = piece.answer
+        return {
+            "index": step,
+            "token": token,
+            "generated_text": None if answer is None else self.full(answer["generated_text"]),
+            "details": details(answer, self.writing) if answer is not None and self.parameters.details else None,
+        }
 
 
 def text_generation_routes(server: Server) -> APIRouter:
     """The text-generation routes of ``server``."""
     router = APIRouter()
 
-    async def queued(name: str, request: Request) -> Queued:
+    async def call(name: str, request: Request) -> TextGeneration:
         body = validated(TextGenerationBody, await json_body(request, server.config.max_body_bytes))
-        task = generation_task(server.ready(), name)
-        parameters = body.parameters or TextGenerationParameters()
-        tokens = prompt_tokens(task, GenerationExample(body.inputs, source="inputs"))
-        sampling = sampling_of(parameters)
-        budget = parameters.max_new_tokens or task.max_new_tokens
-        try:
-            rows, events = server.generator.submit(name, [tokens], budget, parameters.stop or [], sampling)
-        except ApiError as error:
-            server.metrics.inputs.labels(name, str(error.status)).inc()
-            raise
-        return body, sampling, rows, events
-
-    def full(body: TextGenerationBody, text: str) -> str:
-        return body.inputs + text if body.parameters and body.parameters.return_full_text else text
-
-    async def stream(
-        body: TextGenerationBody, sampling: Sampling, rows: list[Row], events: asyncio.Queue[Piece]
-    ) -> AsyncIterator[str]:
-        """One event per generated token; the last holds the whole text (and the details, if asked)."""
-        step = 0
-        try:
-            async for piece in pieces(rows, events):
-                step += 1
-                yield event(token_event(body, sampling, piece, step))
-        except Exception as error:  # noqa: BLE001 - the client learns it in the stream, the log has it
-            server.metrics.inputs.labels(rows[0].task, "500").inc()
-            yield error_event(error)
-            return
-        server.metrics.inputs.labels(rows[0].task, "200").inc()
-
-    def token_event(body: TextGenerationBody, sampling: Sampling, piece: Piece, step: int) -> dict[str, Any]:
-        token = {"id": piece.token, "text": piece.text, "logprob": None, "special": piece.special}
-        answer, asked = piece.answer, bool(body.parameters and body.parameters.details)
-        return {
-            "index": step,
-            "token": token,
-            "generated_text": None if answer is None else full(body, answer["generated_text"]),
-            "details": details(answer, sampling) if answer is not None and asked else None,
-        }
+        return TextGeneration(server, name, body)
 
     @router.post("/v1/tasks/{name}/generate", response_model=None)
     async def generate(name: str, request: Request) -> dict[str, Any] | StreamingResponse:
-        body, sampling, rows, events = await queued(name, request)
-        if body.stream:
-            return streaming(stream(body, sampling, rows, events))
-        (answer,) = await answers(rows, events)
-        server.metrics.inputs.labels(name, "200").inc()
-        result = {"generated_text": full(body, answer["generated_text"])}
-        if body.parameters and body.parameters.details:
-            result["details"] = details(answer, sampling)
-        return result
+        generation = await call(name, request)
+        return generation.streamed() if generation.body.stream else await generation.answer()
 
     @router.post("/v1/tasks/{name}/generate_stream", response_model=None)
     async def generate_stream(name: str, request: Request) -> StreamingResponse:
-        return streaming(stream(*await queued(name, request)))
+        return (await call(name, request)).streamed()
 
     return router

@@ -19,7 +19,7 @@ from transformers.data.data_collator import pad_without_fast_tokenizer_warning
 from ..data.squad import QAExample
 from ..errors import DataError, PtuningError
 from ..metrics import best_f1, squad_metrics
-from .base import MODEL_INPUTS, Encoded, Task
+from .base import MODEL_INPUTS, Encoded, Task, softmax
 
 NO_ANSWER = (0, 0)  # both labels on the first token ([CLS]): "the answer is not in this window"
 
@@ -171,21 +171,34 @@ class QuestionAnsweringTask(Task):
         self.null_threshold = choose_null_threshold(validation, self.predict(model, validation, batch_size))
         return {"null_threshold": self.null_threshold}
 
+    @staticmethod
+    def _probabilities(logits: np.ndarray, offsets: list[tuple[int, int] | None]) -> np.ndarray:
+        """(2, tokens): the window's start and end probabilities over its first token (no answer) and its context
+        tokens, normalized as transformers' question-answering pipeline does."""
+        kept = np.array([span is not None for span in offsets])
+        kept[0] = True
+        return softmax(np.where(kept, logits.T, -np.inf))  # (2, tokens)
+
     def decode(self, logits: list[np.ndarray], encoded: Encoded, examples: list[QAExample]) -> list[dict[str, Any]]:
         """Per example: ``text`` (the answer, "" for none), its character ``start``/``end`` (-1 for none), the
-        best span's ``score`` (start + end logit) and text ``span_text``, and ``null_score`` (the lowest
-        first-token start + end logit over the example's windows)."""
-        best: list[tuple[float, int, int] | None] = [None] * len(examples)
+        best span's ``score`` (start + end logit), ``probability`` (start x end probability in its window) and
+        text ``span_text``, and ``null_score`` and ``null_probability`` (the lowest first-token start + end logit,
+        and start x end probability, over the example's windows)."""
+        best: list[tuple[float, int, int, float] | None] = [None] * len(examples)
         null = [math.inf] * len(examples)
+        null_probability = [1.0] * len(examples)
         for window_logits, window in zip(logits, encoded.meta, strict=True):
             index = window.example
             null[index] = min(null[index], float(window_logits[0, 0] + window_logits[0, 1]))
+            probabilities = self._probabilities(window_logits, window.offsets)
+            null_probability[index] = min(null_probability[index], float(probabilities[0, 0] * probabilities[1, 0]))
             span = self._best_span(window_logits, window.offsets)
             if span is not None and (best[index] is None or span[0] > best[index][0]):
-                best[index] = (span[0], window.offsets[span[1]][0], window.offsets[span[2]][1])
+                chance = float(probabilities[0, span[1]] * probabilities[1, span[2]])
+                best[index] = (span[0], window.offsets[span[1]][0], window.offsets[span[2]][1], chance)
         predictions = []
-        for example, span, null_score in zip(examples, best, null, strict=True):
-            score, start, end = span if span is not None else (-math.inf, -1, -1)
+        for example, span, null_score, no_answer in zip(examples, best, null, null_probability, strict=True):
+            score, start, end, probability = span if span is not None else (-math.inf, -1, -1, 0.0)
             span_text = example.context[start:end] if span is not None else ""
             if span is None or (self.version_2 and null_score - score > self.null_threshold):
                 text, start, end = "", -1, -1
@@ -197,7 +210,9 @@ class QuestionAnsweringTask(Task):
                     "start": start,
                     "end": end,
                     "score": score,
+                    "probability": probability,
                     "null_score": null_score,
+                    "null_probability": no_answer,
                     "span_text": span_text,
                 }
             )
@@ -207,12 +222,16 @@ class QuestionAnsweringTask(Task):
         return squad_metrics(examples, {ex.id: p["text"] for ex, p in zip(examples, predictions, strict=True)})
 
     def format_prediction(self, example: QAExample, prediction: dict[str, Any]) -> dict[str, Any]:
+        """The answer, its offsets, its ``score`` (start + end logit) and ``probability`` (of no answer when the
+        answer is "")."""
+        answered = prediction["start"] >= 0
         return {
             "id": example.id,
             "prediction_text": prediction["text"],
             "start": prediction["start"],
             "end": prediction["end"],
             "score": prediction["score"],
+            "probability": prediction["probability"] if answered else prediction["null_probability"],
         }
 
     def parse_input(self, line: str, record: dict[str, Any] | None, source: str) -> QAExample:

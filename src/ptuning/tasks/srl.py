@@ -36,8 +36,7 @@ class SRLTask(TokenClassificationTask):
 
     def format_prediction(self, example: SRLInstance, prediction: list[str]) -> dict[str, Any]:
         result = {"predicate": example.predicate_index, **super().format_prediction(example, prediction)}
-        if "entities" in result:  # role spans: the predicate's arguments
-            result["arguments"] = result.pop("entities")
+        result["arguments"] = result.pop("entities")  # role spans: the predicate's arguments
         return result
 
     def parse_input(self, line: str, record: dict[str, Any] | None, source: str) -> SRLInstance:

@@ -39,6 +39,19 @@ def word_offsets(words: list[str], text: str | None) -> list[tuple[int, int]]:
 
 
 SCHEME_PREFIXES = ("B-", "I-", "E-", "S-")
+OUTSIDE = "O"
+
+
+def runs(tags: list[str]) -> list[tuple[str, int, int]]:
+    """(tag, first word, last word) of each run of one tag other than "O": the groups of tags that mark no span
+    (POS, chunk labels without B-/I-), as transformers' token-classification pipeline groups them."""
+    found: list[tuple[str, int, int]] = []
+    for index, tag in enumerate(tags):
+        if found and found[-1][0] == tag and found[-1][2] == index - 1:
+            found[-1] = (tag, found[-1][1], index)
+        elif tag != OUTSIDE:
+            found.append((tag, index, index))
+    return found
 
 
 def is_chunk_scheme(labels: list[str]) -> bool:
@@ -134,32 +147,29 @@ class TokenClassificationTask(Task):
         return metrics
 
     def format_prediction(self, example: TaggedSentence, prediction: list[str]) -> dict[str, Any]:
-        """Words and tags, and the spans in the Hugging Face token-classification shape: ``entity_group``,
-        ``score`` (the mean probability of the span's tags), ``word`` (the span's text), ``start``/``end``
-        (character offsets in the input text; the words joined by spaces when they were given as words), plus
-        ``word_start``/``word_end`` (word indices, end exclusive)."""
-        result: dict[str, Any] = {"words": example.words, "tags": list(prediction)}
-        if self.spans:
-            text = getattr(example, "text", None) or " ".join(example.words)
-            offsets = word_offsets(example.words, text)
-            scores = getattr(prediction, "scores", None)
-            entities = []
-            for kind, start, end in get_entities(list(prediction)):
-                span = [scores[i] for i in range(start, end + 1) if scores[i] is not None] if scores else []
-                first, last = offsets[start][0], offsets[end][1]
-                entities.append(
-                    {
-                        "entity_group": kind,
-                        "score": sum(span) / len(span) if span else None,
-                        "word": text[first:last],
-                        "start": first,
-                        "end": last,
-                        "word_start": start,
-                        "word_end": end + 1,
-                    }
-                )
-            result["entities"] = entities
-        return result
+        """Words and tags, and the spans in the Hugging Face token-classification shape (tags of no span scheme: each
+        run of one tag but "O"): ``entity_group``, ``score`` (the mean probability of the span's tags), ``word`` (the
+        span's text), ``start``/``end`` (character offsets in the input text; the words joined by spaces when they
+        were given as words), plus ``word_start``/``word_end`` (word indices, end exclusive)."""
+        text = getattr(example, "text", None) or " ".join(example.words)
+        offsets = word_offsets(example.words, text)
+        scores = getattr(prediction, "scores", None)
+        entities = []
+        for kind, start, end in get_entities(list(prediction)) if self.spans else runs(list(prediction)):
+            span = [scores[i] for i in range(start, end + 1) if scores[i] is not None] if scores else []
+            first, last = offsets[start][0], offsets[end][1]
+            entities.append(
+                {
+                    "entity_group": kind,
+                    "score": sum(span) / len(span) if span else None,
+                    "word": text[first:last],
+                    "start": first,
+                    "end": last,
+                    "word_start": start,
+                    "word_end": end + 1,
+                }
+            )
+        return {"words": example.words, "tags": list(prediction), "entities": entities}
 
     def parse_input(self, line: str, record: dict[str, Any] | None, source: str) -> TaggedSentence:
         """Plain text is split on whitespace; JSON lines give ``{"words": [...]}`` or ``{"text": "..."}``."""
