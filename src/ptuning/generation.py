@@ -243,7 +243,7 @@ def generate_from_ids(
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
         if seed is not None:
-            torch.manual_seed(seed)
+            torch.manual_seed(seed % 2**64)  # any integer: torch itself takes [-2^63, 2^64), modulo 2^64
         sequences = generate(
             model,
             input_ids.to(device),

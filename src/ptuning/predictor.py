@@ -102,7 +102,13 @@ class Predictor:
             loaded = ", ".join(self.tasks)
             raise DataError(f"{source}: unknown task {name!r}; loaded tasks: {loaded}")
         fields = {key: value for key, value in record.items() if key != "task"}
-        return Request(name, self.tasks[name].parse_input("", fields, source))
+        request = Request(name, self.tasks[name].parse_input("", fields, source))
+        # a text of no tokens (empty, to a tokenizer that adds none of its own) would leave the model nothing to read
+        for feature in self.encode(request).inputs:
+            ids = feature["input_ids"]
+            if not ids or any(isinstance(row, list) and not row for row in ids):
+                raise DataError(f"{source}: no tokens to read (is its text empty?)")
+        return request
 
     def encode(self, request: Request) -> Encoded:
         """The request's features, tokenized once (a server counts them on arrival, the batch reuses them)."""

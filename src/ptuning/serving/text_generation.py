@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ..data.generation import GenerationExample
+from .contract import JSON_OR_EVENTS, EventStream, errors, json_request
 from .errors import ApiError
 from .generating import Piece, Row, Sampling, answers, generation_task, pieces, prompt_tokens
 from .openai_api import error_event, event, streaming
@@ -87,7 +88,9 @@ def text_generation_routes(server: Server) -> APIRouter:
             "details": details(answer, sampling) if answer is not None and asked else None,
         }
 
-    @router.post("/v1/tasks/{name}/generate", response_model=None)
+    body = {"openapi_extra": json_request(TextGenerationBody, server.config)}
+
+    @router.post("/v1/tasks/{name}/generate", responses={**JSON_OR_EVENTS, **errors(429)}, response_model=None, **body)
     async def generate(name: str, request: Request) -> dict[str, Any] | StreamingResponse:
         body, sampling, rows, events = await queued(name, request)
         if body.stream:
@@ -99,7 +102,7 @@ def text_generation_routes(server: Server) -> APIRouter:
             result["details"] = details(answer, sampling)
         return result
 
-    @router.post("/v1/tasks/{name}/generate_stream", response_model=None)
+    @router.post("/v1/tasks/{name}/generate_stream", response_class=EventStream, responses=errors(429), **body)
     async def generate_stream(name: str, request: Request) -> StreamingResponse:
         return streaming(stream(*await queued(name, request)))
 
