@@ -6,12 +6,14 @@ refused, no 5xx."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
-from test_serve import ADMIN, start, stop
+from test_serve import ADMIN, TOKEN, start, stop
 from test_serve_generation import TASKS, runs  # noqa: F401 - the fixture, used by name
 
 pytest.importorskip("schemathesis")
@@ -70,3 +72,50 @@ def test_schemathesis_finds_no_failure(server, tmp_path):
 def test_answers_of_loaded_tasks_are_as_declared(server, tmp_path):
     """Valid requests naming the loaded tasks: real answers (JSON and server-sent events), each as declared."""
     schemathesis(server, tmp_path, NAMED, "--mode", "positive", "--phases", "fuzzing")
+
+
+def test_a_method_no_route_takes_is_405_listing_those_the_path_takes(server):
+    for method, path, allowed in [
+        ("PUT", "/v1/tasks", "GET, POST"),
+        ("GET", "/v1/tasks/ner", "DELETE"),
+        ("DELETE", "/v1/predict", "POST"),
+        ("POST", "/metrics", "GET"),
+    ]:
+        status, headers, body = server.call(method, path)
+        assert (status, headers["allow"], body["error_type"]) == (405, allowed, "method_not_allowed")
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_docs_pages_load_only_what_the_server_serves(server, page):
+    """Swagger UI (and ReDoc) work without internet: every script, style and icon the page loads is served here."""
+    status, headers, html = server.call("GET", page)
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    urls = re.findall(r"""(?:src|href|spec-url)=["']([^"']+)""", html) + re.findall(r"""url: ?["']([^"']+)""", html)
+    assert {url.rsplit(".", 1)[-1] for url in urls} >= {"js", "json"} and all(url.startswith("/") for url in urls)
+    assert "//" not in "".join(urls) and "cdn" not in html and "https://" not in html
+    kinds = {"js": "javascript", "css": "text/css", "png": "image/png", "json": "application/json"}
+    for url in urls:
+        with urllib.request.urlopen(server.base + url, timeout=30) as answer:
+            assert answer.status == 200 and kinds[url.rsplit(".", 1)[-1]] in answer.headers["content-type"]
+            assert len(answer.read()) > 100
+
+
+def test_the_admin_token_is_checked_whole(server):
+    """Only the exact token passes (compared in constant time, which behaviour cannot show; its bytes as sent)."""
+    right = server.call("DELETE", "/v1/tasks/nosuch", None, {"Authorization": f"Bearer {TOKEN}"})
+    assert (right[0], right[2]["error_type"]) == (404, "unknown_task")  # past the token: no such task to unload
+    assert server.call("DELETE", "/v1/tasks/nosuch", None, {"Authorization": f"bearer {TOKEN}"})[0] == 404
+    for given in [
+        None,
+        "",
+        "Bearer",
+        f"Bearer {TOKEN[:-1]}",
+        f"Bearer {TOKEN}x",
+        f"Bearer {TOKEN.upper()}",
+        f"Basic {TOKEN}",
+        f"Bearer {TOKEN[:-1]}é",
+    ]:
+        headers = {} if given is None else {"Authorization": given}
+        status, _, body = server.call("DELETE", "/v1/tasks/ner", None, headers)
+        assert (status, body["error_type"]) == (401, "unauthorized"), given
+    assert "ner" in {task["name"] for task in server.call("GET", "/v1/tasks")[2]["tasks"]}

@@ -77,7 +77,8 @@ def start(
         str(port),
         *flags,
     ]
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    inherited = {name: value for name, value in os.environ.items() if name not in ADMIN}  # a token only when asked
+    environment = {**inherited, "HF_HUB_OFFLINE": "1", **(env or {})}
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
     process.log = Path(log.name)
     client = Client(port)
@@ -213,8 +214,10 @@ def test_queue_full_is_429_with_retry_after(tiny_runs):
         stop(process)
 
 
-def test_runtime_load_and_unload_need_the_token_and_the_models_dir(tiny_runs):
-    process, client = start(tiny_runs, "--models-dir", str(tiny_runs), env=ADMIN)
+def test_runtime_load_and_unload_need_the_token_and_the_models_dir(tiny_runs, tmp_path):
+    (tmp_path / "token").write_text(f"{TOKEN}\n")  # the token from a file here (from the environment elsewhere)
+    (tmp_path / "token").chmod(0o600)
+    process, client = start(tiny_runs, "--admin-token-file", str(tmp_path / "token"), "--models-dir", str(tiny_runs))
     auth = {"Authorization": f"Bearer {TOKEN}"}
     try:
         assert client.call("POST", "/v1/tasks", {"name": "ner2", "path": "ner"})[0] == 401
