@@ -136,6 +136,17 @@ def test_a_seeded_sample_is_the_sample_generate_texts_draws(server, predictor):
 
 
 @pytest.mark.numerics
+def test_a_temperature_too_small_to_divide_by_is_greedy(server, predictor):
+    """Logits over a temperature of 1e-40 overflow float32 (schemathesis found the 500): it decodes greedily, its
+    limit."""
+    greedy = expected(predictor, "ner", TEXTS[0])["generated_text"]
+    body = {"inputs": TEXTS[0], "parameters": {"temperature": 1e-40, "do_sample": True}}
+    assert server.call("POST", "/v1/tasks/ner/generate", body)[2]["generated_text"] == greedy
+    answer = server.call("POST", "/v1/completions", {"model": "ner", "prompt": TEXTS[0], "temperature": 1e-40})
+    assert answer[2]["choices"][0]["text"] == greedy
+
+
+@pytest.mark.numerics
 def test_chat_completions_render_the_chat_template(server, predictor):
     for task in ("ner", "copy"):  # both trained on plain inputs: the chat template still renders the messages
         status, _, body = server.call(
