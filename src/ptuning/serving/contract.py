@@ -129,10 +129,13 @@ def completed(schema: dict[str, Any], always_up: set[str]) -> dict[str, Any]:
                 content = answer.get("content", {})
                 if "text/event-stream" in content and "itemSchema" not in content["text/event-stream"]:
                     content["text/event-stream"] = EVENTS["text/event-stream"]
-            responses.pop("422", None)  # FastAPI's, said of any route with a parameter: the route's kind says
-            declared = {int(status) for status in responses if status.isdigit() and int(status) >= 400}
-            for status in sorted(declared | statuses_of(path, operation, always_up)):
-                responses[str(status)] = error_body(status)
+            if "HTTPValidationError" in str(responses.get("422")):  # FastAPI's, said of any route with a parameter
+                del responses["422"]
+            declared = {int(status): answer for status, answer in responses.items() if status.isdigit()}
+            for status in sorted({*declared, *statuses_of(path, operation, always_up)}):
+                if status >= 400:
+                    said_why = declared.get(status, {}).get("description")
+                    responses[str(status)] = error_body(status, said_why or WHY.get(status, "an error"))
     return schema
 
 
@@ -153,8 +156,8 @@ def statuses_of(path: str, operation: dict[str, Any], always_up: set[str]) -> se
     return found
 
 
-def error_body(status: int) -> dict[str, Any]:
-    answer = {"description": WHY[status], "content": {"application/json": {"schema": {"$ref": REFS + "ErrorBody"}}}}
+def error_body(status: int, description: str) -> dict[str, Any]:
+    answer = {"description": description, "content": {"application/json": {"schema": {"$ref": REFS + "ErrorBody"}}}}
     if status == 429:
         answer["headers"] = copy.deepcopy(RETRY_AFTER)
     return answer
