@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 from test_serve import ADMIN, TOKEN, start, stop
 from test_serve_generation import TASKS, runs  # noqa: F401 - the fixture, used by name
 
@@ -37,6 +38,12 @@ values = {list(TASKS)!r}
 [checks.positive_data_acceptance]
 expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
 """
+
+
+class HubInputs(BaseModel):
+    """A body another module's route declares as a pydantic parameter."""
+
+    inputs: str
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +126,33 @@ def test_the_admin_token_is_checked_whole(server):
         status, _, body = server.call("DELETE", "/v1/tasks/ner", None, headers)
         assert (status, body["error_type"]) == (401, "unauthorized"), given
     assert "ner" in {task["name"] for task in server.call("GET", "/v1/tasks")[2]["tasks"]}
+
+
+def test_a_route_another_module_adds_is_published_with_the_errors_of_its_kind():
+    """A route added beside ours (as the Hugging Face routes are: a path, a pydantic body, a query) is described
+    with the errors of its kind, in the one error body, which FastAPI's own validation answers too."""
+    from fastapi.testclient import TestClient
+
+    from ptuning.serving.app import create_app
+    from ptuning.serving.config import ServeConfig
+
+    app = create_app("unused", ServeConfig())  # never started: nothing loads
+
+    @app.post("/models/{name}")
+    async def infer(name: str, body: HubInputs, top_k: int = 1) -> dict:
+        return {"name": name, "top_k": top_k}
+
+    operation = app.openapi()["paths"]["/models/{name}"]["post"]
+    assert set(operation["responses"]) == {"200", "404", "413", "422", "500", "503"}
+    for status in ("404", "422", "503"):
+        schema = operation["responses"][status]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ErrorBody"}
+    client = TestClient(app)
+    answer = client.post("/models/x", json={"inputs": 5})
+    assert answer.status_code == 422
+    assert answer.json() == {"error": "inputs: expected a string, got 5", "error_type": "validation"}
+    answer = client.post("/models/x?top_k=many", json={"inputs": "text"})
+    assert answer.status_code == 422 and answer.json()["error"].startswith("query.top_k: ")
+    assert client.post("/models/x?top_k=3", json={"inputs": "text"}).json() == {"name": "x", "top_k": 3}
+    answer = client.put("/models/x")
+    assert (answer.status_code, answer.headers["allow"]) == (405, "POST")
