@@ -173,7 +173,7 @@ def test_a_bf16_server_answers_like_fp32_predict(tiny_runs, offline):
         ("POST", "/v1/predict", {"inputs": [{"task": "sent", "text": "x"}] * 9}, 413, "too_many_inputs"),
         ("POST", "/v1/predict", {"inputs": [{"task": "sent", "text": "x" * 5000}]}, 413, "too_large"),
         ("GET", "/v1/nothing", None, 404, "not_found"),
-        ("POST", "/v1/tasks", {"name": "x", "path": "ner"}, 404, "not_found"),  # no --admin-token
+        ("POST", "/v1/tasks", {"name": "x", "path": "ner"}, 404, "not_found"),  # no admin token
     ],
 )
 def test_bad_requests_get_4xx_json(server, method, path, body, status, error_type):

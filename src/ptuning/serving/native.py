@@ -59,7 +59,7 @@ def native_routes(server: Server) -> APIRouter:
     async def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]) -> None:
         # in constant time: how long a wrong token takes to refuse tells nothing of the right one
         given = b"" if credentials is None else credentials.credentials.encode("latin-1")  # the header's own bytes
-        if not hmac.compare_digest(given, config.admin_token.encode()):
+        if not hmac.compare_digest(given, config.admin_token.encode("utf-8", "surrogateescape")):  # as the env held it
             raise ApiError(401, "unauthorized", "a bearer token is needed (Authorization: Bearer TOKEN)")
 
     async def loading_off() -> None:
