@@ -90,15 +90,16 @@ def start(paths: dict[str, Path], folder: Path, port: int, log: Path) -> subproc
         *[f"{n}={p}" for n, p in paths.items()],
         "--port",
         str(port),
-        "--admin-token",
-        TOKEN,
         "--models-dir",
         str(folder),
         "--max-queue",
         "100000",
     ]
     process = subprocess.Popen(
-        command, stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+        command,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PTUNING_ADMIN_TOKEN": TOKEN},
     )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

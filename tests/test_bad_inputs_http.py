@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from test_serve import TOKEN, start, stop  # noqa: E402 - after the skip
+from test_serve import ADMIN, TOKEN, start, stop  # noqa: E402 - after the skip
 
 from ptuning import PromptConfig, PromptedModel  # noqa: E402
 from ptuning.cli import main  # noqa: E402
@@ -50,7 +50,7 @@ def models(tmp_path_factory, tiny_runs, tiny_backbone_folder, minilm_tokenizer) 
 
 @pytest.fixture(scope="module")
 def server(models):
-    process, client = start(models, "--admin-token", TOKEN, "--models-dir", str(models))
+    process, client = start(models, "--models-dir", str(models), env=ADMIN)
     yield client
     output = stop(process)
     assert "Traceback" not in output, output  # no input made the server fail
@@ -90,7 +90,9 @@ HTTP_CASES = [
     (PREDICT, {"input": []}, 422, TYPE, "inputs: missing"),
     (PREDICT, b"[1]", 422, TYPE, "the body: expected a JSON object, got [1]"),
     (PREDICT, {"inputs": [{"task": "ner"}]}, 422, TYPE, 'inputs[0]: expected {"words": [...]} or {"text": "..."}'),
-    (PREDICT, inputs(task="a.b"), 422, "unknown_task", "inputs[0]: unknown task 'a.b'"),
+    (PREDICT, inputs(task="a.b"), 404, "unknown_task", "inputs[0]: unknown task 'a.b'"),
+    (PREDICT, {"inputs": [{"text": "x"}]}, 422, TYPE, "inputs[0].task: missing"),
+    (PREDICT, inputs(predicate=1.5), 422, TYPE, "inputs[0].predicate: expected an integer, got 1.5"),
     (NER, {"inputs": [{"text": 7}]}, 422, TYPE, "inputs[0].text: expected a string, got 7"),
     (NER, {"inputs": ["Oslo"]}, 422, TYPE, 'inputs[0]: expected a JSON object, got "Oslo"'),
     # bodies that are not JSON at all: nested too deep, a number too long, bytes not UTF-8
@@ -143,7 +145,9 @@ def test_a_failed_load_registers_nothing(server):
     assert loaded(server) == {"ner", "sent"}
 
 
-# (command line with MODELS for the models folder, what the error says); each exits 2 without loading forever
+ADMIN_SOURCES = "PTUNING_ADMIN_TOKEN or --admin-token-file PATH"
+# (command line with MODELS for the models folder, TOKEN and EMPTY for files holding a token or nothing, what the
+# error says); each exits 2 without loading forever
 START_CASES = [
     ("serve ner=MODELS/nope", ["cannot load task 'ner' from MODELS/nope", "is not a ptuning checkpoint"]),
     ("serve ner=MODELS/file.txt", ["cannot load task 'ner' from MODELS/file.txt", "is not a ptuning checkpoint"]),
@@ -153,11 +157,13 @@ START_CASES = [
     ("serve full=MODELS/full ner=MODELS/ner", ["cannot load task 'ner' from MODELS/ner"]),
     ("serve ner=MODELS/ner x=MODELS/badkind", ["cannot load task 'x' from MODELS/badkind", "'nonsense'"]),
     ("serve MODELS/nope", ["MODELS/nope is not a ptuning checkpoint"]),
-    ("serve MODELS/ner --admin-token t", ["runtime loading needs both --admin-token", "--models-dir"]),
-    ("serve MODELS/ner --models-dir MODELS", ["runtime loading needs both --admin-token"]),
-    ("serve MODELS/ner --admin-token t --models-dir MODELS/nowhere", ["--models-dir", "nowhere' is not a folder"]),
-    ("serve MODELS/ner --admin-token t --models-dir MODELS/file.txt", ["file.txt' is not a folder"]),
-    ("serve MODELS/ner --admin-token= --models-dir MODELS", ["admin_token (--admin-token) is empty"]),
+    ("serve MODELS/ner --admin-token t --models-dir MODELS", ["--admin-token would show the token", ADMIN_SOURCES]),
+    ("serve MODELS/ner --admin-token-file TOKEN", ["runtime loading needs both an admin token", "--models-dir"]),
+    ("serve MODELS/ner --models-dir MODELS", ["runtime loading needs both an admin token"]),
+    ("serve MODELS/ner --admin-token-file TOKEN --models-dir MODELS/nowhere", ["nowhere' is not a folder"]),
+    ("serve MODELS/ner --admin-token-file TOKEN --models-dir MODELS/file.txt", ["file.txt' is not a folder"]),
+    ("serve MODELS/ner --admin-token-file MODELS/empty/x --models-dir MODELS", ["MODELS/empty/x: cannot read it"]),
+    ("serve MODELS/ner --admin-token-file EMPTY --models-dir MODELS", ["the admin token", "is empty"]),
     ("serve MODELS/ner --port 70000", ["port (--port) must be a port number, 0 to 65535", "got 70000"]),
     ("serve MODELS/ner --port -1", ["port (--port) must be a port number"]),
     ("serve MODELS/ner --port TAKEN", ["cannot listen on 127.0.0.1:", "Address already in use"]),
@@ -168,12 +174,19 @@ START_CASES = [
 
 
 @pytest.mark.parametrize(("command", "messages"), START_CASES)
-def test_a_start_that_cannot_work_stops_with_exit_2(models, capsys, command, messages):
+def test_a_start_that_cannot_work_stops_with_exit_2(models, capsys, monkeypatch, tmp_path, command, messages):
+    monkeypatch.delenv("PTUNING_ADMIN_TOKEN", raising=False)
     taken = socket.socket()  # a port another program listens on
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     port = str(taken.getsockname()[1])
+    files = {"TOKEN": tmp_path / "token", "EMPTY": tmp_path / "empty"}
+    files["TOKEN"].write_text(f"{TOKEN}\n")
+    files["EMPTY"].write_text("")
+    for file in files.values():
+        file.chmod(0o600)
     argv = [part.replace("MODELS", str(models)).replace("TAKEN", port) for part in command.split()]
+    argv = [str(files.get(part, part)) for part in argv]
     if argv[0] == "serve":
         argv[1:1] = ["--port", "0"]  # a free port; a --port of the case comes later and wins
     codes: list[int] = []

@@ -26,6 +26,7 @@ pytest.importorskip("fastapi")
 from ptuning.predictor import Predictor  # noqa: E402 - after the skip
 
 TOKEN = "s3cret"
+ADMIN = {"PTUNING_ADMIN_TOKEN": TOKEN}  # the environment that enables runtime loading
 TIMEOUT = 60
 
 
@@ -58,9 +59,12 @@ class Client:
             return status, answer_headers, text
 
 
-def start(runs: Path, *flags: str, tasks: tuple[str, ...] = ("ner", "sent")) -> tuple[subprocess.Popen, Client]:
-    """A server process on a free loopback port serving the runs ``tasks`` of ``runs``, ready; its output goes to a
-    file (a pipe nobody reads would fill up with access-log lines and stall it)."""
+def start(
+    runs: Path, *flags: str, tasks: tuple[str, ...] = ("ner", "sent"), env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, Client]:
+    """A server process on a free loopback port serving the runs ``tasks`` of ``runs``, ready (``env``: more
+    environment variables); its output goes to a file (a pipe nobody reads would fill up with access-log lines and
+    stall it)."""
     port = free_port()
     log = tempfile.NamedTemporaryFile("w+", prefix="ptuning-serve-", suffix=".log", delete=False)  # noqa: SIM115
     command = [
@@ -73,7 +77,9 @@ def start(runs: Path, *flags: str, tasks: tuple[str, ...] = ("ner", "sent")) -> 
         str(port),
         *flags,
     ]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    inherited = {name: value for name, value in os.environ.items() if name not in ADMIN}  # a token only when asked
+    environment = {**inherited, "HF_HUB_OFFLINE": "1", **(env or {})}
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
     process.log = Path(log.name)
     client = Client(port)
     deadline = time.monotonic() + 90
@@ -157,7 +163,8 @@ def test_a_bf16_server_answers_like_fp32_predict(tiny_runs, offline):
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "error_type"),
     [
-        ("POST", "/v1/predict", {"inputs": [{"task": "pos", "text": "x"}]}, 422, "unknown_task"),
+        ("POST", "/v1/predict", {"inputs": [{"task": "pos", "text": "x"}]}, 404, "unknown_task"),
+        ("POST", "/v1/predict", {"inputs": [{"text": "x"}]}, 422, "validation"),  # no task named
         ("POST", "/v1/tasks/pos/predict", {"inputs": [{"text": "x"}]}, 404, "unknown_task"),
         ("POST", "/v1/predict", b"{not json", 422, "invalid_json"),
         ("POST", "/v1/predict", {"inputs": "text"}, 422, "validation"),
@@ -166,7 +173,7 @@ def test_a_bf16_server_answers_like_fp32_predict(tiny_runs, offline):
         ("POST", "/v1/predict", {"inputs": [{"task": "sent", "text": "x"}] * 9}, 413, "too_many_inputs"),
         ("POST", "/v1/predict", {"inputs": [{"task": "sent", "text": "x" * 5000}]}, 413, "too_large"),
         ("GET", "/v1/nothing", None, 404, "not_found"),
-        ("POST", "/v1/tasks", {"name": "x", "path": "ner"}, 404, "not_found"),  # no --admin-token
+        ("POST", "/v1/tasks", {"name": "x", "path": "ner"}, 404, "not_found"),  # no admin token
     ],
 )
 def test_bad_requests_get_4xx_json(server, method, path, body, status, error_type):
@@ -207,8 +214,10 @@ def test_queue_full_is_429_with_retry_after(tiny_runs):
         stop(process)
 
 
-def test_runtime_load_and_unload_need_the_token_and_the_models_dir(tiny_runs):
-    process, client = start(tiny_runs, "--admin-token", TOKEN, "--models-dir", str(tiny_runs))
+def test_runtime_load_and_unload_need_the_token_and_the_models_dir(tiny_runs, tmp_path):
+    (tmp_path / "token").write_text(f"{TOKEN}\n")  # the token from a file here (from the environment elsewhere)
+    (tmp_path / "token").chmod(0o600)
+    process, client = start(tiny_runs, "--admin-token-file", str(tmp_path / "token"), "--models-dir", str(tiny_runs))
     auth = {"Authorization": f"Bearer {TOKEN}"}
     try:
         assert client.call("POST", "/v1/tasks", {"name": "ner2", "path": "ner"})[0] == 401

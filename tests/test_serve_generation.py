@@ -129,6 +129,21 @@ def test_a_seeded_sample_is_the_sample_generate_texts_draws(server, predictor):
     first, second = (server.call("POST", "/v1/completions", body)[2] for _ in range(2))
     alone = expected(predictor, "ner", TEXTS[1], temperature=0.9, top_p=0.8, seed=7, max_new_tokens=8)
     assert first["choices"][0]["text"] == second["choices"][0]["text"] == alone["generated_text"]
+    # any integer is a seed (JSON's, and the schema's, have no bound), taken modulo 2^64 as torch takes its own
+    # range; an integer written 7.0 is 7
+    for seed in (7 + 2**64, 7.0):
+        assert server.call("POST", "/v1/completions", {**body, "seed": seed})[2]["choices"] == first["choices"]
+
+
+@pytest.mark.numerics
+def test_a_temperature_too_small_to_divide_by_is_greedy(server, predictor):
+    """Logits over a temperature of 1e-40 overflow float32 (schemathesis found the 500): it decodes greedily, its
+    limit."""
+    greedy = expected(predictor, "ner", TEXTS[0])["generated_text"]
+    body = {"inputs": TEXTS[0], "parameters": {"temperature": 1e-40, "do_sample": True}}
+    assert server.call("POST", "/v1/tasks/ner/generate", body)[2]["generated_text"] == greedy
+    answer = server.call("POST", "/v1/completions", {"model": "ner", "prompt": TEXTS[0], "temperature": 1e-40})
+    assert answer[2]["choices"][0]["text"] == greedy
 
 
 @pytest.mark.numerics
@@ -293,6 +308,8 @@ MESSAGES = {"model": "ner", "messages": CHAT}
         (GENERATE, {"inputs": "x", "parameters": {"top_k": 5}}, 422, "validation", "parameters.top_k: not supported"),
         (GENERATE, {"inputs": "x", "parameters": {"temperature": 0}}, 422, "validation", "parameters.temperature"),
         ("/v1/tasks/sent/generate", {"inputs": "x"}, 404, "unknown_task", "task 'sent' is sequence-classification"),
+        # no tokens for the model to read: this tokenizer adds none to an empty text (schemathesis found a 500)
+        ("/v1/tasks/sent/predict", {"inputs": [{"text": ""}]}, 422, "validation", "inputs[0]: no tokens to read"),
     ],
 )
 def test_a_bad_request_is_a_4xx_naming_the_field(server, path, body, status, error_type, message):

@@ -171,8 +171,8 @@ def refusal(call) -> tuple[int, dict]:
     [
         ("nope", {"inputs": "x"}, 404, "unknown_task", "unknown task 'nope'; loaded tasks: ner, sent, qa, gen"),
         ("ner", {"inputs": 3}, 422, "validation", "task 'ner' is token-classification: inputs: expected a string"),
-        ("ner", {"inputs": " "}, 422, "validation", "inputs[0]: the input has no tokens (an empty text?)"),
-        ("sent", {"inputs": ["x", ""]}, 422, "validation", "inputs[1]: the input has no tokens"),
+        ("ner", {"inputs": " "}, 422, "validation", "inputs[0]: no tokens to read (is its text empty?)"),
+        ("sent", {"inputs": ["x", ""]}, 422, "validation", "inputs[1]: no tokens to read"),
         ("ner", {"inputs": []}, 422, "validation", "inputs: expected a string or a non-empty list of strings"),
         ("ner", {"text": "x"}, 422, "validation", "inputs: missing; text: unknown field"),
         ("ner", {"inputs": "x", "parameters": {"stride": 4}}, 422, "validation", "parameters.stride: not supported"),

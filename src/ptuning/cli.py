@@ -315,8 +315,11 @@ def command_predict(args: argparse.Namespace) -> None:
 def command_serve(args: argparse.Namespace) -> None:
     from .predictor import parse_sources
     from .serving import ServeConfig, serve
+    from .serving.config import ADMIN_TOKEN_FLAG_REFUSED
 
-    config = ServeConfig(**setting_flags(args, "checkpoints"))  # checked before the model loads
+    if args.refused_admin_token is not None:
+        raise PtuningError(ADMIN_TOKEN_FLAG_REFUSED)
+    config = ServeConfig(**setting_flags(args, "checkpoints", "refused_admin_token"))  # checked before the model loads
     from .devices import inference_device
 
     inference_device(config.device, config.precision)
@@ -442,6 +445,8 @@ def parser() -> argparse.ArgumentParser:
     from .serving import ServeConfig
 
     add_setting_arguments(serve_parser, [(ServeConfig, item) for item in dataclasses.fields(ServeConfig)])
+    # taken only to say where the token goes instead (else it would be read as --admin-token-file, abbreviated)
+    serve_parser.add_argument("--admin-token", dest="refused_admin_token", help=argparse.SUPPRESS)
     serve_parser.set_defaults(handler=command_serve)
 
     export_parser = commands.add_parser(

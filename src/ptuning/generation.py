@@ -30,6 +30,9 @@ from .prompts.methods import method_of
 from .templates import verbatim
 from .vocabulary import HeadKind
 
+# a temperature below this is read as 0 (greedy, its limit): dividing float32 logits by it would overflow to inf
+SMALLEST_TEMPERATURE = 1e-20
+
 
 def row_tasks(model: PromptedBackbone, task_ids: torch.Tensor | None, batch_size: int) -> list[str]:
     """The causal-lm task of each row of a PromptedModel's batch (``task_ids`` (batch,) indexes ``task_names``;
@@ -265,14 +268,14 @@ def generate_from_ids(
 ) -> list[dict[str, Any]]:
     """Continue each row of token ids under the prefix of its task, all in one batch.
 
-    Greedy when ``temperature`` is 0, else sampled at that temperature from the ``top_p`` nucleus, reproducibly under
-    ``seed`` (the caller's random state is left as it was). A row ends at the end-of-text token, at the first of the
-    ``stop`` strings in its generated text (cut before it), or after ``max_new_tokens`` (one for all, or one per row:
-    each row is cut at its own, which is what it would have written with that budget). Returns per row
-    ``{"generated_text", "finish_reason": "stop" | "length", "prompt_tokens", "completion_tokens"}``, the counts as
-    OpenAI's usage (the token that ended the text counts as a completion token). ``watchers``: more stopping
-    criteria, called after every step with the ids so far (a server streams each row's new text from one and ends
-    each row at its own end).
+    Greedy when ``temperature`` is 0 (or under ``SMALLEST_TEMPERATURE``), else sampled at that temperature from the
+    ``top_p`` nucleus, reproducibly under ``seed`` (the caller's random state is left as it was). A row ends at the
+    end-of-text token, at the first of the ``stop`` strings in its generated text (cut before it), or after
+    ``max_new_tokens`` (one for all, or one per row: each row is cut at its own, which is what it would have written
+    with that budget). Returns per row ``{"generated_text", "finish_reason": "stop" | "length", "prompt_tokens",
+    "completion_tokens"}``, the counts as OpenAI's usage (the token that ended the text counts as a completion
+    token). ``watchers``: more stopping criteria, called after every step with the ids so far (a server streams each
+    row's new text from one and ends each row at its own end).
     """
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(token_rows)
@@ -298,7 +301,7 @@ def generate_from_ids(
     pad_id = pad_id_of(model, tokenizer)
     input_ids, attention_mask = left_padded(token_rows, pad_id)  # each (batch, T)
     device = model.transformer.device
-    sampled = temperature > 0
+    sampled = temperature >= SMALLEST_TEMPERATURE
     config = GenerationConfig(
         max_new_tokens=max(budgets),
         do_sample=sampled,
@@ -313,7 +316,7 @@ def generate_from_ids(
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
         if seed is not None:
-            torch.manual_seed(seed)
+            torch.manual_seed(seed % 2**64)  # any integer: torch itself takes [-2^63, 2^64), modulo 2^64
         sequences = generate(
             model,
             input_ids.to(device),

@@ -103,8 +103,11 @@ class Predictor:
             raise DataError(f"{source}: unknown task {name!r}; loaded tasks: {loaded}")
         fields = {key: value for key, value in record.items() if key != "task"}
         request = Request(name, self.tasks[name].parse_input("", fields, source))
-        if not self.tokens(request):  # a tokenizer that adds no special tokens: nothing for the model to read
-            raise DataError(f"{source}: the input has no tokens (an empty text?)")
+        # a text of no tokens (empty, to a tokenizer that adds none of its own) would leave the model nothing to read
+        for feature in self.encode(request).inputs:
+            ids = feature["input_ids"]
+            if not ids or any(isinstance(row, list) and not row for row in ids):
+                raise DataError(f"{source}: no tokens to read (is its text empty?)")
         return request
 
     def encode(self, request: Request) -> Encoded:

@@ -19,7 +19,8 @@ The modules, from the process down:
 - ``batching``: the queue and the token-budget batcher; ``generating``: the generation prompts' batcher (greedy
   prompts of any tasks in one ``generate`` call, each row's text streamed after every step);
   ``schemas``: the request bodies and their 422s;
-  ``errors``: the ``{"error", "error_type"}`` body; ``metrics``: the Prometheus metrics;
+  ``errors``: the ``{"error", "error_type"}`` body (a 405 with ``Allow``); ``contract``: the OpenAPI schema (every
+  route's body, errors and content types; ``/docs`` served offline); ``metrics``: the Prometheus metrics;
 - ``config``: ``ServeConfig``, the settings (this package's import loads no web framework, so ``--help`` stays fast).
 """
 

@@ -1,5 +1,7 @@
 """The FastAPI application: the model loads in the background after start, the errors answer as JSON, every request
-is measured, and the health and metrics routes stand beside the API's routes."""
+is measured, and the health and metrics routes stand beside the API's routes; ``/openapi.json`` describes them all
+(``contract``) and ``/docs`` shows it with Swagger UI's files served from fastapi-offline's copy (no CDN: the page
+works on a machine without internet)."""
 
 from __future__ import annotations
 
@@ -12,13 +14,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..devices import place, resolve_device
 from ..predictor import Predictor
 from .batching import Batcher
 from .config import ServeConfig
+from .contract import publish
 from .errors import answer_errors_as_json
 from .generating import GenerationBatcher
 from .hf_inference import hf_inference_routes
@@ -77,7 +81,8 @@ def create_app(sources: dict[str, str] | str, config: ServeConfig) -> FastAPI:
         if server.batcher is not None:
             server.batcher.worker.shutdown(wait=True)
 
-    app = FastAPI(title="ptuning", lifespan=lifespan)
+    # Swagger UI's validator badge would send the schema's address to a site on the internet
+    app = FastAPIOffline(title="ptuning", lifespan=lifespan, swagger_ui_parameters={"validatorUrl": None})
     app.state.server = server
     answer_errors_as_json(app)
 
@@ -100,7 +105,7 @@ def create_app(sources: dict[str, str] | str, config: ServeConfig) -> FastAPI:
         server.ready()
         return {"status": "ready"}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -108,4 +113,5 @@ def create_app(sources: dict[str, str] | str, config: ServeConfig) -> FastAPI:
     app.include_router(openai_routes(server))
     app.include_router(text_generation_routes(server))
     app.include_router(hf_inference_routes(server))
+    publish(app, always_up={"/health/live", "/metrics"})
     return app

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..devices import DEVICE_HELP, DEVICES, FORWARD_TOKENS, FORWARD_TOKENS_HELP, INFERENCE_PRECISION_HELP, PRECISIONS
 from ..errors import PtuningError
 from ..settings import at_least, check_settings, setting
+
+# where the admin token comes from: never the command line, which every user of the machine can read (ps)
+ADMIN_TOKEN_VARIABLE = "PTUNING_ADMIN_TOKEN"
+ADMIN_TOKEN_SOURCES = f"{ADMIN_TOKEN_VARIABLE} or --admin-token-file"
+ADMIN_TOKEN_FLAG_REFUSED = (
+    "--admin-token would show the token to every user of this machine (ps lists command lines); give it by "
+    f"{ADMIN_TOKEN_SOURCES} PATH (its first line) instead"
+)
+logger = logging.getLogger("ptuning")
 
 
 def port_number(value: int) -> str | None:
@@ -29,17 +41,42 @@ class ServeConfig:
     max_inputs_per_request: int = setting(256, "inputs in one request at most (413 beyond)", check=at_least(1))
     max_body_bytes: int = setting(1_000_000, "request body size at most (413 beyond)", check=at_least(1))
     admin_token: str | None = setting(
-        None, "enables POST/DELETE /v1/tasks (load, unload at run time), given as a bearer token"
+        None, f"enables POST/DELETE /v1/tasks, given as a bearer token (from {ADMIN_TOKEN_SOURCES})", cli=False
+    )
+    admin_token_file: str | None = setting(
+        None,
+        f"a file whose first line is the admin token, which enables POST/DELETE /v1/tasks (load, unload at run "
+        f"time) with Authorization: Bearer TOKEN; or set {ADMIN_TOKEN_VARIABLE}",
     )
     models_dir: str | None = setting(None, "the folder runtime loads may read checkpoints from")
 
     def __post_init__(self) -> None:
         check_settings(self)
+        if self.admin_token is None:
+            self.admin_token = admin_token_from(os.environ.get(ADMIN_TOKEN_VARIABLE), self.admin_token_file)
         if self.admin_token is not None and not self.admin_token.strip():
-            raise PtuningError("admin_token (--admin-token) is empty: any request could load and unload tasks")
+            raise PtuningError(f"the admin token ({ADMIN_TOKEN_SOURCES}) is empty: any request could load tasks")
         if (self.admin_token is None) != (self.models_dir is None):  # one without the other loads nothing
             raise PtuningError(
-                "runtime loading needs both --admin-token (who may load) and --models-dir (what it may read)"
+                f"runtime loading needs both an admin token ({ADMIN_TOKEN_SOURCES}: who may load) and --models-dir "
+                "(what it may read)"
             )
         if self.models_dir is not None and not Path(self.models_dir).is_dir():
             raise PtuningError(f"models_dir (--models-dir) {self.models_dir!r} is not a folder")
+
+
+def admin_token_from(variable: str | None, file: str | None) -> str | None:
+    """The admin token: the environment variable's value, or the first line of ``file`` (a warning if others than
+    its owner may read it); None if neither is given."""
+    if variable is not None and file is not None:
+        raise PtuningError(f"the admin token is given twice ({ADMIN_TOKEN_VARIABLE} and --admin-token-file): give one")
+    if file is None:
+        return variable
+    try:
+        mode = os.stat(file).st_mode
+        lines = Path(file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise PtuningError(f"--admin-token-file {file}: cannot read it ({error})") from error
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        logger.warning("--admin-token-file %s may be read by other users of this machine: chmod 600 it", file)
+    return lines[0].strip() if lines else ""

@@ -5,6 +5,10 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, compile_path
+
+# the HTTP methods (a path item of the schema may hold other keys: parameters, summary)
+METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "QUERY"}
 
 
 class ApiError(Exception):
@@ -36,4 +40,25 @@ def answer_errors_as_json(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http")
-        return error_response(error.status_code, kind, str(error.detail))
+        headers = dict(error.headers or {})
+        if error.status_code == 405:  # RFC 9110: a 405 lists the methods the path takes (all its routes', not one's)
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return error_response(error.status_code, kind, str(error.detail), headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods the request's path takes: those the OpenAPI schema documents for it (routes of included routers
+    among them) and those of the application's own routes (the docs pages, which the schema leaves out)."""
+    path = request.scope["path"]
+    found = {
+        method.upper()
+        for template, operations in request.app.openapi().get("paths", {}).items()
+        if compile_path(template)[0].match(path)
+        for method in operations
+        if method.upper() in METHODS
+    }
+    for route in request.app.router.routes:
+        methods = getattr(route, "methods", None)
+        if methods and route.matches(request.scope)[0] is not Match.NONE:
+            found |= methods
+    return sorted(found)

@@ -26,6 +26,7 @@ from fastapi import APIRouter, Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from .contract import errors
 from .errors import ApiError
 from .schemas import Text, TextGenerationBody, json_body, only, texts, unicode_text, validated
 from .server import Server
@@ -253,7 +254,7 @@ def hf_inference_routes(server: Server) -> APIRouter:
         "/models/{name}",
         response_model=None,
         openapi_extra={"requestBody": REQUEST_BODY},
-        responses={200: {"model": Answered, "content": STREAM}},
+        responses={200: {"model": Answered, "content": STREAM}, **errors(429)},
     )
     async def model(name: str, request: Request) -> Any:
         """Task ``name``'s answer in the Hugging Face Inference API's shape for its kind."""

@@ -1,20 +1,26 @@
 """ptuning's own routes: the task listing, predict (tasks named per input, or by the path), and runtime load and
-unload behind --admin-token. Another API (another client's conventions) is another module of routes like this one,
+unload behind the admin token. Another API (another client's conventions) is another module of routes like this one,
 included by ``create_app``."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import hmac
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..errors import PtuningError
+from .contract import errors, json_request
 from .errors import ApiError
-from .schemas import LoadBody, json_body, validated
+from .schemas import LoadBody, MixedPredictBody, PredictBody, json_body, validated
 from .server import Server
+
+# declares the admin routes' bearer token in the schema; ``authorized`` answers its absence (401, not 403)
+BEARER = HTTPBearer(auto_error=False, description="the admin token (PTUNING_ADMIN_TOKEN or --admin-token-file)")
 
 
 def native_routes(server: Server) -> APIRouter:
@@ -34,23 +40,34 @@ def native_routes(server: Server) -> APIRouter:
         inputs = server.inputs(await json_body(request, config.max_body_bytes), task)
         return {"outputs": await server.answer(inputs)}
 
-    @router.post("/v1/predict")
+    @router.post("/v1/predict", openapi_extra=json_request(MixedPredictBody, config), responses=errors(404, 429))
     async def predict_any(request: Request) -> dict[str, Any]:
         return await predict(request, None)
 
-    @router.post("/v1/tasks/{name}/predict")
+    @router.post("/v1/tasks/{name}/predict", openapi_extra=json_request(PredictBody, config), responses=errors(429))
     async def predict_task(name: str, request: Request) -> dict[str, Any]:
         return await predict(request, name)
 
-    def authorized(request: Request) -> None:
-        if config.admin_token is None:
-            raise ApiError(404, "not_found", "runtime loading is off (start the server with --admin-token)")
-        if request.headers.get("authorization") != f"Bearer {config.admin_token}":
+    async def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]) -> None:
+        # in constant time: how long a wrong token takes to refuse tells nothing of the right one
+        given = b"" if credentials is None else credentials.credentials.encode("latin-1")  # the header's own bytes
+        if not hmac.compare_digest(given, config.admin_token.encode("utf-8", "surrogateescape")):  # as the env held it
             raise ApiError(401, "unauthorized", "a bearer token is needed (Authorization: Bearer TOKEN)")
 
-    @router.post("/v1/tasks")
+    async def loading_off() -> None:
+        raise ApiError(
+            404, "not_found", "runtime loading is off (start the server with PTUNING_ADMIN_TOKEN or --admin-token-file)"
+        )
+
+    # without a token the routes take no credentials (the schema asks none) and answer 404
+    admin = (
+        {"dependencies": [Security(authorized)]}
+        if config.admin_token is not None
+        else {"dependencies": [Depends(loading_off)], "responses": errors(404)}
+    )
+
+    @router.post("/v1/tasks", openapi_extra=json_request(LoadBody, config), **admin)
     async def load_task(request: Request) -> dict[str, Any]:
-        authorized(request)
         predictor = server.ready()
         body = validated(LoadBody, await json_body(request, config.max_body_bytes))
         root = Path(config.models_dir).resolve()  # ServeConfig: set with the token
@@ -71,9 +88,8 @@ def native_routes(server: Server) -> APIRouter:
         gc.freeze()  # the new task's objects too (a full collection here would take longer than the load)
         return server.listing()
 
-    @router.delete("/v1/tasks/{name}")
-    async def unload_task(name: str, request: Request) -> dict[str, Any]:
-        authorized(request)
+    @router.delete("/v1/tasks/{name}", **admin)
+    async def unload_task(name: str) -> dict[str, Any]:
         predictor = server.ready()
         if name not in predictor.tasks:
             raise ApiError(404, "unknown_task", f"unknown task {name!r}; loaded tasks: {', '.join(predictor.tasks)}")

@@ -17,6 +17,7 @@ from fastapi.responses import StreamingResponse
 
 from ..data.generation import GenerationExample
 from ..writing import Writing
+from .contract import JSON_OR_EVENTS, errors, json_request
 from .errors import ApiError
 from .generating import Piece, answers, generation_task, pieces, prompt_tokens
 from .schemas import ChatBody, CompletionBody, OpenAIBody, json_body, validated
@@ -138,7 +139,9 @@ def openai_routes(server: Server) -> APIRouter:
         generation_task(server.ready(), name)
         return card(name)
 
-    @router.post("/v1/completions", response_model=None)
+    streams = {"responses": {**JSON_OR_EVENTS, **errors(404, 429)}, "response_model": None}
+
+    @router.post("/v1/completions", openapi_extra=json_request(CompletionBody, server.config), **streams)
     async def completions(request: Request) -> dict[str, Any] | StreamingResponse:
         body = validated(CompletionBody, await json_body(request, limit))
         examples = [GenerationExample(text, source=f"prompt[{index}]") for index, text in enumerate(body.prompt)]
@@ -158,7 +161,7 @@ def openai_routes(server: Server) -> APIRouter:
         ]
         return {**head, "choices": choices, "usage": usage(found)}
 
-    @router.post("/v1/chat/completions", response_model=None)
+    @router.post("/v1/chat/completions", openapi_extra=json_request(ChatBody, server.config), **streams)
     async def chat(request: Request) -> dict[str, Any] | StreamingResponse:
         body = validated(ChatBody, await json_body(request, limit))
         messages = [

@@ -9,8 +9,20 @@ import json
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Request
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
-from pydantic_core import PydanticCustomError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    WithJsonSchema,
+)
+from pydantic_core import PydanticCustomError, core_schema
 
 from ..data.readers import LONE_SURROGATE, lone_surrogate_at
 from .errors import ApiError
@@ -24,16 +36,28 @@ def unicode_text(text: str) -> str:
     return text
 
 
+def integral(value: Any) -> Any:
+    """An integer as JSON Schema reads one (and so a published schema promises): 3 and 3.0 alike."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def text_or_integer(value: Any) -> str | int:
     """An id: a string or an integer, as clients number their inputs either way."""
     if isinstance(value, str):
         return unicode_text(value)
+    value = integral(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise PydanticCustomError("id_type", "expected a string or an integer")
 
 
 Text = Annotated[StrictStr, AfterValidator(unicode_text)]
+Integer = Annotated[StrictInt, BeforeValidator(integral)]
+# in a JSON schema: this array's maxItems is this ServeConfig setting (the published schema says the server's value)
+MAX_ITEMS_SETTING = "x-max-items-setting"
+# a list of inputs: not empty (422), at most --max-inputs-per-request of them (413 beyond)
+INPUTS_LIMIT = {"minItems": 1, MAX_ITEMS_SETTING: "max_inputs_per_request"}
+STRING: dict[str, Any] = {"type": "string"}
 
 
 class InputFields(BaseModel):
@@ -45,22 +69,36 @@ class InputFields(BaseModel):
     text: Text | None = None
     text_pair: Text | None = None
     words: list[Text] | None = None
-    predicate: StrictInt | None = None
+    predicate: Integer | None = None
     question: Text | None = None
     context: Text | None = None
     premise: Text | None = None
     choices: list[Text] | None = None
     choice1: Text | None = None
     choice2: Text | None = None
-    id: Annotated[Any, AfterValidator(text_or_integer)] | None = None
+    id: Annotated[Any, AfterValidator(text_or_integer), WithJsonSchema({"type": ["string", "integer"]})] | None = None
 
 
 class PredictBody(BaseModel):
-    """The body of the predict routes."""
+    """The body of ``POST /v1/tasks/NAME/predict``: inputs of the path's task."""
 
     model_config = ConfigDict(strict=True)
 
-    inputs: list[InputFields]
+    inputs: Annotated[list[InputFields], Field(json_schema_extra=INPUTS_LIMIT)]
+
+
+class NamedInputFields(InputFields):
+    """An input that names its task."""
+
+    task: Text
+
+
+class MixedPredictBody(BaseModel):
+    """The body of ``POST /v1/predict``: inputs of any tasks, each naming its own."""
+
+    model_config = ConfigDict(strict=True)
+
+    inputs: Annotated[list[NamedInputFields], Field(json_schema_extra=INPUTS_LIMIT)]
 
 
 class LoadBody(BaseModel):
@@ -72,16 +110,26 @@ class LoadBody(BaseModel):
     path: Text
 
 
-def only(*harmless: Any) -> AfterValidator:
-    """A field taken only at the values that change nothing (a bool is not a number here: ``true`` is not 1)."""
+class only:  # noqa: N801 - read as a type's metadata: Annotated[Any, only(None, 1)]
+    """A field taken only at the values that change nothing (a bool is not a number here: ``true`` is not 1); its
+    schema is the enum of those values."""
 
-    def check(value: Any) -> Any:
-        if not any(isinstance(value, bool) == isinstance(allowed, bool) and value == allowed for allowed in harmless):
-            said = " or ".join(json.dumps(allowed) for allowed in harmless)
+    def __init__(self, *harmless: Any):
+        self.harmless = harmless
+
+    def check(self, value: Any) -> Any:
+        if not any(
+            isinstance(value, bool) == isinstance(allowed, bool) and value == allowed for allowed in self.harmless
+        ):
+            said = " or ".join(json.dumps(allowed) for allowed in self.harmless)
             raise PydanticCustomError("unsupported", "not supported here (only {said})", {"said": said})
         return value
 
-    return AfterValidator(check)
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> dict[str, Any]:
+        return {"enum": list(self.harmless)}
 
 
 def texts(value: Any) -> list[str]:
@@ -114,8 +162,20 @@ def message_text(value: Any) -> str:
     raise PydanticCustomError("content", 'expected a string or a list of {"type": "text", "text": ...} parts')
 
 
-NewTokens = Annotated[StrictInt, Field(ge=1)]
-Seed = Annotated[StrictInt, Field(ge=-(2**63), lt=2**64)]
+# the JSON schemas of the fields a function checks (a string or a list, ...)
+TEXTS = {"anyOf": [STRING, {"type": "array", "items": STRING, **INPUTS_LIMIT}]}
+STOP = {
+    "anyOf": [
+        {"type": "null"},
+        {"type": "string", "minLength": 1},
+        {"type": "array", "items": {"type": "string", "minLength": 1}},
+    ]
+}
+TEXT_PART = {"type": "object", "properties": {"type": {"const": "text"}, "text": STRING}, "required": ["type", "text"]}
+CONTENT = {"anyOf": [STRING, {"type": "array", "items": TEXT_PART}]}
+Stop = Annotated[Any, AfterValidator(stop_strings), WithJsonSchema(STOP)]
+NewTokens = Annotated[StrictInt, Field(ge=1), BeforeValidator(integral)]  # the bound inside: the schema says it
+Seed = Integer  # any: generation takes it modulo 2^64
 TopP = Annotated[float, Field(gt=0, le=1)]
 
 
@@ -125,7 +185,7 @@ class Message(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: Annotated[Any, AfterValidator(message_text)]
+    content: Annotated[Any, AfterValidator(message_text), WithJsonSchema(CONTENT)]
     name: Text | None = None
 
 
@@ -144,7 +204,7 @@ class OpenAIBody(BaseModel):
     max_tokens: NewTokens | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: TopP | None = None
-    stop: Annotated[Any, AfterValidator(stop_strings)] = None
+    stop: Stop = None
     seed: Seed | None = None
     stream: StrictBool | None = None
     stream_options: StreamOptions | None = None
@@ -161,7 +221,7 @@ class OpenAIBody(BaseModel):
 class CompletionBody(OpenAIBody):
     """``POST /v1/completions``."""
 
-    prompt: Annotated[Any, AfterValidator(texts)]
+    prompt: Annotated[Any, AfterValidator(texts), WithJsonSchema(TEXTS)]
     logprobs: Annotated[Any, only(None)] = None
     echo: Annotated[Any, only(None, False)] = None
     best_of: Annotated[Any, only(None, 1)] = None
@@ -196,7 +256,7 @@ class TextGenerationParameters(BaseModel):
     do_sample: StrictBool | None = None
     temperature: Annotated[float, Field(gt=0)] | None = None
     top_p: TopP | None = None
-    stop: Annotated[Any, AfterValidator(stop_strings)] = None
+    stop: Stop = None
     seed: Seed | None = None
     details: StrictBool | None = None
     return_full_text: StrictBool | None = None
@@ -245,15 +305,21 @@ def validated(model: type[Body], payload: Any) -> Body:
     try:
         return model.model_validate(payload)
     except ValidationError as error:
-        problems = []
-        for problem in error.errors():
-            where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in problem["loc"])
-            where = where.removeprefix(".") or "the body"
-            kind, got = problem["type"], json.dumps(problem["input"])
-            got = got if len(got) <= 40 else got[:37] + "..."
-            expected = f"expected {EXPECTED[kind]}" if kind in EXPECTED else problem["msg"]
-            problems.append(f"{where}: {SAID.get(kind) or f'{expected}, got {got}'}")
-        raise ApiError(422, "validation", "; ".join(problems)) from None
+        raise ApiError(422, "validation", said(error.errors())) from None
+
+
+def said(problems: list[Any]) -> str:
+    """pydantic's problems in one line, each naming its field (``inputs[0].words[2]``), what it expects and what it
+    got."""
+    found = []
+    for problem in problems:
+        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in problem["loc"])
+        where = where.removeprefix(".") or "the body"
+        kind, got = problem["type"], json.dumps(problem["input"], default=repr)
+        got = got if len(got) <= 40 else got[:37] + "..."
+        expected = f"expected {EXPECTED[kind]}" if kind in EXPECTED else problem["msg"]
+        found.append(f"{where}: {SAID.get(kind) or f'{expected}, got {got}'}")
+    return "; ".join(found)
 
 
 async def json_body(request: Request, limit: int) -> Any:

@@ -15,7 +15,7 @@ from .config import ServeConfig
 from .errors import ApiError
 from .generating import GenerationBatcher
 from .metrics import Metrics
-from .schemas import PredictBody, validated
+from .schemas import MixedPredictBody, PredictBody, validated
 
 
 @dataclass
@@ -41,9 +41,10 @@ class Server:
         return self.predictor
 
     def inputs(self, payload: Any, task: str | None) -> list[TaskInput]:
-        """The request's inputs, each parsed by its task (``task``: the path's task for every input)."""
+        """The request's inputs, each parsed by its task (``task``: the path's task for every input; else each names
+        its own, a 404 if no such task is loaded)."""
         predictor = self.ready()
-        inputs = validated(PredictBody, payload).inputs
+        inputs = validated(PredictBody if task is not None else MixedPredictBody, payload).inputs
         if not inputs:
             raise ApiError(422, "validation", "inputs is empty")
         if len(inputs) > self.config.max_inputs_per_request:
@@ -57,7 +58,9 @@ class Server:
                 parsed.append(predictor.parse(record, f"inputs[{index}]"))
             except PtuningError as error:
                 unknown = record.get("task") not in predictor.tasks
-                raise ApiError(422, "unknown_task" if unknown else "validation", str(error)) from error
+                raise ApiError(
+                    404 if unknown else 422, "unknown_task" if unknown else "validation", str(error)
+                ) from error
         return parsed
 
     async def answer(self, inputs: list[TaskInput]) -> list[dict[str, Any]]:

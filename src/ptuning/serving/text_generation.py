@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from ..data.generation import GenerationExample
 from ..writing import Writing
+from .contract import JSON_OR_EVENTS, EventStream, errors, json_request
 from .errors import ApiError
 from .generating import Piece, answers, generation_task, pieces, prompt_tokens
 from .openai_api import error_event, event, streaming
@@ -102,12 +103,14 @@ def text_generation_routes(server: Server) -> APIRouter:
         body = validated(TextGenerationBody, await json_body(request, server.config.max_body_bytes))
         return TextGeneration(server, name, body)
 
-    @router.post("/v1/tasks/{name}/generate", response_model=None)
+    body = {"openapi_extra": json_request(TextGenerationBody, server.config)}
+
+    @router.post("/v1/tasks/{name}/generate", responses={**JSON_OR_EVENTS, **errors(429)}, response_model=None, **body)
     async def generate(name: str, request: Request) -> dict[str, Any] | StreamingResponse:
         generation = await call(name, request)
         return generation.streamed() if generation.body.stream else await generation.answer()
 
-    @router.post("/v1/tasks/{name}/generate_stream", response_model=None)
+    @router.post("/v1/tasks/{name}/generate_stream", response_class=EventStream, responses=errors(429), **body)
     async def generate_stream(name: str, request: Request) -> StreamingResponse:
         return (await call(name, request)).streamed()
 
