@@ -129,7 +129,7 @@ def test_the_admin_token_is_checked_whole(server):
 
 
 def test_a_route_another_module_adds_is_published_with_the_errors_of_its_kind():
-    """A route added beside ours (as the Hugging Face routes are: a path, a pydantic body, a query) is described
+    """A route added beside ours (a path, a pydantic body, a query) is described
     with the errors of its kind, in the one error body, which FastAPI's own validation answers too."""
     from fastapi.testclient import TestClient
 
@@ -138,21 +138,21 @@ def test_a_route_another_module_adds_is_published_with_the_errors_of_its_kind():
 
     app = create_app("unused", ServeConfig())  # never started: nothing loads
 
-    @app.post("/models/{name}")
+    @app.post("/elsewhere/{name}")
     async def infer(name: str, body: HubInputs, top_k: int = 1) -> dict:
         return {"name": name, "top_k": top_k}
 
-    operation = app.openapi()["paths"]["/models/{name}"]["post"]
+    operation = app.openapi()["paths"]["/elsewhere/{name}"]["post"]
     assert set(operation["responses"]) == {"200", "404", "413", "422", "500", "503"}
     for status in ("404", "422", "503"):
         schema = operation["responses"][status]["content"]["application/json"]["schema"]
         assert schema == {"$ref": "#/components/schemas/ErrorBody"}
     client = TestClient(app)
-    answer = client.post("/models/x", json={"inputs": 5})
+    answer = client.post("/elsewhere/x", json={"inputs": 5})
     assert answer.status_code == 422
     assert answer.json() == {"error": "inputs: expected a string, got 5", "error_type": "validation"}
-    answer = client.post("/models/x?top_k=many", json={"inputs": "text"})
+    answer = client.post("/elsewhere/x?top_k=many", json={"inputs": "text"})
     assert answer.status_code == 422 and answer.json()["error"].startswith("query.top_k: ")
-    assert client.post("/models/x?top_k=3", json={"inputs": "text"}).json() == {"name": "x", "top_k": 3}
-    answer = client.put("/models/x")
+    assert client.post("/elsewhere/x?top_k=3", json={"inputs": "text"}).json() == {"name": "x", "top_k": 3}
+    answer = client.put("/elsewhere/x")
     assert (answer.status_code, answer.headers["allow"]) == (405, "POST")

@@ -24,7 +24,7 @@ from . import architectures
 from .generation import left_padded, prompted_inputs, prompts_active, row_layer_prompts
 from .prompts.attention import LayerPrompts
 from .prompts.backbone import PromptedBackbone
-from .writing import Writing
+from .writing import Writing, samples_at
 
 
 def joins_rows(model: PromptedBackbone) -> bool:
@@ -41,7 +41,7 @@ def choose(logits: torch.Tensor, writings: list[Writing]) -> torch.Tensor:
     rows of one temperature and top_p together (the seed is the caller's: it seeds the random state)."""
     tokens = logits.argmax(-1)  # (batch,)
     settings = [(writing.temperature, writing.top_p) for writing in writings]
-    for temperature, top_p in dict.fromkeys(setting for setting in settings if setting[0] > 0):
+    for temperature, top_p in dict.fromkeys(setting for setting in settings if samples_at(setting[0])):
         rows = [row for row, setting in enumerate(settings) if setting == (temperature, top_p)]
         rows = torch.tensor(rows, device=logits.device)  # (rows,)
         warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)])

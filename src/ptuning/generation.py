@@ -29,9 +29,7 @@ from .prompts.backbone import PromptedBackbone
 from .prompts.methods import method_of
 from .templates import verbatim
 from .vocabulary import HeadKind
-
-# a temperature below this is read as 0 (greedy, its limit): dividing float32 logits by it would overflow to inf
-SMALLEST_TEMPERATURE = 1e-20
+from .writing import samples_at
 
 
 def row_tasks(model: PromptedBackbone, task_ids: torch.Tensor | None, batch_size: int) -> list[str]:
@@ -268,14 +266,14 @@ def generate_from_ids(
 ) -> list[dict[str, Any]]:
     """Continue each row of token ids under the prefix of its task, all in one batch.
 
-    Greedy when ``temperature`` is 0 (or under ``SMALLEST_TEMPERATURE``), else sampled at that temperature from the
-    ``top_p`` nucleus, reproducibly under ``seed`` (the caller's random state is left as it was). A row ends at the
-    end-of-text token, at the first of the ``stop`` strings in its generated text (cut before it), or after
-    ``max_new_tokens`` (one for all, or one per row: each row is cut at its own, which is what it would have written
-    with that budget). Returns per row ``{"generated_text", "finish_reason": "stop" | "length", "prompt_tokens",
-    "completion_tokens"}``, the counts as OpenAI's usage (the token that ended the text counts as a completion
-    token). ``watchers``: more stopping criteria, called after every step with the ids so far (a server streams each
-    row's new text from one and ends each row at its own end).
+    Greedy when ``temperature`` is 0 (or too small to divide by: ``writing.samples_at``), else sampled at that
+    temperature from the ``top_p`` nucleus, reproducibly under ``seed`` (the caller's random state is left as it
+    was). A row ends at the end-of-text token, at the first of the ``stop`` strings in its generated text (cut
+    before it), or after ``max_new_tokens`` (one for all, or one per row: each row is cut at its own, which is what
+    it would have written with that budget). Returns per row ``{"generated_text", "finish_reason": "stop" |
+    "length", "prompt_tokens", "completion_tokens"}``, the counts as OpenAI's usage (the token that ended the text
+    counts as a completion token). ``watchers``: more stopping criteria, called after every step with the ids so far
+    (a server streams each row's new text from one and ends each row at its own end).
     """
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(token_rows)
@@ -301,7 +299,7 @@ def generate_from_ids(
     pad_id = pad_id_of(model, tokenizer)
     input_ids, attention_mask = left_padded(token_rows, pad_id)  # each (batch, T)
     device = model.transformer.device
-    sampled = temperature >= SMALLEST_TEMPERATURE
+    sampled = samples_at(temperature)
     config = GenerationConfig(
         max_new_tokens=max(budgets),
         do_sample=sampled,

@@ -8,6 +8,14 @@ from typing import Any
 
 from .settings import at_least, check_settings, non_negative, setting
 
+# a temperature below this is read as 0 (greedy, its limit): dividing float32 logits by it would overflow to inf
+SMALLEST_TEMPERATURE = 1e-20
+
+
+def samples_at(temperature: float) -> bool:
+    """Whether ``temperature`` samples (else greedy)."""
+    return temperature >= SMALLEST_TEMPERATURE
+
 
 def probability_mass(value: float) -> str | None:
     return None if 0 < value <= 1 else "must be in (0, 1]"
@@ -30,6 +38,10 @@ class Writing:
 
     def __post_init__(self) -> None:
         check_settings(self)
+
+    @property
+    def sampled(self) -> bool:
+        return samples_at(self.temperature)
 
     def generation_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``generate_from_ids`` these settings give (a task's own answer length unless

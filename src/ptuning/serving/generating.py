@@ -75,11 +75,11 @@ class Row:
     @property
     def apart(self) -> bool:
         """A seeded sample decodes alone: its draws must not depend on other rows."""
-        return self.writing.temperature > 0 and self.writing.seed is not None
+        return self.writing.sampled and self.writing.seed is not None
 
     def key(self) -> tuple:
         """Rows of one key may decode in one ``generate`` batch."""
-        if self.writing.temperature == 0:
+        if not self.writing.sampled:
             return ("greedy",)
         if self.apart:
             return ("alone", id(self))

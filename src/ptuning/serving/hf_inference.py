@@ -26,13 +26,13 @@ from fastapi import APIRouter, Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from .contract import errors
+from .contract import errors, with_limits
 from .errors import ApiError
-from .schemas import Text, TextGenerationBody, json_body, only, texts, unicode_text, validated
+from .schemas import INPUTS_LIMIT, Text, TextGenerationBody, json_body, only, texts, unicode_text, validated
 from .server import Server
 from .text_generation import TextGeneration
 
-STRINGS = {"type": "array", "items": {"type": "string"}, "minItems": 1}
+STRINGS = {"type": "array", "items": {"type": "string"}, **INPUTS_LIMIT}
 PAIR = {
     "type": "object",
     "properties": {"text": {"type": "string"}, "text_pair": {"type": "string"}},
@@ -253,7 +253,7 @@ def hf_inference_routes(server: Server) -> APIRouter:
     @router.post(
         "/models/{name}",
         response_model=None,
-        openapi_extra={"requestBody": REQUEST_BODY},
+        openapi_extra={"requestBody": with_limits(REQUEST_BODY, server.config)},
         responses={200: {"model": Answered, "content": STREAM}, **errors(429)},
     )
     async def model(name: str, request: Request) -> Any:
