@@ -7,13 +7,12 @@ same answer length. One server process on loopback answers closed-loop clients (
 request when the last has ended) that stream greedy OpenAI completions (``temperature: 0``, ``stream: true``,
 ``stream_options: {"include_usage": true}``) of CoNLL-2003 validation sentences drawn with a fixed seed:
 
-* mixed traffic: ``--requests`` requests, the tasks in equal shares, shuffled (interleaved);
-* single-task traffic of the same work: each task alone at the same concurrency, one task after another, their
-  tokens and times added up. By default (``--single-work full``) each task answers all the mixed run's prompts, so
-  that a single-task run has as many requests, hence as many rounds of the closed loop, as the mixed run: with only
-  its share (``--single-work share``, a third) a task's run at 32 clients is one round, one full batch, while the
-  mixed run's later rounds start staggered (a batch takes no rows mid-call, so clients whose answers ended early wait
-  for the next, smaller batch), which is not a cost of mixing.
+* mixed traffic: ``--requests`` requests, at least as many as 3 tasks x the clients (so that each task's share fills
+  the clients alone), the tasks in equal shares, shuffled (interleaved);
+* single-task traffic of the same work: each task alone with its share of those requests at the same concurrency, one
+  task after another, their tokens and times added up (``--single-work share``, the default). Requests join the
+  running batch between decoding steps, so a client whose answer ended early is not held for a whole batch, in
+  either traffic. ``--single-work full`` gives each task all the mixed run's prompts instead (3x the work).
 
 Mixed and single-task runs alternate (which goes first alternates too, as the machine drifts) ``--repeats`` times at
 each concurrency. Generated tokens are the usage's ``completion_tokens``; time to first token is the arrival of the
@@ -21,8 +20,8 @@ first non-empty text chunk; latency the arrival of ``[DONE]``. ``mixed_vs_single
 the median over repeats of mixed tokens/s over single-task tokens/s. The greedy answers of the mixed runs are compared
 with those of the single-task runs (a mixed batch should write what each task writes alone).
 
-    python benchmarks/serve_generation.py [--backbone smollm2-135m|PATH] [--requests 96] [--concurrency 1,8,32]
-        [--repeats 3] [--max-tokens 32] [--single-work full|share] [--quick]
+    python benchmarks/serve_generation.py [--backbone smollm2-135m|PATH] [--requests 24] [--concurrency 1,8,32]
+        [--repeats 3] [--max-tokens 32] [--single-work share|full] [--quick]
 
 Writes benchmarks/results/serve_generation.json (``--quick``: benchmarks/results/quick/serve_generation.json).
 """
@@ -54,8 +53,8 @@ from ptuning.backbones import load_tokenizer, resolve
 from ptuning.data.packaged import load_packaged
 
 PREFIXES = {"a": 8, "b": 16, "c": 32}  # task name: deep prefix length
-FULL = {"requests": 96, "concurrency": "1,8,32", "repeats": 3}
-QUICK = {"requests": 24, "concurrency": "1,8", "repeats": 2}
+FULL = {"requests": 24, "concurrency": "1,8,32", "repeats": 3}
+QUICK = {"requests": 6, "concurrency": "1,8", "repeats": 2}
 TRAIN_EXAMPLES = 8
 SEED = 0
 
@@ -272,7 +271,8 @@ def measure(args: argparse.Namespace, concurrencies: list[int]) -> dict[str, Any
             for concurrency in concurrencies:
                 repeats = []
                 for repeat in range(args.repeats):
-                    requests = traffic(texts, args.requests, SEED + 1 + repeat, args.max_tokens)
+                    count = max(args.requests, len(PREFIXES) * concurrency)  # a task's share fills the clients
+                    requests = traffic(texts, count, SEED + 1 + repeat, args.max_tokens)
                     mixed, single, differ = mixed_and_single(
                         port, requests, concurrency, repeat % 2 == 0, args.single_work
                     )
@@ -285,6 +285,7 @@ def measure(args: argparse.Namespace, concurrencies: list[int]) -> dict[str, Any
                         flush=True,
                     )
                 by_concurrency[str(concurrency)] = {
+                    "requests": count,
                     "mixed_vs_single_throughput": statistics.median(run["ratio"] for run in repeats),
                     "repeats": repeats,
                 }
@@ -328,15 +329,19 @@ def table(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="smollm2-135m", help="a decoder: an alias or a local folder")
-    parser.add_argument("--requests", type=int, help=f"requests per mixed run (default {FULL['requests']})")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        help=f"requests per mixed run at least (default {FULL['requests']}; 3 x the clients if more)",
+    )
     parser.add_argument("--concurrency", help=f"concurrent clients, comma-separated (default {FULL['concurrency']})")
     parser.add_argument("--repeats", type=int, help=f"alternated mixed/single runs (default {FULL['repeats']})")
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens written at most per answer")
     parser.add_argument(
         "--single-work",
         choices=["full", "share"],
-        default="full",
-        help="single-task runs: each task answers all the mixed run's prompts (full) or its share of them (share)",
+        default="share",
+        help="single-task runs: each task answers its share of the mixed run's prompts (share) or all of them (full)",
     )
     parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     parser.add_argument("--quick", action="store_true", help=f"a smoke run: {QUICK}")
