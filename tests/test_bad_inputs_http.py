@@ -154,7 +154,6 @@ START_CASES = [
     ("serve ner=MODELS/ner x=MODELS/badkind", ["cannot load task 'x' from MODELS/badkind", "'nonsense'"]),
     ("serve MODELS/nope", ["MODELS/nope is not a ptuning checkpoint"]),
     ("serve MODELS/ner --admin-token t", ["runtime loading needs both --admin-token", "--models-dir"]),
-    ("serve MODELS/ner --models-dir MODELS", ["runtime loading needs both --admin-token"]),
     ("serve MODELS/ner --admin-token t --models-dir MODELS/nowhere", ["--models-dir", "nowhere' is not a folder"]),
     ("serve MODELS/ner --admin-token t --models-dir MODELS/file.txt", ["file.txt' is not a folder"]),
     ("serve MODELS/ner --admin-token= --models-dir MODELS", ["admin_token (--admin-token) is empty"]),

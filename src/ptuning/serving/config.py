@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..devices import DEVICE_HELP, DEVICES, FORWARD_TOKENS, FORWARD_TOKENS_HELP, INFERENCE_PRECISION_HELP, PRECISIONS
 from ..errors import PtuningError
-from ..settings import at_least, check_settings, setting
+from ..settings import at_least, check_settings, positive, setting
 
 
 def port_number(value: int) -> str | None:
@@ -31,15 +31,30 @@ class ServeConfig:
     admin_token: str | None = setting(
         None, "enables POST/DELETE /v1/tasks (load, unload at run time), given as a bearer token"
     )
-    models_dir: str | None = setting(None, "the folder runtime loads may read checkpoints from")
+    models_dir: str | None = setting(
+        None,
+        "a folder of checkpoint folders, each registered as a task named like its folder and loaded on its first "
+        "request (not at start); also the folder admin loads (--admin-token) may read",
+    )
+    task_listing: str | None = setting(
+        None, "a JSON object (or JSONL of {name, path} lines) of task name -> checkpoint folder to register too"
+    )
+    max_loaded_tasks: int | None = setting(
+        None, "registered tasks loaded at once at most; the least recently used is dropped", check=at_least(1)
+    )
+    task_memory_mb: float | None = setting(
+        None, "memory of the loaded registered tasks' prompts and heads at most (MB); LRU dropped", check=positive
+    )
 
     def __post_init__(self) -> None:
         check_settings(self)
         if self.admin_token is not None and not self.admin_token.strip():
             raise PtuningError("admin_token (--admin-token) is empty: any request could load and unload tasks")
-        if (self.admin_token is None) != (self.models_dir is None):  # one without the other loads nothing
+        if self.admin_token is not None and self.models_dir is None:  # a token alone would load nothing
             raise PtuningError(
                 "runtime loading needs both --admin-token (who may load) and --models-dir (what it may read)"
             )
         if self.models_dir is not None and not Path(self.models_dir).is_dir():
             raise PtuningError(f"models_dir (--models-dir) {self.models_dir!r} is not a folder")
+        if self.task_listing is not None and not Path(self.task_listing).is_file():
+            raise PtuningError(f"task_listing (--task-listing) {self.task_listing!r} is not a file")

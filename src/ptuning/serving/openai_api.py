@@ -17,6 +17,7 @@ from fastapi.responses import StreamingResponse
 from ..data.generation import GenerationExample
 from .errors import ApiError
 from .generating import Piece, Sampling, answers, generation_task, pieces, prompt_tokens
+from .registry import Held
 from .schemas import ChatBody, CompletionBody, OpenAIBody, json_body, validated
 from .server import Server
 
@@ -42,9 +43,13 @@ def usage(found: list[dict[str, Any]]) -> dict[str, int]:
 
 
 class Call:
-    """One completions request: its task's rows queued, and the answer's common fields."""
+    """One completions request: its task's rows queued (its task ``held`` loaded until the answer ends), and the
+    answer's common fields."""
 
-    def __init__(self, server: Server, body: OpenAIBody, examples: list[GenerationExample], max_tokens: int | None):
+    def __init__(
+        self, server: Server, held: Held, body: OpenAIBody, examples: list[GenerationExample], max_tokens: int | None
+    ):
+        self.held = held
         predictor = server.ready()
         task = generation_task(predictor, body.model)
         if len(examples) > server.config.max_inputs_per_request:
@@ -70,7 +75,8 @@ class Call:
         return {"id": f"{prefix}-{uuid.uuid4().hex}", "object": kind, "created": self.created, "model": self.model}
 
     async def answers(self) -> list[dict[str, Any]]:
-        found = await answers(self.rows, self.events)
+        with self.held:
+            found = await answers(self.rows, self.events)
         self.server.metrics.inputs.labels(self.model, "200").inc(len(found))
         return found
 
@@ -89,6 +95,8 @@ class Call:
             self.server.metrics.inputs.labels(self.model, "500").inc(len(self.rows))
             yield error_event(error)
             return
+        finally:
+            self.held.release()
         self.server.metrics.inputs.labels(self.model, "200").inc(len(found))
         if self.include_usage:
             yield event({**head, "choices": [], "usage": usage(found)})
@@ -134,14 +142,23 @@ def openai_routes(server: Server) -> APIRouter:
 
     @router.get("/v1/models/{name}")
     async def model(name: str) -> dict[str, Any]:
-        generation_task(server.ready(), name)
+        with await server.resolve(name):
+            generation_task(server.ready(), name)
         return card(name)
+
+    async def call_of(body: OpenAIBody, examples: list[GenerationExample], max_tokens: int | None) -> Call:
+        held = await server.resolve(body.model)
+        try:
+            return Call(server, held, body, examples, max_tokens)
+        except BaseException:
+            held.release()
+            raise
 
     @router.post("/v1/completions", response_model=None)
     async def completions(request: Request) -> dict[str, Any] | StreamingResponse:
         body = validated(CompletionBody, await json_body(request, limit))
         examples = [GenerationExample(text, source=f"prompt[{index}]") for index, text in enumerate(body.prompt)]
-        call = Call(server, body, examples, body.max_tokens)
+        call = await call_of(body, examples, body.max_tokens)
         head = call.head("cmpl", "text_completion")
         if body.stream:
             return streaming(call.stream(head, completion_chunks))
@@ -165,7 +182,7 @@ def openai_routes(server: Server) -> APIRouter:
             for message in body.messages
         ]
         example = GenerationExample(None, messages, source="messages")
-        call = Call(server, body, [example], body.max_completion_tokens or body.max_tokens)
+        call = await call_of(body, [example], body.max_completion_tokens or body.max_tokens)
         head = call.head("chatcmpl", "chat.completion")
         if body.stream:
             head["object"] = "chat.completion.chunk"

@@ -16,10 +16,12 @@ from ..data.generation import GenerationExample
 from .errors import ApiError
 from .generating import Piece, Row, Sampling, answers, generation_task, pieces, prompt_tokens
 from .openai_api import error_event, event, streaming
+from .registry import Held
 from .schemas import TextGenerationBody, TextGenerationParameters, json_body, validated
 from .server import Server
 
-Queued = tuple[TextGenerationBody, Sampling, list[Row], asyncio.Queue[Piece]]  # a request, its rows, their pieces
+# a request, its rows, their pieces, and its task held loaded until the answer ends
+Queued = tuple[TextGenerationBody, Sampling, list[Row], asyncio.Queue[Piece], Held]
 
 
 def sampling_of(parameters: TextGenerationParameters) -> Sampling:
@@ -47,23 +49,28 @@ def text_generation_routes(server: Server) -> APIRouter:
 
     async def queued(name: str, request: Request) -> Queued:
         body = validated(TextGenerationBody, await json_body(request, server.config.max_body_bytes))
-        task = generation_task(server.ready(), name)
-        parameters = body.parameters or TextGenerationParameters()
-        tokens = prompt_tokens(task, GenerationExample(body.inputs, source="inputs"))
-        sampling = sampling_of(parameters)
-        budget = parameters.max_new_tokens or task.max_new_tokens
+        held = await server.resolve(name)
         try:
-            rows, events = server.generator.submit(name, [tokens], budget, parameters.stop or [], sampling)
-        except ApiError as error:
-            server.metrics.inputs.labels(name, str(error.status)).inc()
+            task = generation_task(server.ready(), name)
+            parameters = body.parameters or TextGenerationParameters()
+            tokens = prompt_tokens(task, GenerationExample(body.inputs, source="inputs"))
+            sampling = sampling_of(parameters)
+            budget = parameters.max_new_tokens or task.max_new_tokens
+            try:
+                rows, events = server.generator.submit(name, [tokens], budget, parameters.stop or [], sampling)
+            except ApiError as error:
+                server.metrics.inputs.labels(name, str(error.status)).inc()
+                raise
+        except BaseException:
+            held.release()
             raise
-        return body, sampling, rows, events
+        return body, sampling, rows, events, held
 
     def full(body: TextGenerationBody, text: str) -> str:
         return body.inputs + text if body.parameters and body.parameters.return_full_text else text
 
     async def stream(
-        body: TextGenerationBody, sampling: Sampling, rows: list[Row], events: asyncio.Queue[Piece]
+        body: TextGenerationBody, sampling: Sampling, rows: list[Row], events: asyncio.Queue[Piece], held: Held
     ) -> AsyncIterator[str]:
         """One event per generated token; the last holds the whole text (and the details, if asked)."""
         step = 0
@@ -75,6 +82,8 @@ def text_generation_routes(server: Server) -> APIRouter:
             server.metrics.inputs.labels(rows[0].task, "500").inc()
             yield error_event(error)
             return
+        finally:
+            held.release()
         server.metrics.inputs.labels(rows[0].task, "200").inc()
 
     def token_event(body: TextGenerationBody, sampling: Sampling, piece: Piece, step: int) -> dict[str, Any]:
@@ -89,10 +98,11 @@ def text_generation_routes(server: Server) -> APIRouter:
 
     @router.post("/v1/tasks/{name}/generate", response_model=None)
     async def generate(name: str, request: Request) -> dict[str, Any] | StreamingResponse:
-        body, sampling, rows, events = await queued(name, request)
+        body, sampling, rows, events, held = await queued(name, request)
         if body.stream:
-            return streaming(stream(body, sampling, rows, events))
-        (answer,) = await answers(rows, events)
+            return streaming(stream(body, sampling, rows, events, held))
+        with held:
+            (answer,) = await answers(rows, events)
         server.metrics.inputs.labels(name, "200").inc()
         result = {"generated_text": full(body, answer["generated_text"])}
         if body.parameters and body.parameters.details:
