@@ -427,7 +427,16 @@ def load_tasks(model: nn.Module, directory: str | Path, name: str | None, finger
         for old, new in renamed.items():
             if new in model.heads:
                 names.update({f"heads.{old}.{key}": f"heads.{new}.{key}" for key in model.heads[new].state_dict()})
-        model.load_state_dict(matched_state(directory, state, names, model.state_dict()), strict=False)
+        # the new prompts and heads only: a model serving thousands of tasks would otherwise walk them all per load
+        added = nn.ModuleDict(
+            {
+                "prompts": nn.ModuleDict(
+                    {key: model.prompts[key] for key in prompt_key.values() if key in model.prompts}
+                ),
+                "heads": nn.ModuleDict({new: model.heads[new] for new in renamed.values() if new in model.heads}),
+            }
+        )
+        added.load_state_dict(matched_state(directory, state, names, added.state_dict()), strict=False)
     except Exception:  # whatever failed, leave the model as it was: a half-added task would block its name
         for new in renamed.values():
             if new in model.tasks:
