@@ -44,7 +44,7 @@ from serve import TASKS, call, closed_loop, memory_mb  # benchmarks/ is the scri
 from ptuning import PromptedModel
 from ptuning.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from ptuning.data.packaged import load_packaged
-from ptuning.serving.registry import scan
+from ptuning.serving.registry import TASK_OVERHEAD_BYTES, scan
 
 MARKER = "registry.json"  # what the folder holds: how many tasks are written
 
@@ -270,7 +270,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 process.terminate()
                 process.wait(timeout=60)
     logged = next(line for line in (logs / "registry.log").read_text().splitlines() if "registered" in line)
-    hot_mb = len(hot) * written["checkpoint_bytes_mean"] / 2**20
+    hot_mb = len(hot) * (written["checkpoint_bytes_mean"] + TASK_OVERHEAD_BYTES) / 2**20
     shapes = TASKS.items()
     return {
         "backbone": "all-MiniLM-L6-v2 (packaged)",

@@ -20,7 +20,7 @@ pytest.importorskip("fastapi")
 
 from ptuning.errors import PtuningError  # noqa: E402 - after the skip
 from ptuning.model import PromptedModel  # noqa: E402
-from ptuning.serving.registry import read_listing, scan  # noqa: E402
+from ptuning.serving.registry import TASK_OVERHEAD_BYTES, read_listing, scan  # noqa: E402
 
 NER_INPUT = {"text": "Peter Blackburn runs in Oslo"}
 SENT_INPUT = {"text": "a good film with fine acting"}
@@ -180,7 +180,7 @@ def test_memory_budget_drops_the_least_recently_used(tiny_runs, models, tmp_path
     listing = tmp_path / "tasks.jsonl"
     listing.write_text(json.dumps({"name": "listed", "path": str(models / "c")}) + "\n")
     size = (models / "a" / "checkpoint" / "ptuning_model.safetensors").stat().st_size
-    budget = str(2.5 * size / 2**20)
+    budget = str(2.5 * (size + TASK_OVERHEAD_BYTES) / 2**20)
     process, client = start(
         tiny_runs, "--models-dir", str(models), "--task-listing", str(listing), "--task-memory-mb", budget
     )

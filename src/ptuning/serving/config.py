@@ -43,7 +43,9 @@ class ServeConfig:
         None, "registered tasks loaded at once at most; the least recently used is dropped", check=at_least(1)
     )
     task_memory_mb: float | None = setting(
-        None, "memory of the loaded registered tasks' prompts and heads at most (MB); LRU dropped", check=positive
+        None,
+        "memory of the loaded registered tasks (prompts, heads, ~40 KB each beside) at most, in MB (2^20 bytes)",
+        check=positive,
     )
 
     def __post_init__(self) -> None:
