@@ -193,3 +193,38 @@ def test_memory_budget_drops_the_least_recently_used(tiny_runs, models, tmp_path
         assert metric(client, "ptuning_task_evictions_total") == 1
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="module")
+def decoder_models(tmp_path_factory, tiny_decoder_folders) -> Path:
+    """A generation checkpoint on a tiny Llama (``pinned/``), and copies of it registered in ``models/``."""
+    import torch
+
+    from ptuning import PromptConfig
+    from ptuning.vocabulary import Family
+
+    folder = tmp_path_factory.mktemp("decoder-registry")
+    torch.manual_seed(0)
+    backbone = str(tiny_decoder_folders["llama"])
+    model = PromptedModel.from_backbone(backbone, "causal-lm", prompt=PromptConfig(length=3))
+    record = model.tasks["default"]
+    record.family, record.options = Family.GENERATION, {"max_new_tokens": 6}  # as ``train --task generation`` saves
+    model.save_pretrained(folder / "pinned")
+    for name in ("gen", "card"):
+        shutil.copytree(folder / "pinned", folder / "models" / name)
+    return folder
+
+
+def test_generation_routes_load_a_registered_task_on_first_use(decoder_models):
+    process, client = start(decoder_models, "--models-dir", str(decoder_models / "models"), tasks=("pinned",))
+    try:
+        asked = {"prompt": "Mary sings in", "max_tokens": 4, "temperature": 0}
+        status, _, registered = client.call("POST", "/v1/completions", {"model": "gen", **asked})
+        pinned = client.call("POST", "/v1/completions", {"model": "pinned", **asked})[2]
+        assert status == 200 and registered["choices"] == pinned["choices"]
+        generated = client.call("POST", "/v1/tasks/gen/generate", {"inputs": "Mary sings in"})
+        assert generated[0] == 200 and generated[2]["generated_text"]
+        assert client.call("GET", "/v1/models/card")[2]["id"] == "card"  # loaded to learn it generates
+        assert metric(client, "ptuning_task_loads_total") == 2
+    finally:
+        stop(process)
