@@ -290,6 +290,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "hot_tasks": len(hot),
         "hot_tasks_mb": hot_mb,
         # the backbone and server as the preloaded server holds them (its peak less its hot tasks), plus the budget
+        "peak_rss_bound_mb": preloaded_peak_mb - hot_mb + args.memory_budget_mb,
         "peak_rss_within_budget": peak_mb <= preloaded_peak_mb - hot_mb + args.memory_budget_mb,
         **{key: value for key, value in cold.items() if key.startswith(("cold_load", "cold_request", "hot_request"))},
         "cold_loads": cold,
