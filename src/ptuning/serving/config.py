@@ -60,3 +60,9 @@ class ServeConfig:
             raise PtuningError(f"models_dir (--models-dir) {self.models_dir!r} is not a folder")
         if self.task_listing is not None and not Path(self.task_listing).is_file():
             raise PtuningError(f"task_listing (--task-listing) {self.task_listing!r} is not a file")
+        limits = {"--max-loaded-tasks": self.max_loaded_tasks, "--task-memory-mb": self.task_memory_mb}
+        given = [flag for flag, value in limits.items() if value is not None]
+        if given and self.models_dir is None and self.task_listing is None:  # refused, not ignored
+            raise PtuningError(
+                f"{' and '.join(given)} limit registered tasks: register some with --models-dir or --task-listing"
+            )
