@@ -14,7 +14,8 @@ anew; the config hard-linked). One server registers them all with ``--models-dir
   within the budget) to the registry server and the preloaded one, alternately, ``--repeats`` times;
 * mixed traffic: Zipf-skewed over all registered tasks (the popular ones hit, the tail loads and evicts), and
   uniform (nearly every request a load);
-* resident memory: the registry server's peak against the preloaded server's (backbone, server, the hot tasks).
+* resident memory: the registry server's peak against the preloaded server's (backbone, server, the hot tasks) less
+  its hot tasks, plus the registration's names (measured here with tracemalloc) and the budget.
 
     python benchmarks/serve_registry.py [--tasks 100000] [--folder DIR] [--memory-budget-mb 128] [--clean]
 
@@ -34,6 +35,7 @@ import struct
 import subprocess
 import sys
 import time
+import tracemalloc
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -219,6 +221,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     registered = scan(str(folder / "models"))
     scan_seconds = time.perf_counter() - started
+    tracemalloc.start()  # what the server keeps of the registration: the names, and their order for the listing
+    kept = scan(str(folder / "models")), sorted(registered)
+    registration_mb = tracemalloc.get_traced_memory()[0] / 2**20
+    tracemalloc.stop()
+    del kept
     assert len(registered) == args.tasks, (len(registered), args.tasks)
     sentences = [sentence.words for sentence in load_packaged("conll2003-ner").validation[:512]]
     names = task_names(args.tasks)
@@ -272,6 +279,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     logged = next(line for line in (logs / "registry.log").read_text().splitlines() if "registered" in line)
     hot_mb = len(hot) * (written["checkpoint_bytes_mean"] + TASK_OVERHEAD_BYTES) / 2**20
     shapes = TASKS.items()
+    bound_mb = preloaded_peak_mb - hot_mb + registration_mb + args.memory_budget_mb
     return {
         "backbone": "all-MiniLM-L6-v2 (packaged)",
         "registered_tasks": args.tasks,
@@ -289,9 +297,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "preloaded_server_peak_rss_mb": preloaded_peak_mb,
         "hot_tasks": len(hot),
         "hot_tasks_mb": hot_mb,
-        # the backbone and server as the preloaded server holds them (its peak less its hot tasks), plus the budget
-        "peak_rss_bound_mb": preloaded_peak_mb - hot_mb + args.memory_budget_mb,
-        "peak_rss_within_budget": peak_mb <= preloaded_peak_mb - hot_mb + args.memory_budget_mb,
+        "registration_mb": registration_mb,
+        # the backbone and server as the preloaded server holds them (its peak less its hot tasks), the registration's
+        # names, and the budget
+        "peak_rss_bound_mb": bound_mb,
+        "peak_rss_within_budget": peak_mb <= bound_mb,
         **{key: value for key, value in cold.items() if key.startswith(("cold_load", "cold_request", "hot_request"))},
         "cold_loads": cold,
         "zipf_exponent": args.zipf,

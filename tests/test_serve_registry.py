@@ -80,7 +80,7 @@ def predict(client, task: str, record: dict) -> tuple[int, dict]:
 def test_scan_registers_folders_by_name_and_a_listing_by_its_entries(models, tmp_path):
     found = scan(str(models))
     assert set(found) == {*COPIES, "sent2", "broken", "other", "multi", "empty"}  # no file, no dotted name
-    assert found["a"] == str(models / "a")
+    assert found["a"] is None  # the path is models/a, not kept
     (tmp_path / "tasks.json").write_text(json.dumps({"x": "ckpt/x", "y": "/abs/y"}))
     assert read_listing(str(tmp_path / "tasks.json")) == {"x": str(tmp_path / "ckpt/x"), "y": "/abs/y"}
     (tmp_path / "tasks.jsonl").write_text('{"name": "x", "path": "x"}\n\n{"name": "x.1", "path": "y"}\n')

@@ -62,14 +62,15 @@ def task_name(name: Any) -> bool:
     return True
 
 
-def scan(folder: str) -> dict[str, str]:
-    """Each folder in ``folder`` by name -> its path (one directory listing: no folder is opened)."""
+def scan(folder: str) -> dict[str, str | None]:
+    """Each folder in ``folder`` by name (one directory listing: no folder is opened), its path None: it is
+    ``folder/name``, not kept (100,000 paths would hold ~9 MB)."""
     with os.scandir(folder) as entries:
-        found = {entry.name: entry.path for entry in entries if entry.is_dir()}
+        found = [entry.name for entry in entries if entry.is_dir()]
     skipped = {name for name in found if not task_name(name)}
     if skipped:
         logger.warning("--models-dir: %d folder(s) not task names: %s", len(skipped), sorted(skipped)[:5])
-    return {name: path for name, path in found.items() if name not in skipped}
+    return dict.fromkeys(name for name in found if name not in skipped)
 
 
 def read_listing(path: str) -> dict[str, str]:
@@ -154,7 +155,7 @@ class Held:
 class Registry:
     """Registered checkpoints by name, the loaded ones in least-recently-used order, their loads and drops."""
 
-    def __init__(self, checkpoints: dict[str, str], config: ServeConfig, metrics: Metrics):
+    def __init__(self, checkpoints: dict[str, str | None], config: ServeConfig, metrics: Metrics):
         self.checkpoints, self.config, self.metrics = checkpoints, config, metrics
         self.names = sorted(checkpoints)  # the order the listing pages through
         self.loaded: OrderedDict[str, Loaded] = OrderedDict()  # least recently used first
@@ -292,7 +293,7 @@ class Registry:
         """Load the registered checkpoint ``unit`` after dropping what the budgets ask; then drop more if it
         turned out bigger than estimated."""
         loop = asyncio.get_running_loop()
-        folder = self.checkpoints[unit]
+        folder = self.checkpoints[unit] or os.path.join(self.config.models_dir, unit)
         self.incoming[unit] = estimated_bytes(folder)
         started = time.perf_counter()
         try:
