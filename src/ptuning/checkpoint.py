@@ -311,12 +311,17 @@ def names_on_load(
     config: CheckpointConfig, directory: Path, name: str | None, tasks: dict[str, Any], prompts: dict[str, Any]
 ) -> tuple[dict[str, str], dict[str, str]]:
     """The names a checkpoint's tasks and prompts take in a model that holds ``tasks`` and ``prompts`` already
-    (``name`` renames the task of a single-task checkpoint): ``{saved: new}`` for each; clashes are refused."""
-    if name is not None and len(config.tasks) != 1:
-        raise PtuningError(f"{directory} holds tasks {', '.join(config.tasks)}: it cannot be loaded under one name")
-    renamed = {old: (name if name is not None else old) for old in config.tasks}
+    (``name`` renames the task of a single-task checkpoint, and names each task of a multi-task one ``NAME:TASK``,
+    its prompts likewise): ``{saved: new}`` for each; clashes are refused."""
+    if name is None:
+        renamed = {old: old for old in config.tasks}
+    elif len(config.tasks) == 1:
+        renamed = {old: name for old in config.tasks}
+    else:  # one name for several tasks: each keeps its own under it (and no clash with another checkpoint's)
+        renamed = {old: f"{name}:{old}" for old in config.tasks}
     # prompts are keyed by the task that owns them; a shared prompt keeps its first task's key
-    prompt_key = {prompt: renamed.get(prompt, prompt) for prompt in config.prompts}
+    prefix = "" if name is None or len(config.tasks) == 1 else f"{name}:"
+    prompt_key = {prompt: renamed.get(prompt, prefix + prompt) for prompt in config.prompts}
     for key in [*renamed.values(), *prompt_key.values()]:
         TaskName(key)
     taken = sorted(set(renamed.values()) & set(tasks))
@@ -422,7 +427,16 @@ def load_tasks(model: nn.Module, directory: str | Path, name: str | None, finger
         for old, new in renamed.items():
             if new in model.heads:
                 names.update({f"heads.{old}.{key}": f"heads.{new}.{key}" for key in model.heads[new].state_dict()})
-        model.load_state_dict(matched_state(directory, state, names, model.state_dict()), strict=False)
+        # the new prompts and heads only: a model serving thousands of tasks would otherwise walk them all per load
+        added = nn.ModuleDict(
+            {
+                "prompts": nn.ModuleDict(
+                    {key: model.prompts[key] for key in prompt_key.values() if key in model.prompts}
+                ),
+                "heads": nn.ModuleDict({new: model.heads[new] for new in renamed.values() if new in model.heads}),
+            }
+        )
+        added.load_state_dict(matched_state(directory, state, names, added.state_dict()), strict=False)
     except Exception:  # whatever failed, leave the model as it was: a half-added task would block its name
         for new in renamed.values():
             if new in model.tasks:

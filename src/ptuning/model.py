@@ -352,9 +352,9 @@ class PromptedModel(PromptedBackbone):
     def load_task(self, directory: str | Path, name: str | None = None, fingerprint: str = "refuse") -> list[str]:
         """Add the tasks of a saved checkpoint (or run) folder onto this model's backbone; returns their names.
 
-        ``name`` renames the task of a single-task checkpoint. A checkpoint of another backbone shape is refused
-        naming both; one of the same shape but other weights too (``fingerprint="warn"`` only warns). A load that
-        fails leaves the model as it was.
+        ``name`` renames the task of a single-task checkpoint (a multi-task one's tasks become ``NAME:TASK``). A
+        checkpoint of another backbone shape is refused naming both; one of the same shape but other weights too
+        (``fingerprint="warn"`` only warns). A load that fails leaves the model as it was.
         """
         return checkpoint.load_tasks(self, directory, name, fingerprint)
 

@@ -120,16 +120,20 @@ class Predictor:
         """Tokens the request's features hold (what a batch's token budget counts)."""
         return sum(token_count(feature["input_ids"]) for feature in self.encode(request).inputs)
 
-    def load(self, name: str, folder: str | Path) -> None:
-        """Add a checkpoint's task under ``name`` (onto the same backbone; refused if made for another); a load
-        that fails adds nothing."""
+    def load(self, name: str, folder: str | Path) -> list[str]:
+        """Add a checkpoint's task under ``name`` (a multi-task checkpoint's as ``NAME:TASK``) onto the same
+        backbone (refused if made for another); returns the names added. A load that fails adds nothing."""
         with loading(name, folder):
-            self.model.load_task(folder, name=name)
+            names = self.model.load_task(folder, name=name)
             try:
-                self.tasks[name] = self._task(name)
+                for added in names:
+                    self.tasks[added] = self._task(added)
             except Exception:
-                self.model.remove_task(name)
+                for added in names:
+                    self.tasks.pop(added, None)
+                    self.model.remove_task(added)
                 raise
+        return names
 
     def unload(self, name: str) -> None:
         del self.tasks[name]

@@ -15,7 +15,9 @@ The modules, from the process down:
 - ``openai_api``: OpenAI's completions and chat completions over the generation tasks (``model`` names the task),
   streamed as server-sent events if asked; ``text_generation``: Hugging Face's text-generation shape, one task a path;
   ``hf_inference``: Hugging Face's Inference API shapes at ``/models/NAME`` (the task's kind says which);
-- ``server``: what every route shares (the predictor, the batcher, readiness, the task listing);
+- ``server``: what every route shares (the predictor, the batcher, readiness, the task listing, ``resolve``: the tasks
+  a request names, loaded on first use); ``registry``: the registered tasks (``--models-dir``, ``--task-listing``),
+  loaded on first use, the least recently used dropped under a budget;
 - ``batching``: the queue and the token-budget batcher; ``generating``: the generation prompts' batcher (greedy
   prompts of any tasks in one ``generate`` call, each row's text streamed after every step);
   ``schemas``: the request bodies and their 422s;

@@ -69,6 +69,7 @@ def create_app(sources: dict[str, str] | str, config: ServeConfig) -> FastAPI:
             batcher = Batcher(predictor, config, server.metrics)
             # one inference thread and one queue limit for both: the model runs one batch at a time
             server.generator = GenerationBatcher(predictor, config, server.metrics, batcher.worker, batcher.admission)
+            server.registry.start(predictor, batcher.worker)  # registered tasks load in the inference thread
             server.batcher, server.predictor = batcher, predictor
             batching.extend(asyncio.create_task(runner.run()) for runner in (batcher, server.generator))
             logger.info("ready: %s (%.1f s)", ", ".join(predictor.tasks), time.perf_counter() - started)

@@ -77,12 +77,19 @@ class Batcher:
         self.malloc_trim = glibc_malloc_trim()
         self.trimmed_at = time.monotonic()
 
-    def predict(self, requests: list[TaskInput]) -> list[dict[str, Any]]:
-        """One batch's answers (in the inference thread); then, at most once a second, the heap memory the batch
-        freed goes back to the system: batches of ever-new shapes otherwise leave the C allocator holding
-        hundreds of MB it no longer uses."""
+    def predict(self, requests: list[TaskInput]) -> list[dict[str, Any] | ApiError]:
+        """One batch's answers (in the inference thread; an error for an input whose task was unloaded since it
+        arrived); then, at most once a second, the heap memory the batch freed goes back to the system: batches of
+        ever-new shapes otherwise leave the C allocator holding hundreds of MB it no longer uses."""
+        present = [request for request in requests if request.task in self.predictor.tasks]
         with self.metrics.batch_seconds.time():
-            answers = self.predictor.predict(requests)
+            found = iter(self.predictor.predict(present) if present else [])
+        answers = [
+            next(found)
+            if request.task in self.predictor.tasks
+            else ApiError(404, "unknown_task", f"task {request.task!r} was unloaded")
+            for request in requests
+        ]
         if self.malloc_trim is not None and time.monotonic() - self.trimmed_at >= TRIM_INTERVAL_S:
             self.malloc_trim(0)
             self.trimmed_at = time.monotonic()
@@ -138,7 +145,13 @@ class Batcher:
             except Exception as error:  # a failure of the model, not of the input: every waiting request learns it
                 logger.exception("batch failed")
                 for item in batch:
-                    item.answer.set_exception(error)
+                    if not item.answer.done():
+                        item.answer.set_exception(error)
                 continue
             for item, answer in zip(batch, answers, strict=True):
-                item.answer.set_result(answer)
+                if item.answer.done():  # its request was cancelled
+                    continue
+                if isinstance(answer, ApiError):
+                    item.answer.set_exception(answer)
+                else:
+                    item.answer.set_result(answer)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..devices import DEVICE_HELP, DEVICES, FORWARD_TOKENS, FORWARD_TOKENS_HELP, INFERENCE_PRECISION_HELP, PRECISIONS
 from ..errors import PtuningError
-from ..settings import at_least, check_settings, setting
+from ..settings import at_least, check_settings, positive, setting
 
 # where the admin token comes from: never the command line, which every user of the machine can read (ps)
 ADMIN_TOKEN_VARIABLE = "PTUNING_ADMIN_TOKEN"
@@ -48,7 +48,22 @@ class ServeConfig:
         f"a file whose first line is the admin token, which enables POST/DELETE /v1/tasks (load, unload at run "
         f"time) with Authorization: Bearer TOKEN; or set {ADMIN_TOKEN_VARIABLE}",
     )
-    models_dir: str | None = setting(None, "the folder runtime loads may read checkpoints from")
+    models_dir: str | None = setting(
+        None,
+        "a folder of checkpoint folders, each registered as a task named like its folder and loaded on its first "
+        "request (not at start); also the folder admin loads (with an admin token) may read",
+    )
+    task_listing: str | None = setting(
+        None, "a JSON object (or JSONL of {name, path} lines) of task name -> checkpoint folder to register too"
+    )
+    max_loaded_tasks: int | None = setting(
+        None, "registered tasks loaded at once at most; the least recently used is dropped", check=at_least(1)
+    )
+    task_memory_mb: float | None = setting(
+        None,
+        "memory of the loaded registered tasks (prompts, heads, ~40 KB each beside) at most, in MB (2^20 bytes)",
+        check=positive,
+    )
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -56,13 +71,21 @@ class ServeConfig:
             self.admin_token = admin_token_from(os.environ.get(ADMIN_TOKEN_VARIABLE), self.admin_token_file)
         if self.admin_token is not None and not self.admin_token.strip():
             raise PtuningError(f"the admin token ({ADMIN_TOKEN_SOURCES}) is empty: any request could load tasks")
-        if (self.admin_token is None) != (self.models_dir is None):  # one without the other loads nothing
+        if self.admin_token is not None and self.models_dir is None:  # a token alone would load nothing
             raise PtuningError(
                 f"runtime loading needs both an admin token ({ADMIN_TOKEN_SOURCES}: who may load) and --models-dir "
                 "(what it may read)"
             )
         if self.models_dir is not None and not Path(self.models_dir).is_dir():
             raise PtuningError(f"models_dir (--models-dir) {self.models_dir!r} is not a folder")
+        if self.task_listing is not None and not Path(self.task_listing).is_file():
+            raise PtuningError(f"task_listing (--task-listing) {self.task_listing!r} is not a file")
+        limits = {"--max-loaded-tasks": self.max_loaded_tasks, "--task-memory-mb": self.task_memory_mb}
+        given = [flag for flag, value in limits.items() if value is not None]
+        if given and self.models_dir is None and self.task_listing is None:  # refused, not ignored
+            raise PtuningError(
+                f"{' and '.join(given)} limit registered tasks: register some with --models-dir or --task-listing"
+            )
 
 
 def admin_token_from(variable: str | None, file: str | None) -> str | None:

@@ -240,7 +240,7 @@ def hf_inference_routes(server: Server) -> APIRouter:
         return answers[0] if single else answers
 
     async def generation(name: str, body: TextGenerationBody, single: bool) -> Any:
-        call = TextGeneration(server, name, body)
+        call = await server.holding(name, lambda held: TextGeneration(server, held, name, body))
         return call.streamed() if body.stream else [await call.answer()]
 
     shapes: dict[str, tuple[type[BaseModel], Callable[[str, Any, bool], Awaitable[Any]]]] = {
@@ -257,24 +257,28 @@ def hf_inference_routes(server: Server) -> APIRouter:
         responses={200: {"model": Answered, "content": STREAM}, **errors(429)},
     )
     async def model(name: str, request: Request) -> Any:
-        """Task ``name``'s answer in the Hugging Face Inference API's shape for its kind."""
-        predictor = server.ready()
-        if name not in predictor.tasks:
-            raise ApiError(404, "unknown_task", f"unknown task {name!r}; loaded tasks: {', '.join(predictor.tasks)}")
-        kind = predictor.model.tasks[name].family_name
-        if kind not in shapes:
-            raise ApiError(
-                422,
-                "validation",
-                f"task {name!r} is {kind}: /models/NAME answers token-classification, sequence-classification, "
-                "question-answering and generation tasks",
-            )
-        payload = await json_body(request, server.config.max_body_bytes)
-        shape, answer = shapes[kind]
-        try:
-            body = validated(shape, payload)
-        except ApiError as error:  # the body of another kind's call, most likely: say which this task takes
-            raise ApiError(error.status, error.error_type, f"task {name!r} is {kind}: {error}") from None
-        return await answer(name, body, not isinstance(payload["inputs"], list))
+        """Task ``name``'s answer in the Hugging Face Inference API's shape for its kind (a stream holds its task
+        loaded on its own until it ends)."""
+        with await server.resolve(name):  # a registered task loads on first use
+            predictor = server.ready()
+            if name not in predictor.tasks:
+                raise ApiError(
+                    404, "unknown_task", f"unknown task {name!r}; loaded tasks: {', '.join(predictor.tasks)}"
+                )
+            kind = predictor.model.tasks[name].family_name
+            if kind not in shapes:
+                raise ApiError(
+                    422,
+                    "validation",
+                    f"task {name!r} is {kind}: /models/NAME answers token-classification, sequence-classification, "
+                    "question-answering and generation tasks",
+                )
+            payload = await json_body(request, server.config.max_body_bytes)
+            shape, answer = shapes[kind]
+            try:
+                body = validated(shape, payload)
+            except ApiError as error:  # the body of another kind's call, most likely: say which this task takes
+                raise ApiError(error.status, error.error_type, f"task {name!r} is {kind}: {error}") from None
+            return await answer(name, body, not isinstance(payload["inputs"], list))
 
     return router

@@ -1,5 +1,5 @@
 """The server's Prometheus metrics (``GET /metrics``): inputs by task, requests by endpoint, batches, the queue,
-generated tokens and time to first token."""
+generated tokens and time to first token, the task registry (registered, loaded, loads, evictions, failures)."""
 
 from __future__ import annotations
 
@@ -54,4 +54,28 @@ class Metrics:
             "batch decoded apart to its end",
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.registered_tasks = Gauge(
+            "ptuning_registered_tasks", "Checkpoints registered (loaded on first use)", registry=self.registry
+        )
+        self.loaded_tasks = Gauge(
+            "ptuning_loaded_registered_tasks", "Registered checkpoints loaded now", registry=self.registry
+        )
+        self.loaded_task_bytes = Gauge(
+            "ptuning_loaded_registered_task_bytes",
+            "Bytes of the loaded registered tasks' prompts and heads",
+            registry=self.registry,
+        )
+        self.loads = Counter("ptuning_task_loads", "Registered checkpoints loaded on use", registry=self.registry)
+        self.evictions = Counter(
+            "ptuning_task_evictions", "Registered checkpoints dropped, least recently used", registry=self.registry
+        )
+        self.load_failures = Counter(
+            "ptuning_task_load_failures", "Registered checkpoints that failed to load", registry=self.registry
+        )
+        self.load_seconds = Histogram(
+            "ptuning_task_load_seconds",
+            "A registered checkpoint's load, waiting for the inference thread included",
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )

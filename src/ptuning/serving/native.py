@@ -1,6 +1,7 @@
-"""ptuning's own routes: the task listing, predict (tasks named per input, or by the path), and runtime load and
-unload behind the admin token. Another API (another client's conventions) is another module of routes like this one,
-included by ``create_app``."""
+"""ptuning's own routes: the task listing (the loaded tasks and the registry's counts; ``?registered=true`` pages
+through the registered names with ``offset`` and ``limit``), predict (tasks named per input, or by the path; a
+registered task loads on first use), and runtime load and unload behind the admin token. Another API (another client's
+conventions) is another module of routes like this one, included by ``create_app``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import hmac
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Security
+from fastapi import APIRouter, Depends, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..errors import PtuningError
@@ -21,6 +22,7 @@ from .server import Server
 
 # declares the admin routes' bearer token in the schema; ``authorized`` answers its absence (401, not 403)
 BEARER = HTTPBearer(auto_error=False, description="the admin token (PTUNING_ADMIN_TOKEN or --admin-token-file)")
+MAX_PAGE = 1000  # registered names in one page of the listing at most
 
 
 def native_routes(server: Server) -> APIRouter:
@@ -29,16 +31,23 @@ def native_routes(server: Server) -> APIRouter:
     router = APIRouter()
 
     @router.get("/v1/tasks")
-    async def tasks() -> dict[str, Any]:
-        return server.listing()
+    async def tasks(
+        registered: bool = False, offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1)] = 100
+    ) -> dict[str, Any]:
+        listing = server.listing()
+        if registered:
+            limit = min(limit, MAX_PAGE)
+            listing["registered"] = {"offset": offset, "limit": limit, "tasks": server.registry.page(offset, limit)}
+        return listing
 
     async def predict(request: Request, task: str | None) -> dict[str, Any]:
-        if task is not None and task not in server.ready().tasks:
-            raise ApiError(
-                404, "unknown_task", f"unknown task {task!r}; loaded tasks: {', '.join(server.ready().tasks)}"
-            )
-        inputs = server.inputs(await json_body(request, config.max_body_bytes), task)
-        return {"outputs": await server.answer(inputs)}
+        payload = await json_body(request, config.max_body_bytes)
+        with await server.resolve(server.named_tasks(payload, task)):
+            if task is not None and task not in server.ready().tasks:
+                raise ApiError(
+                    404, "unknown_task", f"unknown task {task!r}; loaded tasks: {', '.join(server.ready().tasks)}"
+                )
+            return {"outputs": await server.answer(server.inputs(payload, task))}
 
     @router.post("/v1/predict", openapi_extra=json_request(MixedPredictBody, config), responses=errors(404, 429))
     async def predict_any(request: Request) -> dict[str, Any]:
@@ -82,9 +91,10 @@ def native_routes(server: Server) -> APIRouter:
             )
         loop = asyncio.get_running_loop()
         try:  # in the inference thread, between batches; a load that fails adds nothing
-            await loop.run_in_executor(server.batcher.worker, predictor.load, body.name, str(folder))
+            names = await loop.run_in_executor(server.batcher.worker, predictor.load, body.name, str(folder))
         except PtuningError as error:
             raise ApiError(422, "validation", str(error)) from error
+        server.registry.pin(names)
         gc.freeze()  # the new task's objects too (a full collection here would take longer than the load)
         return server.listing()
 
@@ -94,6 +104,7 @@ def native_routes(server: Server) -> APIRouter:
         if name not in predictor.tasks:
             raise ApiError(404, "unknown_task", f"unknown task {name!r}; loaded tasks: {', '.join(predictor.tasks)}")
         await asyncio.get_running_loop().run_in_executor(server.batcher.worker, predictor.unload, name)
+        server.registry.forget(name)
         return server.listing()
 
     return router

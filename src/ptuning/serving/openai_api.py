@@ -20,6 +20,7 @@ from ..writing import Writing
 from .contract import JSON_OR_EVENTS, errors, json_request
 from .errors import ApiError
 from .generating import Piece, answers, generation_task, pieces, prompt_tokens
+from .registry import Held
 from .schemas import ChatBody, CompletionBody, OpenAIBody, json_body, validated
 from .server import Server
 
@@ -45,9 +46,13 @@ def usage(found: list[dict[str, Any]]) -> dict[str, int]:
 
 
 class Call:
-    """One completions request: its task's rows queued, and the answer's common fields."""
+    """One completions request: its task's rows queued (its task ``held`` loaded until the answer ends), and the
+    answer's common fields."""
 
-    def __init__(self, server: Server, body: OpenAIBody, examples: list[GenerationExample], max_tokens: int | None):
+    def __init__(
+        self, server: Server, held: Held, body: OpenAIBody, examples: list[GenerationExample], max_tokens: int | None
+    ):
+        self.held = held
         predictor = server.ready()
         task = generation_task(predictor, body.model)
         if len(examples) > server.config.max_inputs_per_request:
@@ -72,7 +77,8 @@ class Call:
         return {"id": f"{prefix}-{uuid.uuid4().hex}", "object": kind, "created": self.created, "model": self.model}
 
     async def answers(self) -> list[dict[str, Any]]:
-        found = await answers(self.rows, self.events)
+        with self.held:
+            found = await answers(self.rows, self.events)
         self.server.metrics.inputs.labels(self.model, "200").inc(len(found))
         return found
 
@@ -91,6 +97,8 @@ class Call:
             self.server.metrics.inputs.labels(self.model, "500").inc(len(self.rows))
             yield error_event(error)
             return
+        finally:
+            self.held.release()
         self.server.metrics.inputs.labels(self.model, "200").inc(len(found))
         if self.include_usage:
             yield event({**head, "choices": [], "usage": usage(found)})
@@ -136,7 +144,8 @@ def openai_routes(server: Server) -> APIRouter:
 
     @router.get("/v1/models/{name}")
     async def model(name: str) -> dict[str, Any]:
-        generation_task(server.ready(), name)
+        with await server.resolve(name):
+            generation_task(server.ready(), name)
         return card(name)
 
     streams = {"responses": {**JSON_OR_EVENTS, **errors(404, 429)}, "response_model": None}
@@ -145,7 +154,7 @@ def openai_routes(server: Server) -> APIRouter:
     async def completions(request: Request) -> dict[str, Any] | StreamingResponse:
         body = validated(CompletionBody, await json_body(request, limit))
         examples = [GenerationExample(text, source=f"prompt[{index}]") for index, text in enumerate(body.prompt)]
-        call = Call(server, body, examples, body.max_tokens)
+        call = await server.holding(body.model, lambda held: Call(server, held, body, examples, body.max_tokens))
         head = call.head("cmpl", "text_completion")
         if body.stream:
             return streaming(call.stream(head, completion_chunks))
@@ -169,7 +178,8 @@ def openai_routes(server: Server) -> APIRouter:
             for message in body.messages
         ]
         example = GenerationExample(None, messages, source="messages")
-        call = Call(server, body, [example], body.max_completion_tokens or body.max_tokens)
+        budget = body.max_completion_tokens or body.max_tokens
+        call = await server.holding(body.model, lambda held: Call(server, held, body, [example], budget))
         head = call.head("chatcmpl", "chat.completion")
         if body.stream:
             head["object"] = "chat.completion.chunk"

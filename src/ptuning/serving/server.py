@@ -1,11 +1,12 @@
-"""What every route shares: the predictor once loaded, the batchers, the metrics; readiness, the request's inputs
-parsed by their tasks, and the listing of the loaded tasks."""
+"""What every route shares: the predictor once loaded, the batchers, the metrics, the task registry; readiness, the
+tasks a request names resolved (loaded on first use), the request's inputs parsed by their tasks, and the listing of
+the tasks."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import PtuningError
 from ..predictor import Predictor
@@ -15,7 +16,10 @@ from .config import ServeConfig
 from .errors import ApiError
 from .generating import GenerationBatcher
 from .metrics import Metrics
+from .registry import Held, Registry, stored_bytes
 from .schemas import MixedPredictBody, PredictBody, validated
+
+Started = TypeVar("Started")
 
 
 @dataclass
@@ -32,6 +36,10 @@ class Server:
     failure: Exception | None = None  # why the model did not load
     # what ends the process when the model cannot load (serve() sets uvicorn's exit flag)
     stop: Callable[[], None] = field(default=lambda: None)
+    registry: Registry = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.registry = Registry.from_config(self.config, self.metrics)  # a bad listing stops the start
 
     def ready(self) -> Predictor:
         if self.failure is not None:
@@ -39,6 +47,30 @@ class Server:
         if self.predictor is None or self.batcher is None or self.generator is None:
             raise ApiError(503, "not_ready", "the model is still loading")
         return self.predictor
+
+    async def resolve(self, names: str | Iterable[Any]) -> Held:
+        """The one way a route names tasks: each registered task of ``names`` is loaded on first use (or a 503
+        ``task_load_failed``) and kept loaded until the returned hold is released (``with await
+        server.resolve(name):`` around the answer, or ``.release()`` at a stream's end). Names neither loaded nor
+        registered pass, for the route's own unknown-task answer."""
+        self.ready()
+        return await self.registry.acquire([names] if isinstance(names, str) else names)
+
+    async def holding(self, name: str, start: Callable[[Held], Started]) -> Started:
+        """``start(held)`` (a request queued) with task ``name`` held loaded until its answer ends; the hold is
+        released at once if ``start`` fails."""
+        held = await self.resolve(name)
+        try:
+            return start(held)
+        except BaseException:
+            held.release()
+            raise
+
+    def named_tasks(self, payload: Any, task: str | None) -> list[Any]:
+        """The tasks a predict body names (``task``: the path's task for every input)."""
+        if task is not None:
+            return [task]
+        return [fields.task for fields in validated(PredictBody, payload).inputs]
 
     def inputs(self, payload: Any, task: str | None) -> list[TaskInput]:
         """The request's inputs, each parsed by its task (``task``: the path's task for every input; else each names
@@ -83,20 +115,17 @@ class Server:
         return {"name": str(model.backbone_reference), "device": str(weight.device), "dtype": dtype}
 
     def listing(self) -> dict[str, Any]:
-        """What GET /v1/tasks answers (and load/unload after their change): the backbone and every task."""
-        return {"backbone": self.backbone(), "tasks": self.describe()}
+        """What GET /v1/tasks answers (and load/unload after their change): the backbone, every loaded task, and the
+        registry's counts."""
+        return {"backbone": self.backbone(), "tasks": self.describe(), "registry": self.registry.summary()}
 
     def describe(self) -> list[dict[str, Any]]:
         model = self.ready().model
         described = []
-        for name, entry in model.tasks.items():
-            prompt = model.prompt_configs[entry.prompt]
-            stored = (
-                sum(p.numel() * p.element_size() for p in model.heads[name].parameters()) if name in model.heads else 0
-            )
-            if entry.prompt in model.prompts:
-                table = model.prompts[entry.prompt].folded_table()
-                stored += table.numel() * table.element_size()
+        for name, entry in list(model.tasks.items()):  # a copy: the inference thread may load meanwhile
+            prompt = model.prompt_configs.get(entry.prompt)
+            if prompt is None:  # unloaded meanwhile
+                continue
             described.append(
                 {
                     "name": name,
@@ -105,7 +134,8 @@ class Server:
                     "backbone": model.backbone_reference,
                     "method": prompt.method,
                     "prompt_length": prompt.length if prompt.has_prompt else 0,
-                    "stored_bytes": stored,
+                    "stored_bytes": stored_bytes(model, [name]),
+                    "pinned": name not in self.registry.task_unit,
                 }
             )
         return described

@@ -17,6 +17,7 @@ from .contract import JSON_OR_EVENTS, EventStream, errors, json_request
 from .errors import ApiError
 from .generating import Piece, answers, generation_task, pieces, prompt_tokens
 from .openai_api import error_event, event, streaming
+from .registry import Held
 from .schemas import TextGenerationBody, TextGenerationParameters, json_body, validated
 from .server import Server
 
@@ -42,12 +43,13 @@ def details(answer: dict[str, Any], writing: Writing) -> dict[str, Any]:
 
 
 class TextGeneration:
-    """One request of the text-generation shape: its prompt queued under task ``name``, answered whole or streamed
-    (one event per token, the last holding the whole text and, if asked, the details)."""
+    """One request of the text-generation shape: its prompt queued under task ``name`` (the task ``held`` loaded until
+    the answer ends), answered whole or streamed (one event per token, the last holding the whole text and, if asked,
+    the details)."""
 
-    def __init__(self, server: Server, name: str, body: TextGenerationBody):
+    def __init__(self, server: Server, held: Held, name: str, body: TextGenerationBody):
         task = generation_task(server.ready(), name)
-        self.server, self.name, self.body = server, name, body
+        self.server, self.held, self.name, self.body = server, held, name, body
         self.parameters = body.parameters or TextGenerationParameters()
         tokens = prompt_tokens(task, GenerationExample(body.inputs, source="inputs"))
         self.writing = writing_of(self.parameters, self.parameters.max_new_tokens or task.max_new_tokens)
@@ -62,7 +64,8 @@ class TextGeneration:
 
     async def answer(self) -> dict[str, Any]:
         """``{"generated_text"}`` (and ``details`` if asked)."""
-        (answer,) = await answers(self.rows, self.events)
+        with self.held:
+            (answer,) = await answers(self.rows, self.events)
         self.server.metrics.inputs.labels(self.name, "200").inc()
         result = {"generated_text": self.full(answer["generated_text"])}
         if self.parameters.details:
@@ -82,6 +85,8 @@ class TextGeneration:
             self.server.metrics.inputs.labels(self.name, "500").inc()
             yield error_event(error)
             return
+        finally:
+            self.held.release()
         self.server.metrics.inputs.labels(self.name, "200").inc()
 
     def token_event(self, piece: Piece, step: int) -> dict[str, Any]:
@@ -101,7 +106,7 @@ def text_generation_routes(server: Server) -> APIRouter:
 
     async def call(name: str, request: Request) -> TextGeneration:
         body = validated(TextGenerationBody, await json_body(request, server.config.max_body_bytes))
-        return TextGeneration(server, name, body)
+        return await server.holding(name, lambda held: TextGeneration(server, held, name, body))
 
     body = {"openapi_extra": json_request(TextGenerationBody, server.config)}
 
