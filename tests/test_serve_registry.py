@@ -6,11 +6,13 @@ pages through what is registered."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import assert_same_answer
@@ -20,7 +22,9 @@ pytest.importorskip("fastapi")
 
 from ptuning.errors import PtuningError  # noqa: E402 - after the skip
 from ptuning.model import PromptedModel  # noqa: E402
-from ptuning.serving.registry import TASK_OVERHEAD_BYTES, read_listing, scan  # noqa: E402
+from ptuning.serving.config import ServeConfig  # noqa: E402
+from ptuning.serving.metrics import Metrics  # noqa: E402
+from ptuning.serving.registry import TASK_OVERHEAD_BYTES, Registry, read_listing, scan  # noqa: E402
 
 NER_INPUT = {"text": "Peter Blackburn runs in Oslo"}
 SENT_INPUT = {"text": "a good film with fine acting"}
@@ -228,3 +232,54 @@ def test_generation_routes_load_a_registered_task_on_first_use(decoder_models):
         assert metric(client, "ptuning_task_loads_total") == 2
     finally:
         stop(process)
+
+
+class StubPredictor:
+    """What the registry asks of a predictor: tasks loaded and unloaded by name (no modules: 0 bytes each)."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, str] = {}
+        self.model = SimpleNamespace(tasks={}, heads={}, prompts={})
+
+    def load(self, name: str, folder: str) -> list[str]:
+        self.tasks[name] = folder
+        return [name]
+
+    def unload(self, name: str) -> None:
+        del self.tasks[name]
+
+
+@pytest.fixture
+def stub_registry(tmp_path):
+    """A registry of ``x``, ``y`` and ``z`` loading into a :class:`StubPredictor`, one loaded at most."""
+    with ThreadPoolExecutor(1) as worker:
+        registry = Registry(
+            dict.fromkeys(["x", "y", "z"]), ServeConfig(models_dir=str(tmp_path), max_loaded_tasks=1), Metrics()
+        )
+        registry.start(StubPredictor(), worker)
+        yield registry
+
+
+def test_a_hold_outliving_an_admin_unload_does_not_count_against_the_reload(stub_registry):
+    """A request holds x; an admin unloads x; another request loads x again: the first request's release leaves the
+    new load held by the second (not dropped under it), and every count ends at 0."""
+    registry = stub_registry
+
+    async def scenario() -> None:
+        first = await registry.acquire(["x"])
+        registry.predictor.unload("x")  # DELETE /v1/tasks/x: the predictor first, then the registry
+        registry.forget("x")
+        assert "x" not in registry.loaded
+        assert registry.metrics.registry.get_sample_value("ptuning_loaded_registered_task_bytes") == 0
+        second = await registry.acquire(["x"])
+        first.release()
+        assert registry.loaded["x"].held == 1
+        other = await registry.acquire(["y"])  # over --max-loaded-tasks 1: x is held, so it stays
+        assert set(registry.loaded) == {"x", "y"} and "x" in registry.predictor.tasks
+        second.release()
+        other.release()
+        assert [entry.held for entry in registry.loaded.values()] == [0, 0]
+        (await registry.acquire(["z"])).release()  # x and y, free now, are dropped for it
+        assert set(registry.loaded) == {"z"} and set(registry.predictor.tasks) == {"z"}
+
+    asyncio.run(scenario())

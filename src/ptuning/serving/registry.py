@@ -135,15 +135,17 @@ class Loaded:
 
 
 class Held:
-    """Registered checkpoints a request keeps loaded until :meth:`release` (or the end of its ``with`` block)."""
+    """Registered checkpoints a request keeps loaded until :meth:`release` (or the end of its ``with`` block): the
+    loaded entries themselves, not their names, so that a checkpoint unloaded and loaded again meanwhile (a new
+    entry) keeps the count of the requests holding it now."""
 
-    def __init__(self, registry: Registry | None = None, units: list[str] | None = None):
-        self.registry, self.units = registry, units or []
+    def __init__(self) -> None:
+        self.entries: list[Loaded] = []
 
     def release(self) -> None:
-        if self.registry is not None:
-            self.registry.release(self.units)
-        self.units = []
+        for entry in self.entries:
+            entry.held -= 1
+        self.entries = []
 
     def __enter__(self) -> Held:
         return self
@@ -204,7 +206,7 @@ class Registry:
 
     async def acquire(self, names: Iterable[Any]) -> Held:
         """Each registered task of ``names`` loaded (on first use) and held until the answer's release."""
-        held = Held(self)
+        held = Held()
         try:
             for unit in dict.fromkeys(self.unit_of(name) for name in names):
                 if unit is None:
@@ -222,18 +224,14 @@ class Registry:
                     self.wanted[unit] -= 1
                     if not self.wanted[unit]:
                         del self.wanted[unit]
-                self.loaded[unit].held += 1
+                entry = self.loaded[unit]
+                entry.held += 1
                 self.loaded.move_to_end(unit)
-                held.units.append(unit)
+                held.entries.append(entry)
         except BaseException:
             held.release()
             raise
         return held
-
-    def release(self, units: list[str]) -> None:
-        for unit in units:
-            if unit in self.loaded:
-                self.loaded[unit].held -= 1
 
     def refuse_if_failed(self, unit: str) -> None:
         failed = self.failures.get(unit)
@@ -324,14 +322,19 @@ class Registry:
         self.pinned.update(tasks)
 
     def forget(self, task: str) -> None:
-        """A task an admin unloaded (pinned or registered)."""
+        """A task an admin unloaded (pinned or registered; unloaded from the predictor already): a registered
+        checkpoint keeps its other tasks' bytes, and is no longer loaded once it has none (the requests holding it
+        hold an entry forgotten, whose count no longer matters)."""
         self.pinned.discard(task)
         unit = self.task_unit.pop(task, None)
         if unit is not None:
-            self.loaded[unit].tasks.remove(task)
-            if not self.loaded[unit].tasks:
+            entry = self.loaded[unit]
+            entry.tasks.remove(task)
+            entry.bytes = stored_bytes(self.predictor.model, entry.tasks) + TASK_OVERHEAD_BYTES * len(entry.tasks)
+            if not entry.tasks:
                 del self.loaded[unit]
             self.metrics.loaded_tasks.set(len(self.loaded))
+            self.metrics.loaded_task_bytes.set(self.loaded_bytes)
 
     def summary(self) -> dict[str, Any]:
         """Counts for the task listing: registered, loaded (and their bytes), the budgets."""
