@@ -28,7 +28,7 @@ from ptuning.serving.registry import TASK_OVERHEAD_BYTES, Registry, read_listing
 
 NER_INPUT = {"text": "Peter Blackburn runs in Oslo"}
 SENT_INPUT = {"text": "a good film with fine acting"}
-COPIES = ("a", "b", "c", "d", "many")  # registered copies of the ner run
+COPIES = ("a", "b", "c", "d", "e", "many")  # registered copies of the ner run
 
 
 @pytest.fixture(scope="module")
@@ -167,12 +167,24 @@ def test_a_multi_task_checkpoint_serves_each_task_as_name_colon_task(server):
     assert server.call("POST", "/v1/tasks", {"name": "x", "path": "a"})[0] == 404  # admin loads need --admin-token
 
 
+def test_a_body_refused_loads_none_of_the_tasks_it_names(server):
+    """Too many inputs, or a body too large, are refused before any registered task they name loads."""
+    loads = metric(server, "ptuning_task_loads_total")
+    many = [{"task": "e", **NER_INPUT}] * 257  # over the default --max-inputs-per-request, 256
+    status, _, body = server.call("POST", "/v1/predict", {"inputs": many})
+    assert (status, body["error_type"]) == (413, "too_many_inputs")
+    assert server.call("POST", "/v1/tasks/e/predict", {"inputs": [NER_INPUT] * 257})[0] == 413
+    assert server.call("POST", "/models/e", {"inputs": ["Peter runs"] * 257})[0] == 413
+    assert server.call("POST", "/models/e", {"inputs": "x" * 1_000_001})[0] == 413  # over --max-body-bytes
+    assert metric(server, "ptuning_task_loads_total") == loads and "e" not in loaded(server)
+
+
 def test_the_listing_counts_and_pages_through_the_registered(server):
     status, _, body = server.call("GET", "/v1/tasks")
     assert status == 200 and "registered" not in body
-    assert body["registry"]["registered"] == 10 and body["registry"]["max_loaded_tasks"] == 2
+    assert body["registry"]["registered"] == 11 and body["registry"]["max_loaded_tasks"] == 2
     assert body["registry"]["loaded"] <= 2 + 1  # a load may be under way when every loaded one is held
-    assert metric(server, "ptuning_registered_tasks") == 10
+    assert metric(server, "ptuning_registered_tasks") == 11
     page = server.call("GET", "/v1/tasks?registered=true&offset=1&limit=3")[2]["registered"]
     assert [entry["name"] for entry in page["tasks"]] == ["b", "broken", "c"]
     assert page["offset"] == 1 and page["limit"] == 3
@@ -193,7 +205,7 @@ def test_memory_budget_drops_the_least_recently_used(tiny_runs, models, tmp_path
             assert predict(client, name, NER_INPUT)[0] == 200
         assert loaded(client) == {"a", "listed"}
         registry = client.call("GET", "/v1/tasks")[2]["registry"]
-        assert 0 < registry["loaded_bytes"] <= float(budget) * 2**20 and registry["registered"] == 11
+        assert 0 < registry["loaded_bytes"] <= float(budget) * 2**20 and registry["registered"] == 12
         assert metric(client, "ptuning_task_evictions_total") == 1
     finally:
         stop(process)

@@ -202,7 +202,7 @@ def hf_inference_routes(server: Server) -> APIRouter:
     router = APIRouter()
 
     async def predicted(name: str, records: list[dict[str, str]]) -> list[dict[str, Any]]:
-        return await server.answer(server.inputs({"inputs": records}, name))
+        return await server.answer(server.parse(server.predict_inputs({"inputs": records}, name), name))
 
     async def token_classification(name: str, body: TokenClassificationBody, single: bool) -> list[Any]:
         ignored = set((body.parameters or TokenClassificationParameters()).ignore_labels or [])
@@ -259,6 +259,10 @@ def hf_inference_routes(server: Server) -> APIRouter:
     async def model(name: str, request: Request) -> Any:
         """Task ``name``'s answer in the Hugging Face Inference API's shape for its kind (a stream holds its task
         loaded on its own until it ends)."""
+        # the body read (within --max-body-bytes) and its count checked before a registered task loads for it
+        payload = await json_body(request, server.config.max_body_bytes)
+        if isinstance(payload, dict) and isinstance(payload.get("inputs"), list):
+            server.check_count(len(payload["inputs"]))
         with await server.resolve(name):  # a registered task loads on first use
             predictor = server.ready()
             if name not in predictor.tasks:
@@ -273,7 +277,6 @@ def hf_inference_routes(server: Server) -> APIRouter:
                     f"task {name!r} is {kind}: /models/NAME answers token-classification, sequence-classification, "
                     "question-answering and generation tasks",
                 )
-            payload = await json_body(request, server.config.max_body_bytes)
             shape, answer = shapes[kind]
             try:
                 body = validated(shape, payload)

@@ -41,13 +41,13 @@ def native_routes(server: Server) -> APIRouter:
         return listing
 
     async def predict(request: Request, task: str | None) -> dict[str, Any]:
-        payload = await json_body(request, config.max_body_bytes)
-        with await server.resolve(server.named_tasks(payload, task)):
+        inputs = server.predict_inputs(await json_body(request, config.max_body_bytes), task)
+        with await server.resolve(server.named_tasks(inputs, task)):  # after the checks: a load costs
             if task is not None and task not in server.ready().tasks:
                 raise ApiError(
                     404, "unknown_task", f"unknown task {task!r}; loaded tasks: {', '.join(server.ready().tasks)}"
                 )
-            return {"outputs": await server.answer(server.inputs(payload, task))}
+            return {"outputs": await server.answer(server.parse(inputs, task))}
 
     @router.post("/v1/predict", openapi_extra=json_request(MixedPredictBody, config), responses=errors(404, 429))
     async def predict_any(request: Request) -> dict[str, Any]:

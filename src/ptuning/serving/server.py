@@ -17,7 +17,7 @@ from .errors import ApiError
 from .generating import GenerationBatcher
 from .metrics import Metrics
 from .registry import Held, Registry, stored_bytes
-from .schemas import MixedPredictBody, PredictBody, validated
+from .schemas import InputFields, MixedPredictBody, PredictBody, validated
 
 Started = TypeVar("Started")
 
@@ -66,23 +66,29 @@ class Server:
             held.release()
             raise
 
-    def named_tasks(self, payload: Any, task: str | None) -> list[Any]:
-        """The tasks a predict body names (``task``: the path's task for every input)."""
-        if task is not None:
-            return [task]
-        return [fields.task for fields in validated(PredictBody, payload).inputs]
-
-    def inputs(self, payload: Any, task: str | None) -> list[TaskInput]:
-        """The request's inputs, each parsed by its task (``task``: the path's task for every input; else each names
-        its own, a 404 if no such task is loaded)."""
-        predictor = self.ready()
+    def predict_inputs(self, payload: Any, task: str | None) -> list[InputFields]:
+        """A predict body's inputs, validated once (``task``: the path's task for every input; else each names its
+        own), not empty and not too many: checked before any task they name is loaded."""
         inputs = validated(PredictBody if task is not None else MixedPredictBody, payload).inputs
         if not inputs:
             raise ApiError(422, "validation", "inputs is empty")
-        if len(inputs) > self.config.max_inputs_per_request:
-            raise ApiError(
-                413, "too_many_inputs", f"{len(inputs)} inputs; at most {self.config.max_inputs_per_request}"
-            )
+        self.check_count(len(inputs))
+        return inputs
+
+    def check_count(self, count: int) -> None:
+        """A 413 for more inputs than --max-inputs-per-request."""
+        if count > self.config.max_inputs_per_request:
+            raise ApiError(413, "too_many_inputs", f"{count} inputs; at most {self.config.max_inputs_per_request}")
+
+    @staticmethod
+    def named_tasks(inputs: list[InputFields], task: str | None) -> list[Any]:
+        """The tasks a predict body's inputs name (``task``: the path's task for every input)."""
+        return [task] if task is not None else [fields.task for fields in inputs]
+
+    def parse(self, inputs: list[InputFields], task: str | None) -> list[TaskInput]:
+        """The validated inputs, each parsed by its task (``task``: the path's task for every input; else each names
+        its own, a 404 if no such task is loaded)."""
+        predictor = self.ready()
         parsed = []
         for index, fields in enumerate(inputs):
             record = fields.model_dump(exclude_unset=True) | ({} if task is None else {"task": task})
