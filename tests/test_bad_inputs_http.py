@@ -44,6 +44,7 @@ def models(tmp_path_factory, tiny_runs, tiny_backbone_folder, minilm_tokenizer) 
         str(tiny_backbone_folder), "sequence-classification", labels=["neg", "pos"], prompt=finetuned
     ).save_pretrained(folder / "full")
     (folder / "file.txt").write_text("not a checkpoint\n")
+    (folder / "nul.jsonl").write_text('{"name": "x", "path": "ner\\u0000"}\n')  # a path no file system takes
     (folder / "empty").mkdir()
     return folder
 
@@ -167,6 +168,7 @@ START_CASES = [
     ("serve MODELS/ner --models-dir MODELS --task-memory-mb 0", ["task_memory_mb (--task-memory-mb) must be positive"]),
     ("serve MODELS/ner --task-listing MODELS/nope.json", ["task_listing (--task-listing)", "is not a file"]),
     ("serve MODELS/ner --task-listing MODELS/file.txt", ["file.txt: not JSON"]),
+    ("serve MODELS/ner --task-listing MODELS/nul.jsonl", ["nul.jsonl, line 1: the folder path", "a NUL character"]),
     ("serve MODELS/ner --port 70000", ["port (--port) must be a port number, 0 to 65535", "got 70000"]),
     ("serve MODELS/ner --port -1", ["port (--port) must be a port number"]),
     ("serve MODELS/ner --port TAKEN", ["cannot listen on 127.0.0.1:", "Address already in use"]),

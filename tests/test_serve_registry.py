@@ -23,6 +23,7 @@ pytest.importorskip("fastapi")
 from ptuning.errors import PtuningError  # noqa: E402 - after the skip
 from ptuning.model import PromptedModel  # noqa: E402
 from ptuning.serving.config import ServeConfig  # noqa: E402
+from ptuning.serving.errors import ApiError  # noqa: E402
 from ptuning.serving.metrics import Metrics  # noqa: E402
 from ptuning.serving.registry import TASK_OVERHEAD_BYTES, Registry, read_listing, scan  # noqa: E402
 
@@ -89,6 +90,9 @@ def test_scan_registers_folders_by_name_and_a_listing_by_its_entries(models, tmp
     assert read_listing(str(tmp_path / "tasks.json")) == {"x": str(tmp_path / "ckpt/x"), "y": "/abs/y"}
     (tmp_path / "tasks.jsonl").write_text('{"name": "x", "path": "x"}\n\n{"name": "x.1", "path": "y"}\n')
     with pytest.raises(PtuningError, match=r"tasks.jsonl, line 3: expected a task name"):
+        read_listing(str(tmp_path / "tasks.jsonl"))
+    (tmp_path / "tasks.jsonl").write_text('{"name": "x", "path": "x"}\n{"name": "y", "path": "y\\u0000z"}\n')
+    with pytest.raises(PtuningError, match=r"tasks.jsonl, line 2: the folder path 'y\\x00z' holds a NUL character"):
         read_listing(str(tmp_path / "tasks.jsonl"))
 
 
@@ -263,11 +267,11 @@ class StubPredictor:
 
 @pytest.fixture
 def stub_registry(tmp_path):
-    """A registry of ``x``, ``y`` and ``z`` loading into a :class:`StubPredictor`, one loaded at most."""
+    """A registry of ``x``, ``y`` and ``z`` loading into a :class:`StubPredictor`, one loaded at most; and ``nul``,
+    whose path no file system takes."""
     with ThreadPoolExecutor(1) as worker:
-        registry = Registry(
-            dict.fromkeys(["x", "y", "z"]), ServeConfig(models_dir=str(tmp_path), max_loaded_tasks=1), Metrics()
-        )
+        checkpoints = {"x": None, "y": None, "z": None, "nul": str(tmp_path / "a\0b")}
+        registry = Registry(checkpoints, ServeConfig(models_dir=str(tmp_path), max_loaded_tasks=1), Metrics())
         registry.start(StubPredictor(), worker)
         yield registry
 
@@ -293,5 +297,25 @@ def test_a_hold_outliving_an_admin_unload_does_not_count_against_the_reload(stub
         assert [entry.held for entry in registry.loaded.values()] == [0, 0]
         (await registry.acquire(["z"])).release()  # x and y, free now, are dropped for it
         assert set(registry.loaded) == {"z"} and set(registry.predictor.tasks) == {"z"}
+
+    asyncio.run(scenario())
+
+
+def test_a_load_failing_before_it_reads_the_folder_ends_as_a_503_and_is_tried_again(stub_registry):
+    """A path whose size cannot even be asked (a NUL byte: ValueError) fails its load like any other: a 503 naming
+    the task, remembered for a while, then tried again, never a load left under way for every request to await."""
+    registry = stub_registry
+
+    async def scenario() -> None:
+        for _ in range(2):
+            with pytest.raises(ApiError) as refused:
+                await registry.acquire(["nul"])
+            assert (refused.value.status, refused.value.error_type) == (503, "task_load_failed")
+            assert "task 'nul' failed to load" in str(refused.value)
+            assert not registry.loading and not registry.incoming
+        registry.failures["nul"] = (registry.failures["nul"][0], 0.0)  # its Retry-After passed: tried again
+        with pytest.raises(ApiError):
+            await registry.acquire(["nul"])
+        assert registry.metrics.registry.get_sample_value("ptuning_task_load_failures_total") == 2
 
     asyncio.run(scenario())

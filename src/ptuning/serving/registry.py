@@ -101,6 +101,8 @@ def read_listing(path: str) -> dict[str, str]:
     for where, name, folder in pairs:
         if not task_name(name) or not isinstance(folder, str) or not folder:
             raise PtuningError(f"{where}: expected a task name (no '.') and a folder path, got {name!r}: {folder!r}")
+        if "\0" in folder:  # no file system takes it: every load would fail
+            raise PtuningError(f"{where}: the folder path {folder!r} holds a NUL character")
         if name in found:
             raise PtuningError(f"{where}: the task name {name!r} is listed twice")
         found[name] = str(base / folder)
@@ -291,10 +293,10 @@ class Registry:
         """Load the registered checkpoint ``unit`` after dropping what the budgets ask; then drop more if it
         turned out bigger than estimated."""
         loop = asyncio.get_running_loop()
-        folder = self.checkpoints[unit] or os.path.join(self.config.models_dir, unit)
-        self.incoming[unit] = estimated_bytes(folder)
         started = time.perf_counter()
-        try:
+        try:  # all of it: whatever fails, the load ends (a load left under way would be awaited forever)
+            folder = self.checkpoints[unit] or os.path.join(self.config.models_dir, unit)
+            self.incoming[unit] = estimated_bytes(folder)
             dropped = self.drop(self.victims())
             tasks, size = await loop.run_in_executor(self.worker, self.swap, dropped, unit, folder)
         except Exception as error:  # whatever the folder holds, the server stays up and says which task failed
@@ -306,7 +308,8 @@ class Registry:
             retry = {"Retry-After": str(math.ceil(RETRY_AFTER_S))}
             raise ApiError(503, "task_load_failed", message, headers=retry) from error
         finally:
-            del self.incoming[unit], self.loading[unit]
+            self.incoming.pop(unit, None)
+            del self.loading[unit]
         self.metrics.loads.inc()
         self.metrics.load_seconds.observe(time.perf_counter() - started)
         self.loaded[unit] = Loaded(tasks, size)
