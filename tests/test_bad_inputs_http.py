@@ -4,6 +4,7 @@ never a traceback; a checkpoint or setting that cannot work stops ``serve`` at s
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import threading
@@ -45,6 +46,7 @@ def models(tmp_path_factory, tiny_runs, tiny_backbone_folder, minilm_tokenizer) 
     ).save_pretrained(folder / "full")
     (folder / "file.txt").write_text("not a checkpoint\n")
     (folder / "nul.jsonl").write_text('{"name": "x", "path": "ner\\u0000"}\n')  # a path no file system takes
+    (folder / "latin1.jsonl").write_bytes(b'{"name": "x", "path": "ner"}\n{"name": "caf\xe9", "path": "ner"}\n')
     (folder / "empty").mkdir()
     return folder
 
@@ -169,6 +171,12 @@ START_CASES = [
     ("serve MODELS/ner --task-listing MODELS/nope.json", ["task_listing (--task-listing)", "is not a file"]),
     ("serve MODELS/ner --task-listing MODELS/file.txt", ["file.txt: not JSON"]),
     ("serve MODELS/ner --task-listing MODELS/nul.jsonl", ["nul.jsonl, line 1: the folder path", "a NUL character"]),
+    ("serve MODELS/ner --task-listing MODELS/latin1.jsonl", ["latin1.jsonl, line 2: not UTF-8 text (byte 0xe9)"]),
+    pytest.param(
+        "serve MODELS/ner --models-dir LOCKED",
+        ["--models-dir", "locked: cannot read it (Permission denied)"],
+        marks=pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder (test_serve_registry fakes it)"),
+    ),
     ("serve MODELS/ner --port 70000", ["port (--port) must be a port number, 0 to 65535", "got 70000"]),
     ("serve MODELS/ner --port -1", ["port (--port) must be a port number"]),
     ("serve MODELS/ner --port TAKEN", ["cannot listen on 127.0.0.1:", "Address already in use"]),
@@ -185,11 +193,12 @@ def test_a_start_that_cannot_work_stops_with_exit_2(models, capsys, monkeypatch,
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     port = str(taken.getsockname()[1])
-    files = {"TOKEN": tmp_path / "token", "EMPTY": tmp_path / "empty"}
+    files = {"TOKEN": tmp_path / "token", "EMPTY": tmp_path / "empty", "LOCKED": tmp_path / "locked"}
     files["TOKEN"].write_text(f"{TOKEN}\n")
     files["EMPTY"].write_text("")
-    for file in files.values():
+    for file in (files["TOKEN"], files["EMPTY"]):
         file.chmod(0o600)
+    files["LOCKED"].mkdir(mode=0o000)  # a folder nobody but root may list
     argv = [part.replace("MODELS", str(models)).replace("TAKEN", port) for part in command.split()]
     argv = [str(files.get(part, part)) for part in argv]
     if argv[0] == "serve":

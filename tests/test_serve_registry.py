@@ -96,6 +96,21 @@ def test_scan_registers_folders_by_name_and_a_listing_by_its_entries(models, tmp
         read_listing(str(tmp_path / "tasks.jsonl"))
 
 
+def test_a_folder_or_listing_that_cannot_be_read_is_named(tmp_path, monkeypatch):
+    """--models-dir unreadable (faked: this may run as root, who reads any folder) and a listing not UTF-8 each stop
+    the start with a PtuningError naming the file (test_bad_inputs_http runs them through ``serve``)."""
+    (tmp_path / "tasks.json").write_bytes(b'{"x": "x",\n "\xff": "y"}')
+    with pytest.raises(PtuningError, match=r"tasks.json, line 2: not UTF-8 text \(byte 0xff\)"):
+        read_listing(str(tmp_path / "tasks.json"))
+
+    def refused(path: str) -> None:
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr("os.scandir", refused)
+    with pytest.raises(PtuningError, match=rf"--models-dir {tmp_path}: cannot read it \(Permission denied\)"):
+        scan(str(tmp_path))
+
+
 def test_a_registered_task_loads_on_first_use_and_answers_as_preloaded(server):
     assert "a" not in loaded(server)
     loads = metric(server, "ptuning_task_loads_total")

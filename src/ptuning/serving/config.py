@@ -76,9 +76,10 @@ class ServeConfig:
                 f"runtime loading needs both an admin token ({ADMIN_TOKEN_SOURCES}: who may load) and --models-dir "
                 "(what it may read)"
             )
-        if self.models_dir is not None and not Path(self.models_dir).is_dir():
+        # os.path's tests: a path under a folder we may not search is not one either (Path's raise PermissionError)
+        if self.models_dir is not None and not os.path.isdir(self.models_dir):
             raise PtuningError(f"models_dir (--models-dir) {self.models_dir!r} is not a folder")
-        if self.task_listing is not None and not Path(self.task_listing).is_file():
+        if self.task_listing is not None and not os.path.isfile(self.task_listing):
             raise PtuningError(f"task_listing (--task-listing) {self.task_listing!r} is not a file")
         limits = {"--max-loaded-tasks": self.max_loaded_tasks, "--task-memory-mb": self.task_memory_mb}
         given = [flag for flag, value in limits.items() if value is not None]

@@ -65,8 +65,11 @@ def task_name(name: Any) -> bool:
 def scan(folder: str) -> dict[str, str | None]:
     """Each folder in ``folder`` by name (one directory listing: no folder is opened), its path None: it is
     ``folder/name``, not kept (100,000 paths would hold ~9 MB)."""
-    with os.scandir(folder) as entries:
-        found = [entry.name for entry in entries if entry.is_dir()]
+    try:
+        with os.scandir(folder) as entries:
+            found = [entry.name for entry in entries if entry.is_dir()]
+    except OSError as error:  # no permission, most likely
+        raise PtuningError(f"--models-dir {folder}: cannot read it ({error.strerror or error})") from error
     skipped = {name for name in found if not task_name(name)}
     if skipped:
         logger.warning("--models-dir: %d folder(s) not task names: %s", len(skipped), sorted(skipped)[:5])
@@ -76,7 +79,15 @@ def scan(folder: str) -> dict[str, str | None]:
 def read_listing(path: str) -> dict[str, str]:
     """A listing of task name -> checkpoint folder: a JSON object, or (``.jsonl``) one ``{"name", "path"}`` a line."""
     listing, base = Path(path), Path(path).parent
-    text = listing.read_text(encoding="utf-8")
+    try:
+        raw = listing.read_bytes()
+    except OSError as error:
+        raise PtuningError(f"{listing}: cannot read it ({error.strerror or error})") from error
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise PtuningError(f"{listing}, line {line}: not UTF-8 text (byte {raw[error.start]:#04x})") from error
     pairs: list[tuple[str, Any, Any]] = []
     if listing.suffix == ".jsonl":
         for number, line in enumerate(text.splitlines(), 1):
