@@ -205,6 +205,11 @@ class Registry:
     def loaded_bytes(self) -> int:
         return sum(entry.bytes for entry in self.loaded.values())
 
+    def gauge(self) -> None:
+        """The gauges of what is loaded, after each change of it."""
+        self.metrics.loaded_tasks.set(len(self.loaded))
+        self.metrics.loaded_task_bytes.set(self.loaded_bytes)
+
     def unit_of(self, name: Any) -> str | None:
         """The registered name that holds task ``name`` (None: pinned, or neither loaded nor registered)."""
         if not isinstance(name, str) or name in self.pinned:
@@ -281,8 +286,7 @@ class Registry:
         for task in tasks:
             self.task_unit.pop(task, None)
         self.metrics.evictions.inc(len(units))
-        self.metrics.loaded_tasks.set(len(self.loaded))
-        self.metrics.loaded_task_bytes.set(self.loaded_bytes)
+        self.gauge()
         return tasks
 
     def swap(self, dropped: list[str], name: str, folder: str) -> tuple[list[str], int]:
@@ -325,8 +329,7 @@ class Registry:
         self.metrics.load_seconds.observe(time.perf_counter() - started)
         self.loaded[unit] = Loaded(tasks, size)
         self.task_unit.update(dict.fromkeys(tasks, unit))
-        self.metrics.loaded_tasks.set(len(self.loaded))
-        self.metrics.loaded_task_bytes.set(self.loaded_bytes)
+        self.gauge()
         extra = self.victims()
         if extra:
             await loop.run_in_executor(self.worker, self.unload, self.drop(extra))
@@ -347,8 +350,7 @@ class Registry:
             entry.bytes = stored_bytes(self.predictor.model, entry.tasks) + TASK_OVERHEAD_BYTES * len(entry.tasks)
             if not entry.tasks:
                 del self.loaded[unit]
-            self.metrics.loaded_tasks.set(len(self.loaded))
-            self.metrics.loaded_task_bytes.set(self.loaded_bytes)
+            self.gauge()
 
     def summary(self) -> dict[str, Any]:
         """Counts for the task listing: registered, loaded (and their bytes), the budgets."""
