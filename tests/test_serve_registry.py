@@ -140,6 +140,18 @@ def test_least_recently_used_is_dropped_under_max_loaded_tasks(server):
     assert predict(server, "b", NER_INPUT)[0] == 200 and loaded(server) == {"b", "c"}
 
 
+def test_a_dropped_tasks_series_leave_the_metrics(server):
+    """Per-task series live while their task is loaded: /metrics does not grow with every task ever served."""
+    assert predict(server, "d", NER_INPUT)[0] == 200
+    assert 'ptuning_inputs_total{status="200",task="d"}' in server.call("GET", "/metrics")[2]
+    for name in ("a", "b"):  # d is the least recently used when b comes (--max-loaded-tasks 2)
+        assert predict(server, name, NER_INPUT)[0] == 200
+    assert "d" not in loaded(server)
+    text = server.call("GET", "/metrics")[2]
+    assert 'task="d"' not in text
+    assert 'ptuning_inputs_total{status="200",task="b"}' in text and 'task="ner"' in text
+
+
 def test_concurrent_first_requests_load_once(server):
     loads = metric(server, "ptuning_task_loads_total")
     barrier = threading.Barrier(12)
@@ -298,10 +310,13 @@ def test_a_hold_outliving_an_admin_unload_does_not_count_against_the_reload(stub
 
     async def scenario() -> None:
         first = await registry.acquire(["x"])
+        registry.metrics.inputs.labels("x", "200").inc()
         registry.predictor.unload("x")  # DELETE /v1/tasks/x: the predictor first, then the registry
         registry.forget("x")
         assert "x" not in registry.loaded
-        assert registry.metrics.registry.get_sample_value("ptuning_loaded_registered_task_bytes") == 0
+        sample = registry.metrics.registry.get_sample_value
+        assert sample("ptuning_loaded_registered_task_bytes") == 0
+        assert sample("ptuning_inputs_total", {"task": "x", "status": "200"}) is None
         second = await registry.acquire(["x"])
         first.release()
         assert registry.loaded["x"].held == 1

@@ -3,6 +3,7 @@ generated tokens and time to first token, the task registry (registered, loaded,
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -79,3 +80,10 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
+
+    def forget(self, tasks: Iterable[str]) -> None:
+        """Drop the series of tasks no longer loaded: a registry serving 100,000 tasks in turn would otherwise keep a
+        series per task (and status) forever."""
+        for task in tasks:
+            self.inputs.remove_by_labels({"task": task})
+            self.generated_tokens.remove_by_labels({"task": task})

@@ -285,6 +285,7 @@ class Registry:
             tasks += self.loaded.pop(unit).tasks
         for task in tasks:
             self.task_unit.pop(task, None)
+        self.metrics.forget(tasks)
         self.metrics.evictions.inc(len(units))
         self.gauge()
         return tasks
@@ -343,6 +344,7 @@ class Registry:
         checkpoint keeps its other tasks' bytes, and is no longer loaded once it has none (the requests holding it
         hold an entry forgotten, whose count no longer matters)."""
         self.pinned.discard(task)
+        self.metrics.forget([task])
         unit = self.task_unit.pop(task, None)
         if unit is not None:
             entry = self.loaded[unit]
