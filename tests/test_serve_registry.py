@@ -22,8 +22,10 @@ pytest.importorskip("fastapi")
 
 from ptuning.errors import PtuningError  # noqa: E402 - after the skip
 from ptuning.model import PromptedModel  # noqa: E402
+from ptuning.predictor import Predictor  # noqa: E402
 from ptuning.serving.config import ServeConfig  # noqa: E402
 from ptuning.serving.errors import ApiError  # noqa: E402
+from ptuning.serving.generating import generation_task  # noqa: E402
 from ptuning.serving.metrics import Metrics  # noqa: E402
 from ptuning.serving.registry import TASK_OVERHEAD_BYTES, Registry, read_listing, scan  # noqa: E402
 
@@ -208,6 +210,21 @@ def test_a_body_refused_loads_none_of_the_tasks_it_names(server):
     assert server.call("POST", "/models/e", {"inputs": ["Peter runs"] * 257})[0] == 413
     assert server.call("POST", "/models/e", {"inputs": "x" * 1_000_001})[0] == 413  # over --max-body-bytes
     assert metric(server, "ptuning_task_loads_total") == loads and "e" not in loaded(server)
+
+
+def test_an_unknown_task_is_told_with_twenty_loaded_tasks_at_most(server):
+    """With thousands of tasks loaded, a 404 names the first 20 and counts the others."""
+    loaded_now = SimpleNamespace(tasks={f"t{index}": SimpleNamespace(generates=True) for index in range(45)})
+    first = ", ".join(f"t{index}" for index in range(20))
+    with pytest.raises(PtuningError) as refused:
+        Predictor.parse(loaded_now, {"task": "nope"}, "inputs[0]")
+    assert str(refused.value) == f"inputs[0]: unknown task 'nope'; loaded tasks: {first} and 25 more"
+    with pytest.raises(ApiError) as refused:
+        generation_task(loaded_now, "nope")
+    assert str(refused.value) == f"unknown task 'nope'; generation tasks: {first} and 25 more"
+    status, body = predict(server, "nope", NER_INPUT)  # a few loaded: all named
+    assert status == 404 and body["error"].startswith("unknown task 'nope'; loaded tasks: ner, sent")
+    assert "more" not in body["error"]
 
 
 def test_the_listing_counts_and_pages_through_the_registered(server):

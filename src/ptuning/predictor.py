@@ -7,7 +7,7 @@ The command line's ``predict NAME=DIR ...`` runs on it, and so can a server.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,19 @@ from .vocabulary import TaskName
 from .writing import Writing
 
 logger = logging.getLogger("ptuning")
+LISTED = 20  # names a message lists at most: a server with a task registry may have thousands loaded
+
+
+def listed(names: Iterable[str], limit: int = LISTED) -> str:
+    """``names`` for a message: the first ``limit`` of them, then how many more ("none" if there are none)."""
+    names = list(names)
+    shown = ", ".join(names[:limit]) or "none"
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
+def unknown_task(name: Any, loaded: Iterable[str]) -> str:
+    """What an error says of a task ``name`` not loaded: the loaded tasks (the first ``LISTED``)."""
+    return f"unknown task {name!r}; loaded tasks: {listed(loaded)}"
 
 
 def task_for(model: PromptedModel, name: str) -> Task:
@@ -99,8 +112,7 @@ class Predictor:
             raise DataError(f'{source}: expected a JSON object naming its task, like {{"task": "...", "text": "..."}}')
         name = record.get("task")
         if not isinstance(name, str) or name not in self.tasks:  # a list or object would not even hash
-            loaded = ", ".join(self.tasks)
-            raise DataError(f"{source}: unknown task {name!r}; loaded tasks: {loaded}")
+            raise DataError(f"{source}: {unknown_task(name, self.tasks)}")
         fields = {key: value for key, value in record.items() if key != "task"}
         request = Request(name, self.tasks[name].parse_input("", fields, source))
         # a text of no tokens (empty, to a tokenizer that adds none of its own) would leave the model nothing to read

@@ -29,7 +29,7 @@ from ..data.generation import GenerationExample
 from ..decoding import RunningBatch, choose, joins_rows
 from ..errors import DataError
 from ..generation import end_ids_of, generate_from_ids, pad_id_of
-from ..predictor import Predictor
+from ..predictor import Predictor, listed
 from ..tasks.base import Task
 from ..writing import Writing
 from .batching import Admission
@@ -90,7 +90,7 @@ def generation_task(predictor: Predictor, name: str) -> Task:
     """The loaded generation task ``name``, or a 404 naming those there are."""
     task = predictor.tasks.get(name)
     if task is None or not task.generates:
-        names = ", ".join(known for known, loaded in predictor.tasks.items() if loaded.generates) or "none"
+        names = listed(known for known, loaded in predictor.tasks.items() if loaded.generates)
         kind = None if task is None else predictor.model.tasks[name].family_name
         what = f"unknown task {name!r}" if kind is None else f"task {name!r} is {kind}, not a generation task"
         raise ApiError(404, "unknown_task", f"{what}; generation tasks: {names}")

@@ -26,6 +26,7 @@ from fastapi import APIRouter, Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from ..predictor import unknown_task
 from .contract import errors, with_limits
 from .errors import ApiError
 from .schemas import INPUTS_LIMIT, Text, TextGenerationBody, json_body, only, texts, unicode_text, validated
@@ -266,9 +267,7 @@ def hf_inference_routes(server: Server) -> APIRouter:
         with await server.resolve(name):  # a registered task loads on first use
             predictor = server.ready()
             if name not in predictor.tasks:
-                raise ApiError(
-                    404, "unknown_task", f"unknown task {name!r}; loaded tasks: {', '.join(predictor.tasks)}"
-                )
+                raise ApiError(404, "unknown_task", unknown_task(name, predictor.tasks))
             kind = predictor.model.tasks[name].family_name
             if kind not in shapes:
                 raise ApiError(

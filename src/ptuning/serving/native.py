@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..errors import PtuningError
+from ..predictor import unknown_task
 from .contract import errors, json_request
 from .errors import ApiError
 from .schemas import LoadBody, MixedPredictBody, PredictBody, json_body, validated
@@ -44,9 +45,7 @@ def native_routes(server: Server) -> APIRouter:
         inputs = server.predict_inputs(await json_body(request, config.max_body_bytes), task)
         with await server.resolve(server.named_tasks(inputs, task)):  # after the checks: a load costs
             if task is not None and task not in server.ready().tasks:
-                raise ApiError(
-                    404, "unknown_task", f"unknown task {task!r}; loaded tasks: {', '.join(server.ready().tasks)}"
-                )
+                raise ApiError(404, "unknown_task", unknown_task(task, server.ready().tasks))
             return {"outputs": await server.answer(server.parse(inputs, task))}
 
     @router.post("/v1/predict", openapi_extra=json_request(MixedPredictBody, config), responses=errors(404, 429))
@@ -102,7 +101,7 @@ def native_routes(server: Server) -> APIRouter:
     async def unload_task(name: str) -> dict[str, Any]:
         predictor = server.ready()
         if name not in predictor.tasks:
-            raise ApiError(404, "unknown_task", f"unknown task {name!r}; loaded tasks: {', '.join(predictor.tasks)}")
+            raise ApiError(404, "unknown_task", unknown_task(name, predictor.tasks))
         await asyncio.get_running_loop().run_in_executor(server.batcher.worker, predictor.unload, name)
         server.registry.forget(name)
         return server.listing()
