@@ -156,3 +156,19 @@ def test_a_route_another_module_adds_is_published_with_the_errors_of_its_kind():
     assert client.post("/elsewhere/x?top_k=3", json={"inputs": "text"}).json() == {"name": "x", "top_k": 3}
     answer = client.put("/elsewhere/x")
     assert (answer.status_code, answer.headers["allow"]) == (405, "POST")
+
+
+def test_a_405_lists_the_methods_without_building_the_schema():
+    """The Allow header comes from the routes (those of included routers among them, which FastAPI keeps as one route
+    listing no methods), not from the OpenAPI schema, which a 405 does not build."""
+    from fastapi.testclient import TestClient
+
+    from ptuning.serving.app import create_app
+    from ptuning.serving.config import ServeConfig
+
+    app = create_app("unused", ServeConfig())  # never started: nothing loads
+    client = TestClient(app)
+    for method, path, allowed in [("PUT", "/v1/tasks", "GET, POST"), ("POST", "/openapi.json", "GET, HEAD")]:
+        answer = client.request(method, path)
+        assert (answer.status_code, answer.headers["allow"]) == (405, allowed)
+    assert app.openapi_schema is None

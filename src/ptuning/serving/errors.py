@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match, compile_path
+from starlette.routing import Match, Mount
 
-# the HTTP methods (a path item of the schema may hold other keys: parameters, summary)
-METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "QUERY"}
+# the HTTP methods a route may take, as an Allow header lists them
+METHODS = sorted({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "QUERY"})
 
 
 class ApiError(Exception):
@@ -47,18 +47,12 @@ def answer_errors_as_json(app: FastAPI) -> None:
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """The methods the request's path takes: those the OpenAPI schema documents for it (routes of included routers
-    among them) and those of the application's own routes (the docs pages, which the schema leaves out)."""
-    path = request.scope["path"]
-    found = {
-        method.upper()
-        for template, operations in request.app.openapi().get("paths", {}).items()
-        if compile_path(template)[0].match(path)
-        for method in operations
-        if method.upper() in METHODS
-    }
-    for route in request.app.router.routes:
-        methods = getattr(route, "methods", None)
-        if methods and route.matches(request.scope)[0] is not Match.NONE:
-            found |= methods
-    return sorted(found)
+    """The methods the request's path takes: each that a route (the application's own, or an included router's)
+    matches fully with it. The routes are asked rather than read: FastAPI keeps an included router as one route that
+    lists no methods; a mount takes whatever its app does, so it is not asked."""
+    routes = [route for route in request.app.router.routes if not isinstance(route, Mount)]
+    return [
+        method
+        for method in METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
