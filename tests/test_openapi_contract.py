@@ -172,3 +172,24 @@ def test_a_405_lists_the_methods_without_building_the_schema():
         answer = client.request(method, path)
         assert (answer.status_code, answer.headers["allow"]) == (405, allowed)
     assert app.openapi_schema is None
+
+
+def test_the_published_error_kinds_are_those_the_docs_list():
+    """ErrorBody names every error_type docs/serving.md's Errors table lists (and no other); the 503 says which
+    sends Retry-After and declares it."""
+    from ptuning.serving.app import create_app
+    from ptuning.serving.config import ServeConfig
+
+    table = (Path(__file__).parent.parent / "docs" / "serving.md").read_text().split("## Errors")[1].split("\n## ")[0]
+    documented = {
+        kind
+        for row in table.splitlines()
+        if row.startswith("| 4") or row.startswith("| 5")
+        for kind in re.findall(r"`([a-z_]+)`", row.split("|")[2])
+    }
+    schema = create_app("unused", ServeConfig()).openapi()
+    said = schema["components"]["schemas"]["ErrorBody"]["properties"]["error_type"]["description"]
+    assert set(said.removeprefix("its kind: ").split(", ")) == documented
+    unavailable = schema["paths"]["/v1/predict"]["post"]["responses"]["503"]
+    assert "task_load_failed" in unavailable["description"]
+    assert unavailable["headers"]["Retry-After"]["required"] is False

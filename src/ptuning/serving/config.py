@@ -57,7 +57,10 @@ class ServeConfig:
         None, "a JSON object (or JSONL of {name, path} lines) of task name -> checkpoint folder to register too"
     )
     max_loaded_tasks: int | None = setting(
-        None, "registered tasks loaded at once at most; the least recently used is dropped", check=at_least(1)
+        None,
+        "registered checkpoints loaded at once at most (one of several tasks, NAME:TASK, counts once); the least "
+        "recently used is dropped",
+        check=at_least(1),
     )
     task_memory_mb: float | None = setting(
         None,

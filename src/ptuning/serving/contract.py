@@ -32,8 +32,8 @@ class ErrorBody(BaseModel):
 
     error: str = Field(description="what is wrong, naming the field or the task")
     error_type: str = Field(
-        description="its kind: validation, invalid_json, unknown_task, not_found, unauthorized, too_large, "
-        "too_many_inputs, overloaded, not_ready, load_failed, internal"
+        description="its kind: validation, invalid_json, unknown_task, not_found, method_not_allowed, unauthorized, "
+        "too_large, too_many_inputs, overloaded, not_ready, load_failed, task_load_failed, internal"
     )
 
 
@@ -44,9 +44,17 @@ WHY = {
     422: "the body is not JSON, or a field does not fit (the message names it)",
     429: "more inputs wait than --max-queue allows; retry after Retry-After seconds",
     500: "the server failed (its log has the traceback)",
-    503: "the model is still loading, or failed to load",
+    503: "the model is still loading, or failed to load; or a registered task failed to load (task_load_failed, with "
+    "Retry-After: the seconds until it is tried again)",
 }
-RETRY_AFTER = {"Retry-After": {"required": True, "description": "seconds to wait", "schema": {"type": "integer"}}}
+# the statuses that send Retry-After: 429 always, 503 for task_load_failed only
+RETRY_AFTER = {
+    status: {"Retry-After": {"required": required, "description": said, "schema": {"type": "integer"}}}
+    for status, required, said in [
+        (429, True, "seconds to wait"),
+        (503, False, "seconds until the task's load is tried again (task_load_failed)"),
+    ]
+}
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -158,8 +166,8 @@ def statuses_of(path: str, operation: dict[str, Any], always_up: set[str]) -> se
 
 def error_body(status: int, description: str) -> dict[str, Any]:
     answer = {"description": description, "content": {"application/json": {"schema": {"$ref": REFS + "ErrorBody"}}}}
-    if status == 429:
-        answer["headers"] = copy.deepcopy(RETRY_AFTER)
+    if status in RETRY_AFTER:
+        answer["headers"] = copy.deepcopy(RETRY_AFTER[status])
     return answer
 
 

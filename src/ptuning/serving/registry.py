@@ -12,7 +12,8 @@ shadowed.
 How a registered task loads: the first request that names it starts one load (an asyncio task: concurrent first
 requests await the same one, and a client that leaves does not cancel it), run in the inference thread between
 batches (as an admin load is), so the other tasks keep being served. Before the load, the least recently used loaded
-registered tasks are dropped (their memory given back to the system) until ``--max-loaded-tasks`` and
+registered checkpoints are dropped (their CPU heap given back to the system; on a GPU their memory stays in PyTorch's
+cache for the next loads) until ``--max-loaded-tasks`` (checkpoints, a multi-task one counting once) and
 ``--task-memory-mb`` hold (their prompts' and heads' bytes and ``TASK_OVERHEAD_BYTES`` each; the new one's estimated
 by its weights file); a task that requests hold (in flight, queued, awaiting its load) is never dropped, so while
 every loaded task is busy a budget may be exceeded until one is free. A load that fails (not a checkpoint, another
