@@ -1,6 +1,6 @@
 """Prefix-Tuning for generation on a real decoder (SmolLM2-135M-Instruct, fetched by ``make backbones``): a deep prefix
-against fine-tuning and zero-shot prompting (an instruction read by the frozen model), on two generation tasks made
-from the packaged data:
+against shallow prompt tuning, fine-tuning and zero-shot prompting (an instruction read by the frozen model), on two
+generation tasks made from the packaged data:
 
 - ``ner-generation``: a CoNLL-2003 sentence -> its entities written as "Peter Blackburn (PER); Brussels (LOC)"
   ("none" when it has none), scored by entity F1 over (text, type) pairs (the same entities seqeval scores);
@@ -78,6 +78,14 @@ METHODS: dict[str, dict[str, Any]] = {
         "prompt_init": "text",
         "prompt_init_text": START_TEXT,
         "shift_positions": True,
+    },
+    # prompt tuning: vectors before the input only, from the same tokens' embeddings, at the decoder study's rate
+    "shallow": {
+        "method": "shallow",
+        "lr": 3e-2,
+        "backbone_dropout": False,
+        "prompt_init": "text",
+        "prompt_init_text": START_TEXT,
     },
     "finetune": {"method": "finetune", "lr": 5e-5},
     "prompting": {"method": "prompting"},
