@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
-from test_serve import ADMIN, TOKEN, start, stop
+from test_serve import ADMIN, TOKEN, served
 from test_serve_generation import TASKS, runs  # noqa: F401 - the fixture, used by name
 
 pytest.importorskip("schemathesis")
@@ -49,10 +49,7 @@ class HubInputs(BaseModel):
 @pytest.fixture(scope="module")
 def server(runs):  # noqa: F811 - the imported fixture
     # the admin routes on (without their token, which schemathesis is not given: each answers 401)
-    process, client = start(runs, "--max-inputs-per-request", "4", "--models-dir", str(runs), tasks=TASKS, env=ADMIN)
-    yield client
-    output = stop(process)
-    assert "Traceback" not in output, output
+    yield from served(runs, "--max-inputs-per-request", "4", "--models-dir", str(runs), tasks=TASKS, env=ADMIN)
 
 
 def schemathesis(server, folder: Path, config: str, *flags: str) -> None:

@@ -105,6 +105,20 @@ def stop(process: subprocess.Popen) -> str:
     return output
 
 
+def served(runs: Path, *flags: str, tasks: tuple[str, ...] = ("ner", "sent"), env: dict[str, str] | None = None):
+    """A module fixture's body: the client of a server started as ``start`` starts it, which must stop without a
+    traceback in its log (no request made it fail)."""
+    process, client = start(runs, *flags, tasks=tasks, env=env)
+    yield client
+    output = stop(process)
+    assert "Traceback" not in output, output
+
+
+def predictor_of(runs: Path, tasks: tuple[str, ...]) -> Predictor:
+    """The offline Predictor of the same runs, to compare a server's answers with."""
+    return Predictor.from_checkpoints({name: runs / name for name in tasks}, progress=False)
+
+
 @pytest.fixture(scope="module")
 def server(tiny_runs):
     process, client = start(tiny_runs, "--max-inputs-per-request", "8", "--max-body-bytes", "4000")

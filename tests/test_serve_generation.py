@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from test_generation_commands import FAST, PAIRS, write_jsonl
 from test_generation_task import CHATML
-from test_serve import TIMEOUT, start, stop
+from test_serve import TIMEOUT, predictor_of, served
 
 pytest.importorskip("fastapi")
 
@@ -57,15 +57,12 @@ def runs(tiny_decoder_folders, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(runs):
-    process, client = start(runs, "--max-queue", "8", tasks=TASKS)
-    yield client
-    output = stop(process)
-    assert "Traceback" not in output, output
+    yield from served(runs, "--max-queue", "8", tasks=TASKS)
 
 
 @pytest.fixture(scope="module")
 def predictor(runs) -> Predictor:
-    return Predictor.from_checkpoints({name: runs / name for name in TASKS}, progress=False)
+    return predictor_of(runs, TASKS)
 
 
 def expected(predictor: Predictor, task: str, text: str, **settings) -> dict:

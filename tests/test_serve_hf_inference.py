@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import TOLERANCE
 from test_generation_commands import write_jsonl
-from test_serve import start, stop
+from test_serve import predictor_of, served
 
 pytest.importorskip("fastapi")
 huggingface_hub = pytest.importorskip("huggingface_hub")
@@ -70,15 +70,12 @@ def runs(tiny_decoder_folders, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(runs):
-    process, client = start(runs, tasks=TASKS)
-    yield client
-    output = stop(process)
-    assert "Traceback" not in output, output
+    yield from served(runs, tasks=TASKS)
 
 
 @pytest.fixture(scope="module")
 def predictor(runs) -> Predictor:
-    return Predictor.from_checkpoints({name: runs / name for name in TASKS}, progress=False)
+    return predictor_of(runs, TASKS)
 
 
 def offline(predictor: Predictor, record: dict) -> dict:

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import assert_same_answer
-from test_serve import start, stop
+from test_serve import served, start, stop
 
 pytest.importorskip("fastapi")
 
@@ -64,10 +64,7 @@ def models(tmp_path_factory, tiny_runs, tiny_backbone_folder, minilm_tokenizer) 
 
 @pytest.fixture(scope="module")
 def server(tiny_runs, models):
-    process, client = start(tiny_runs, "--models-dir", str(models), "--max-loaded-tasks", "2")
-    yield client
-    output = stop(process)
-    assert "Traceback" not in output, output
+    yield from served(tiny_runs, "--models-dir", str(models), "--max-loaded-tasks", "2")
 
 
 def metric(client, name: str) -> float:
