@@ -167,8 +167,8 @@ START_CASES = [
     ("serve MODELS/ner --models-dir MODELS --task-memory-mb 0", ["task_memory_mb (--task-memory-mb) must be positive"]),
     ("serve MODELS/ner --task-listing MODELS/nope.json", ["task_listing (--task-listing)", "is not a file"]),
     ("serve MODELS/ner --task-listing MODELS/file.txt", ["file.txt: not JSON"]),
-    ("serve MODELS/ner --task-listing MODELS/nul.jsonl", ["nul.jsonl, line 1: the folder path", "a NUL character"]),
-    ("serve MODELS/ner --task-listing MODELS/latin1.jsonl", ["latin1.jsonl, line 2: not UTF-8 text (byte 0xe9)"]),
+    ("serve MODELS/ner --task-listing MODELS/nul.jsonl", ["nul.jsonl:1: the folder path", "a NUL character"]),
+    ("serve MODELS/ner --task-listing MODELS/latin1.jsonl", ["latin1.jsonl:2: not UTF-8 text (byte 0xe9)"]),
     pytest.param(
         "serve MODELS/ner --models-dir LOCKED",
         ["--models-dir", "locked: cannot read it (Permission denied)"],

@@ -88,10 +88,10 @@ def test_scan_registers_folders_by_name_and_a_listing_by_its_entries(models, tmp
     (tmp_path / "tasks.json").write_text(json.dumps({"x": "ckpt/x", "y": "/abs/y"}))
     assert read_listing(str(tmp_path / "tasks.json")) == {"x": str(tmp_path / "ckpt/x"), "y": "/abs/y"}
     (tmp_path / "tasks.jsonl").write_text('{"name": "x", "path": "x"}\n\n{"name": "x.1", "path": "y"}\n')
-    with pytest.raises(PtuningError, match=r"tasks.jsonl, line 3: expected a task name"):
+    with pytest.raises(PtuningError, match=r"tasks.jsonl:3: expected a task name"):
         read_listing(str(tmp_path / "tasks.jsonl"))
     (tmp_path / "tasks.jsonl").write_text('{"name": "x", "path": "x"}\n{"name": "y", "path": "y\\u0000z"}\n')
-    with pytest.raises(PtuningError, match=r"tasks.jsonl, line 2: the folder path 'y\\x00z' holds a NUL character"):
+    with pytest.raises(PtuningError, match=r"tasks.jsonl:2: the folder path 'y\\x00z' holds a NUL character"):
         read_listing(str(tmp_path / "tasks.jsonl"))
 
 
@@ -99,7 +99,7 @@ def test_a_folder_or_listing_that_cannot_be_read_is_named(tmp_path, monkeypatch)
     """--models-dir unreadable (faked: this may run as root, who reads any folder) and a listing not UTF-8 each stop
     the start with a PtuningError naming the file (test_bad_inputs_http runs them through ``serve``)."""
     (tmp_path / "tasks.json").write_bytes(b'{"x": "x",\n "\xff": "y"}')
-    with pytest.raises(PtuningError, match=r"tasks.json, line 2: not UTF-8 text \(byte 0xff\)"):
+    with pytest.raises(PtuningError, match=r"tasks.json:2: not UTF-8 text \(byte 0xff\)"):
         read_listing(str(tmp_path / "tasks.json"))
 
     def refused(path: str) -> None:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import WEIGHTS_NAME, checkpoint_folder
+from ..data.readers import json_object, text_lines
 from ..errors import PtuningError
 from ..model import PromptedModel
 from ..predictor import Predictor
@@ -81,29 +82,20 @@ def read_listing(path: str) -> dict[str, str]:
     """A listing of task name -> checkpoint folder: a JSON object, or (``.jsonl``) one ``{"name", "path"}`` a line."""
     listing, base = Path(path), Path(path).parent
     try:
-        raw = listing.read_bytes()
+        lines = text_lines(listing)  # UTF-8, or an error naming the line
     except OSError as error:
         raise PtuningError(f"{listing}: cannot read it ({error.strerror or error})") from error
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        raise PtuningError(f"{listing}, line {line}: not UTF-8 text (byte {raw[error.start]:#04x})") from error
     pairs: list[tuple[str, Any, Any]] = []
     if listing.suffix == ".jsonl":
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise PtuningError(f"{listing}, line {number}: not JSON ({error})") from error
-            if not isinstance(entry, dict) or set(entry) != {"name", "path"}:
-                raise PtuningError(f'{listing}, line {number}: expected {{"name": TASK, "path": FOLDER}}')
-            pairs.append((f"{listing}, line {number}", entry["name"], entry["path"]))
+        for number, line in enumerate(lines, 1):
+            if line.strip():
+                entry = json_object(line, f"{listing}:{number}")
+                if set(entry) != {"name", "path"}:
+                    raise PtuningError(f'{listing}:{number}: expected {{"name": TASK, "path": FOLDER}}')
+                pairs.append((f"{listing}:{number}", entry["name"], entry["path"]))
     else:
         try:
-            entries = json.loads(text)
+            entries = json.loads("\n".join(lines))
         except json.JSONDecodeError as error:
             raise PtuningError(f"{listing}: not JSON ({error}); expected {{TASK: FOLDER, ...}}") from error
         if not isinstance(entries, dict):
