@@ -18,8 +18,9 @@ The modules, from the process down:
 - ``server``: what every route shares (the predictor, the batcher, readiness, the task listing, ``resolve``: the tasks
   a request names, loaded on first use); ``registry``: the registered tasks (``--models-dir``, ``--task-listing``),
   loaded on first use, the least recently used dropped under a budget;
-- ``batching``: the queue and the token-budget batcher; ``generating``: the generation prompts' batcher (greedy
-  prompts of any tasks in one ``generate`` call, each row's text streamed after every step);
+- ``batching``: the queue and the token-budget batcher; ``generating``: the generation prompts' scheduler (prompts
+  of any tasks joining one running batch between decoding steps, each row's text streamed after every step);
+  ``streams``: a queued generation request answered whole or as server-sent events;
   ``schemas``: the request bodies and their 422s;
   ``errors``: the ``{"error", "error_type"}`` body (a 405 with ``Allow``); ``contract``: the OpenAPI schema (every
   route's body, errors and content types; ``/docs`` served offline); ``metrics``: the Prometheus metrics;

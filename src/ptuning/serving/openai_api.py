@@ -6,7 +6,6 @@ length defaults to the task's own (``max_new_tokens`` of its training)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -19,24 +18,13 @@ from ..data.generation import GenerationExample
 from ..writing import Writing
 from .contract import JSON_OR_EVENTS, errors, json_request
 from .errors import ApiError
-from .generating import Piece, answers, generation_task, pieces, prompt_tokens
+from .generating import Piece, generation_task, prompt_tokens
 from .registry import Held
 from .schemas import ChatBody, CompletionBody, OpenAIBody, json_body, validated
 from .server import Server
+from .streams import Queued, event, streaming
 
 FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
-STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def event(payload: Any) -> str:
-    """One server-sent event."""
-    return f"data: {json.dumps(payload)}\n\n"
-
-
-def error_event(error: Exception) -> str:
-    """A failure after the stream began (its status is sent already): the error body as the last event."""
-    error_type = error.error_type if isinstance(error, ApiError) else "internal"
-    return event({"error": str(error), "error_type": error_type})
 
 
 def usage(found: list[dict[str, Any]]) -> dict[str, int]:
@@ -45,14 +33,12 @@ def usage(found: list[dict[str, Any]]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-class Call:
-    """One completions request: its task's rows queued (its task ``held`` loaded until the answer ends), and the
-    answer's common fields."""
+class Call(Queued):
+    """One completions request: its prompts queued under the task ``model`` names, and the answer's common fields."""
 
     def __init__(
         self, server: Server, held: Held, body: OpenAIBody, examples: list[GenerationExample], max_tokens: int | None
     ):
-        self.held = held
         predictor = server.ready()
         task = generation_task(predictor, body.model)
         if len(examples) > server.config.max_inputs_per_request:
@@ -64,49 +50,30 @@ class Call:
         writing = Writing(max_new_tokens=max_tokens or task.max_new_tokens)
         if temperature > 0:
             writing = dataclasses.replace(writing, temperature=temperature, top_p=body.top_p or 1.0, seed=body.seed)
-        self.server, self.model = server, body.model
-        try:
-            self.rows, self.events = server.generator.submit(body.model, tokens, writing, body.stop or [])
-        except ApiError as error:
-            server.metrics.inputs.labels(body.model, str(error.status)).inc(len(examples))
-            raise
+        super().__init__(server, held, body.model, tokens, writing, body.stop or [])
+        self.model = body.model
         self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
         self.created = int(time.time())
 
     def head(self, prefix: str, kind: str) -> dict[str, Any]:
         return {"id": f"{prefix}-{uuid.uuid4().hex}", "object": kind, "created": self.created, "model": self.model}
 
-    async def answers(self) -> list[dict[str, Any]]:
-        with self.held:
-            found = await answers(self.rows, self.events)
-        self.server.metrics.inputs.labels(self.model, "200").inc(len(found))
-        return found
-
-    async def stream(self, head: dict[str, Any], chunks: Callable[[Piece], list[dict[str, Any]]]) -> AsyncIterator[str]:
+    def stream(self, head: dict[str, Any], chunks: Callable[[Piece], list[dict[str, Any]]]) -> AsyncIterator[str]:
         """The events of a streamed answer: ``chunks(piece)`` gives each piece's chunks' choices; then usage (if
         asked) and ``[DONE]``."""
         found: list[dict[str, Any]] = []
         extra = {"usage": None} if self.include_usage else {}
-        try:
-            async for piece in pieces(self.rows, self.events):
-                for choice in chunks(piece):
-                    yield event({**head, "choices": [choice], **extra})
-                if piece.answer is not None:
-                    found.append(piece.answer)
-        except Exception as error:  # noqa: BLE001 - the client learns it in the stream, the log has it
-            self.server.metrics.inputs.labels(self.model, "500").inc(len(self.rows))
-            yield error_event(error)
-            return
-        finally:
-            self.held.release()
-        self.server.metrics.inputs.labels(self.model, "200").inc(len(found))
-        if self.include_usage:
-            yield event({**head, "choices": [], "usage": usage(found)})
-        yield "data: [DONE]\n\n"
 
+        def render(piece: Piece) -> list[str]:
+            if piece.answer is not None:
+                found.append(piece.answer)
+            return [event({**head, "choices": [choice], **extra}) for choice in chunks(piece)]
 
-def streaming(events: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream", headers=STREAM_HEADERS)
+        def end() -> list[str]:
+            usage_event = [event({**head, "choices": [], "usage": usage(found)})] if self.include_usage else []
+            return [*usage_event, "data: [DONE]\n\n"]
+
+        return self.sse(render, end)
 
 
 def completion_chunks(piece: Piece) -> list[dict[str, Any]]:

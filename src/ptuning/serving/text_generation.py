@@ -5,7 +5,7 @@ root; here the path names the task, as ptuning's own ``/v1/tasks/NAME/predict`` 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import itertools
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -14,12 +14,11 @@ from fastapi.responses import StreamingResponse
 from ..data.generation import GenerationExample
 from ..writing import Writing
 from .contract import JSON_OR_EVENTS, EventStream, errors, json_request
-from .errors import ApiError
-from .generating import Piece, answers, generation_task, pieces, prompt_tokens
-from .openai_api import error_event, event, streaming
+from .generating import Piece, generation_task, prompt_tokens
 from .registry import Held
 from .schemas import TextGenerationBody, TextGenerationParameters, json_body, validated
 from .server import Server
+from .streams import Queued, event, streaming
 
 
 def writing_of(parameters: TextGenerationParameters, max_new_tokens: int) -> Writing:
@@ -42,52 +41,32 @@ def details(answer: dict[str, Any], writing: Writing) -> dict[str, Any]:
     }
 
 
-class TextGeneration:
+class TextGeneration(Queued):
     """One request of the text-generation shape: its prompt queued under task ``name`` (the task ``held`` loaded until
     the answer ends), answered whole or streamed (one event per token, the last holding the whole text and, if asked,
     the details)."""
 
     def __init__(self, server: Server, held: Held, name: str, body: TextGenerationBody):
         task = generation_task(server.ready(), name)
-        self.server, self.held, self.name, self.body = server, held, name, body
-        self.parameters = body.parameters or TextGenerationParameters()
+        self.body, self.parameters = body, body.parameters or TextGenerationParameters()
         tokens = prompt_tokens(task, GenerationExample(body.inputs, source="inputs"))
         self.writing = writing_of(self.parameters, self.parameters.max_new_tokens or task.max_new_tokens)
-        try:
-            self.rows, self.events = server.generator.submit(name, [tokens], self.writing, self.parameters.stop or [])
-        except ApiError as error:
-            server.metrics.inputs.labels(name, str(error.status)).inc()
-            raise
+        super().__init__(server, held, name, [tokens], self.writing, self.parameters.stop or [])
 
     def full(self, text: str) -> str:
         return self.body.inputs + text if self.parameters.return_full_text else text
 
     async def answer(self) -> dict[str, Any]:
         """``{"generated_text"}`` (and ``details`` if asked)."""
-        with self.held:
-            (answer,) = await answers(self.rows, self.events)
-        self.server.metrics.inputs.labels(self.name, "200").inc()
+        (answer,) = await self.answers()
         result = {"generated_text": self.full(answer["generated_text"])}
         if self.parameters.details:
             result["details"] = details(answer, self.writing)
         return result
 
     def streamed(self) -> StreamingResponse:
-        return streaming(self.stream())
-
-    async def stream(self) -> AsyncIterator[str]:
-        step = 0
-        try:
-            async for piece in pieces(self.rows, self.events):
-                step += 1
-                yield event(self.token_event(piece, step))
-        except Exception as error:  # noqa: BLE001 - the client learns it in the stream, the log has it
-            self.server.metrics.inputs.labels(self.name, "500").inc()
-            yield error_event(error)
-            return
-        finally:
-            self.held.release()
-        self.server.metrics.inputs.labels(self.name, "200").inc()
+        steps = itertools.count(1)  # the events' index: one piece a step
+        return streaming(self.sse(lambda piece: [event(self.token_event(piece, next(steps)))]))
 
     def token_event(self, piece: Piece, step: int) -> dict[str, Any]:
         token = {"id": piece.token, "text": piece.text, "logprob": None, "special": piece.special}
